@@ -1,0 +1,16 @@
+//! Patron's domain: what happens to a customer, free of IO and of any runtime.
+//!
+//! # Layout
+//!
+//! - [`event_log`]: the envelope every domain event travels in (ids, streams, versions,
+//!   metadata), shared by the event store, the projections and the API.
+//! - [`upcast`]: the hook that brings events written in an old shape up to the current one.
+
+pub mod event_log;
+pub mod upcast;
+
+pub use event_log::{
+    EventId, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent, StreamAppend, StreamId,
+    StreamVersion,
+};
+pub use upcast::{UpcastError, Upcaster, Upcasters};

@@ -1,0 +1,389 @@
+//! Benchmark workloads run by `patron bench`, on a scratch database, with progress bars.
+//!
+//! Figures are reported in events per second and mebibytes of resident memory; the results of
+//! runs on the reference machine are kept in `docs/benchmarks.md`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use patron_domain::{ExpectedVersion, Metadata, NewEvent, StreamAppend, StreamId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::store::{BackendKind, EventStore, StoreError};
+
+/// How events are spread over customer streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Spread {
+    /// Each event goes to a customer drawn at random: what live ingestion looks like.
+    Random,
+    /// Customers in turn, each receiving a run of consecutive events: what a replayed
+    /// per-customer export looks like.
+    Sequential,
+}
+
+/// What the event store benchmark runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreBenchConfig {
+    /// Events appended one per transaction.
+    pub single_events: u64,
+    /// Events appended in batches.
+    pub batched_events: u64,
+    /// Events per batched transaction.
+    pub batch_size: usize,
+    /// Customer streams the events are spread over.
+    pub streams: u64,
+    /// How events are spread over the streams.
+    pub spread: Spread,
+    /// Events per read when reading the whole log.
+    pub read_batch: usize,
+    /// Seed of the workload generator.
+    pub seed: u64,
+}
+
+impl Default for StoreBenchConfig {
+    fn default() -> Self {
+        Self {
+            single_events: 5_000,
+            batched_events: 1_000_000,
+            batch_size: 1_000,
+            streams: 100_000,
+            spread: Spread::Random,
+            read_batch: 5_000,
+            seed: 7,
+        }
+    }
+}
+
+/// Resident memory at one point of the read.
+#[derive(Clone, Debug, Serialize)]
+pub struct RssSample {
+    /// Events read so far.
+    pub events_read: u64,
+    /// Resident set size then, in MiB.
+    pub rss_mib: f64,
+}
+
+/// What the event store benchmark measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreBenchReport {
+    /// The database measured.
+    pub backend: BackendKind,
+    /// The workload.
+    pub config: StoreBenchConfig,
+    /// Mean payload size, in bytes.
+    pub mean_payload_bytes: f64,
+    /// Single-event appends, events/s.
+    pub single_append_events_per_s: f64,
+    /// Batched appends, events/s.
+    pub batched_append_events_per_s: f64,
+    /// Reading the whole log in position order, events/s.
+    pub read_all_events_per_s: f64,
+    /// Events read back (all that were appended).
+    pub events_read: u64,
+    /// Resident memory while reading, sampled every 10% of the log.
+    pub read_rss: Vec<RssSample>,
+}
+
+/// A generator of realistic touchpoints: store purchases, app views, web orders.
+pub struct TouchpointGenerator {
+    rng: StdRng,
+    streams: u64,
+    spread: Spread,
+    next_sequential: u64,
+    start: DateTime<Utc>,
+    emitted: u64,
+}
+
+const CATEGORIES: [&str; 8] = [
+    "skincare",
+    "fragrance",
+    "makeup",
+    "haircare",
+    "bodycare",
+    "menswear",
+    "shoes",
+    "bags",
+];
+const CITIES: [&str; 6] = [
+    "Shanghai", "Beijing", "Shenzhen", "Hangzhou", "Chengdu", "Wuhan",
+];
+
+impl TouchpointGenerator {
+    /// A generator over `streams` customers; the same seed gives the same events.
+    pub fn new(seed: u64, streams: u64, spread: Spread) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            streams: streams.max(1),
+            spread,
+            next_sequential: 0,
+            start: DateTime::from_timestamp(1_735_689_600, 0).unwrap_or_default(),
+            emitted: 0,
+        }
+    }
+
+    fn customer(&mut self) -> u64 {
+        match self.spread {
+            Spread::Random => self.rng.gen_range(0..self.streams),
+            Spread::Sequential => {
+                let c = (self.next_sequential / 10) % self.streams;
+                self.next_sequential += 1;
+                c
+            }
+        }
+    }
+
+    /// The next touchpoint and the customer stream it belongs to.
+    pub fn next_event(&mut self) -> Result<(StreamId, NewEvent), StoreError> {
+        let customer = self.customer();
+        let rng = &mut self.rng;
+        let phone = format!("+86138{:08}", customer % 100_000_000);
+        let (event_type, channel, payload) = match rng.gen_range(0..10) {
+            0..=3 => {
+                let items: Vec<_> = (0..rng.gen_range(1..=3))
+                    .map(|_| {
+                        json!({
+                            "sku": format!("SKU-{:05}", rng.gen_range(0..50_000)),
+                            "category": CATEGORIES[rng.gen_range(0..CATEGORIES.len())],
+                            "quantity": rng.gen_range(1..4),
+                            "unit_price_minor": rng.gen_range(990..99_900),
+                            "discount_minor": if rng.gen_bool(0.3) { rng.gen_range(100..2_000) } else { 0 },
+                        })
+                    })
+                    .collect();
+                (
+                    "order_placed",
+                    "store",
+                    json!({
+                        "order_id": format!("PO-{:012}", rng.gen::<u32>()),
+                        "store_id": format!("SH-{:04}", rng.gen_range(0..400)),
+                        "identifiers": [
+                            {"kind": "phone", "value": phone},
+                            {"kind": "member_card", "value": format!("MC-{:08}", customer)},
+                        ],
+                        "items": items,
+                        "currency": "CNY",
+                        "payment": "wechat_pay",
+                    }),
+                )
+            }
+            4..=7 => (
+                "screen_viewed",
+                "app",
+                json!({
+                    "screen": format!("product/{}", rng.gen_range(0..50_000)),
+                    "category": CATEGORIES[rng.gen_range(0..CATEGORIES.len())],
+                    "identifiers": [
+                        {"kind": "device_id", "value": format!("{:032x}", rng.gen::<u128>())},
+                        {"kind": "login_id", "value": format!("u{customer}")},
+                    ],
+                    "app_version": "5.12.0",
+                    "os": "iOS 18.1",
+                    "referrer": "push/spring_sale",
+                    "session_id": format!("{:016x}", rng.gen::<u64>()),
+                    "city": CITIES[rng.gen_range(0..CITIES.len())],
+                }),
+            ),
+            _ => (
+                "call_center_contact",
+                "call_center",
+                json!({
+                    "ticket_id": format!("CC-{:010}", rng.gen::<u32>()),
+                    "identifiers": [{"kind": "phone", "value": phone}],
+                    "topic": "delivery_delay",
+                    "agent": format!("agent-{}", rng.gen_range(0..200)),
+                    "duration_s": rng.gen_range(30..900),
+                    "satisfaction": rng.gen_range(1..=5),
+                    "note": "customer asked about the delivery date of an online order",
+                }),
+            ),
+        };
+        self.emitted += 1;
+        let occurred = self.start + TimeDelta::seconds(i64::try_from(self.emitted).unwrap_or(0));
+        let stream_id =
+            StreamId::new(format!("customer-{customer}")).map_err(|e| StoreError::Corrupt {
+                position: 0,
+                reason: e.to_string(),
+            })?;
+        let event = NewEvent::new(event_type, &payload)
+            .map_err(|e| StoreError::Corrupt {
+                position: 0,
+                reason: e.to_string(),
+            })?
+            .occurred_at(occurred)
+            .with_metadata(Metadata {
+                source: Some(format!("{channel}-system")),
+                channel: Some(channel.to_owned()),
+                ..Metadata::default()
+            });
+        Ok((stream_id, event))
+    }
+
+    /// `n` touchpoints grouped into one append per stream.
+    pub fn next_batch(&mut self, n: usize) -> Result<Vec<StreamAppend>, StoreError> {
+        let mut by_stream: BTreeMap<StreamId, Vec<NewEvent>> = BTreeMap::new();
+        for _ in 0..n {
+            let (stream, event) = self.next_event()?;
+            by_stream.entry(stream).or_default().push(event);
+        }
+        Ok(by_stream
+            .into_iter()
+            .map(|(s, events)| StreamAppend::new(s, ExpectedVersion::Any, events))
+            .collect())
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "{msg:>16} [{bar:40}] {human_pos}/{human_len} events, {per_sec}, eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// The process's resident set size, in MiB (Linux; 0 elsewhere).
+pub fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn rate(events: u64, elapsed: Duration) -> f64 {
+    events as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Runs single appends, batched appends and a full read on an empty store.
+pub async fn run_store_bench(
+    store: &EventStore,
+    config: StoreBenchConfig,
+) -> Result<StoreBenchReport, StoreError> {
+    let mut generator = TouchpointGenerator::new(config.seed, config.streams, config.spread);
+    let mut payload_bytes = 0u64;
+
+    let progress = bar(config.single_events, "single appends");
+    let mut elapsed = Duration::ZERO;
+    for _ in 0..config.single_events {
+        let (stream, event) = generator.next_event()?;
+        payload_bytes += event.payload().len() as u64;
+        let started = Instant::now();
+        store
+            .append_to_stream(stream, ExpectedVersion::Any, vec![event])
+            .await?;
+        elapsed += started.elapsed();
+        progress.inc(1);
+    }
+    progress.finish();
+    let single = rate(config.single_events, elapsed);
+
+    let progress = bar(config.batched_events, "batched appends");
+    let mut elapsed = Duration::ZERO;
+    let mut left = config.batched_events;
+    while left > 0 {
+        let n = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(config.batch_size);
+        let batch = generator.next_batch(n)?;
+        payload_bytes += batch
+            .iter()
+            .flat_map(|a| a.events.iter())
+            .map(|e| e.payload().len() as u64)
+            .sum::<u64>();
+        let started = Instant::now();
+        store.append(batch).await?;
+        elapsed += started.elapsed();
+        left -= n as u64;
+        progress.inc(n as u64);
+    }
+    progress.finish();
+    let batched = rate(config.batched_events, elapsed);
+
+    let total = config.single_events + config.batched_events;
+    let progress = bar(total, "read all");
+    let sample_every = (total / 10).max(1);
+    let mut samples = vec![RssSample {
+        events_read: 0,
+        rss_mib: rss_mib(),
+    }];
+    let started = Instant::now();
+    let mut after = 0;
+    let mut read = 0u64;
+    loop {
+        let events = store.read_all(after, config.read_batch).await?;
+        let Some(last) = events.last() else { break };
+        after = last.position;
+        let before = read;
+        read += events.len() as u64;
+        if read / sample_every > before / sample_every {
+            samples.push(RssSample {
+                events_read: read,
+                rss_mib: rss_mib(),
+            });
+        }
+        progress.inc(events.len() as u64);
+    }
+    let read_elapsed = started.elapsed();
+    progress.finish();
+
+    Ok(StoreBenchReport {
+        backend: store.kind(),
+        mean_payload_bytes: payload_bytes as f64 / total.max(1) as f64,
+        config,
+        single_append_events_per_s: single,
+        batched_append_events_per_s: batched,
+        read_all_events_per_s: rate(read, read_elapsed),
+        events_read: read,
+        read_rss: samples,
+    })
+}
+
+impl std::fmt::Display for StoreBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "backend:            {}", self.backend)?;
+        writeln!(
+            f,
+            "workload:           {} single + {} batched events ({} per transaction), {} streams, {:?} spread, mean payload {:.0} bytes",
+            self.config.single_events,
+            self.config.batched_events,
+            self.config.batch_size,
+            self.config.streams,
+            self.config.spread,
+            self.mean_payload_bytes
+        )?;
+        writeln!(
+            f,
+            "single append:      {:>10.0} events/s",
+            self.single_append_events_per_s
+        )?;
+        writeln!(
+            f,
+            "batched append:     {:>10.0} events/s",
+            self.batched_append_events_per_s
+        )?;
+        writeln!(
+            f,
+            "read all:           {:>10.0} events/s ({} events, {} per read)",
+            self.read_all_events_per_s, self.events_read, self.config.read_batch
+        )?;
+        let rss: Vec<String> = self
+            .read_rss
+            .iter()
+            .map(|s| format!("{:.0} MiB at {}", s.rss_mib, s.events_read))
+            .collect();
+        write!(f, "rss while reading:  {}", rss.join(", "))
+    }
+}

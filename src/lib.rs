@@ -1,0 +1,18 @@
+//! Patron: an event-sourced customer data platform.
+//!
+//! Every customer touchpoint is kept as an immutable event; read models are folds over the log.
+//!
+//! # Layout
+//!
+//! - [`store`]: the append-only event log on SQLite (embedded default) or PostgreSQL.
+//! - [`bench`]: the `patron bench` workloads whose figures go into `docs/benchmarks.md`.
+//! - [`cli`]: the `patron` command line.
+//! - [`telemetry`]: tracing set-up.
+//!
+//! The domain (events, identities, the customer aggregate) lives in the `patron-domain` crate,
+//! read models in `patron-projections`, the API schema in `patron-graphql`.
+
+pub mod bench;
+pub mod cli;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,382 @@
+//! The event store: Patron's append-only log of domain events, on SQLite or PostgreSQL.
+//!
+//! Both backends give the same guarantees:
+//! - an append names one or more streams, each with an expected version, and is atomic: either
+//!   every stream's events are stored or none are;
+//! - an event id is stored once; sending it again stores nothing and reports the original;
+//! - every event gets a global position, assigned in commit order, so a reader that has seen
+//!   position `p` has seen every event before it ([`Subscription`] relies on this);
+//! - old payload shapes are upcast on read through the store's [`Upcasters`].
+
+mod error;
+mod plan;
+mod postgres;
+pub mod scratch;
+mod sqlite;
+mod subscription;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use patron_domain::{
+    EventId, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend, StreamId,
+    StreamVersion, Upcasters,
+};
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub use error::{Result, StoreError};
+pub use subscription::Subscription;
+
+/// Which database holds the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        })
+    }
+}
+
+/// Where an event is in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventRef {
+    /// Its idempotency key.
+    pub event_id: EventId,
+    /// Its global position.
+    pub position: Position,
+    /// Its stream.
+    pub stream_id: StreamId,
+    /// Its version in the stream.
+    pub stream_version: StreamVersion,
+}
+
+/// What happened to one event of an append.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum EventOutcome {
+    /// Stored now, here.
+    Appended(EventRef),
+    /// Stored before, here: nothing was written.
+    Duplicate(EventRef),
+}
+
+impl EventOutcome {
+    /// Where the event is, whether it was stored now or before.
+    pub fn event_ref(&self) -> &EventRef {
+        match self {
+            Self::Appended(r) | Self::Duplicate(r) => r,
+        }
+    }
+}
+
+/// What happened to one stream of an append.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StreamOutcome {
+    /// The stream.
+    pub stream_id: StreamId,
+    /// Its version after the append.
+    pub version: StreamVersion,
+    /// One outcome per event, in the order given.
+    pub events: Vec<EventOutcome>,
+}
+
+/// What an append did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AppendOutcome {
+    /// One per stream, in the order given.
+    pub streams: Vec<StreamOutcome>,
+    /// The log's last position after the append.
+    pub head: Position,
+    /// The time stamped on the events stored now.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl AppendOutcome {
+    /// How many events were stored now.
+    pub fn appended(&self) -> usize {
+        self.events()
+            .filter(|e| matches!(e, EventOutcome::Appended(_)))
+            .count()
+    }
+
+    /// How many events had been stored before.
+    pub fn duplicates(&self) -> usize {
+        self.events()
+            .filter(|e| matches!(e, EventOutcome::Duplicate(_)))
+            .count()
+    }
+
+    /// Every event's outcome, stream by stream.
+    pub fn events(&self) -> impl Iterator<Item = &EventOutcome> {
+        self.streams.iter().flat_map(|s| s.events.iter())
+    }
+}
+
+/// Tuning for a store connection.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Connections for reads (SQLite) or for everything (PostgreSQL).
+    pub max_connections: u32,
+    /// How often a caught-up subscription looks for events written by other processes.
+    pub poll_interval: Duration,
+    /// Steps that bring old payload shapes up to date on read.
+    pub upcasters: Arc<Upcasters>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            poll_interval: Duration::from_millis(200),
+            upcasters: Arc::new(Upcasters::new()),
+        }
+    }
+}
+
+/// Counts that describe the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LogStats {
+    /// The database kind.
+    pub backend: BackendKind,
+    /// The last position handed out (0 for an empty log).
+    pub head: Position,
+    /// Events stored.
+    pub events: u64,
+    /// Streams with at least one event.
+    pub streams: u64,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(sqlite::SqliteLog),
+    Postgres(postgres::PostgresLog),
+}
+
+/// A handle on the event log; cheap to clone, safe to share between tasks.
+#[derive(Clone)]
+pub struct EventStore {
+    backend: Backend,
+    upcasters: Arc<Upcasters>,
+    head: Arc<watch::Sender<Position>>,
+    poll_interval: Duration,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore")
+            .field("backend", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL with any password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl EventStore {
+    /// Opens the store at `url` (`sqlite://PATH`, created if missing, or `postgres://...`) and
+    /// brings its schema up to date.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, StoreOptions::default()).await
+    }
+
+    /// Opens the store with explicit options.
+    #[tracing::instrument(name = "store.connect", skip_all, fields(url = %redact_url(url)))]
+    pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Self> {
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite(sqlite::SqliteLog::open(url, options.max_connections).await?)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres(postgres::PostgresLog::open(url, options.max_connections).await?)
+        } else {
+            return Err(StoreError::UnsupportedUrl {
+                url: redact_url(url),
+            });
+        };
+        let head = match &backend {
+            Backend::Sqlite(b) => b.head().await?,
+            Backend::Postgres(b) => b.head().await?,
+        };
+        Ok(Self {
+            backend,
+            upcasters: options.upcasters,
+            head: Arc::new(watch::Sender::new(head)),
+            poll_interval: options.poll_interval,
+        })
+    }
+
+    /// Which database holds the log.
+    pub fn kind(&self) -> BackendKind {
+        match &self.backend {
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Appends events to one stream.
+    pub async fn append_to_stream(
+        &self,
+        stream_id: StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<StreamOutcome> {
+        let mut outcome = self
+            .append(vec![StreamAppend::new(stream_id, expected, events)])
+            .await?;
+        Ok(outcome.streams.remove(0))
+    }
+
+    /// Appends to several streams in one transaction: all are stored, or none.
+    ///
+    /// Events whose id is already stored are reported as duplicates and not written again; a
+    /// stream whose events are all duplicates is not version-checked, so a retried append
+    /// succeeds. A stream that receives new events must be at its expected version, or the
+    /// whole append fails with [`StoreError::Conflict`].
+    #[tracing::instrument(name = "store.append", skip_all, fields(streams = appends.len(), events))]
+    pub async fn append(&self, appends: Vec<StreamAppend>) -> Result<AppendOutcome> {
+        let events: usize = appends.iter().map(|a| a.events.len()).sum();
+        tracing::Span::current().record("events", events);
+        plan::validate(&appends)?;
+        let outcome = match &self.backend {
+            Backend::Sqlite(b) => b.append(&appends).await?,
+            Backend::Postgres(b) => b.append(&appends).await?,
+        };
+        self.head.send_if_modified(|head| {
+            let moved = outcome.head > *head;
+            if moved {
+                *head = outcome.head;
+            }
+            moved
+        });
+        Ok(outcome)
+    }
+
+    /// Where the given ids are stored, for the ids that are.
+    #[tracing::instrument(name = "store.find_events", skip_all, fields(ids = ids.len()))]
+    pub async fn find_events(&self, ids: &[EventId]) -> Result<Vec<EventRef>> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.find(ids).await,
+            Backend::Postgres(b) => b.find(ids).await,
+        }
+    }
+
+    /// Up to `max` events of one stream with versions from `from_version` on, in order.
+    #[tracing::instrument(name = "store.read_stream", skip_all, fields(stream = %stream_id))]
+    pub async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: StreamVersion,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let events = match &self.backend {
+            Backend::Sqlite(b) => b.read_stream(stream_id, from_version, max).await?,
+            Backend::Postgres(b) => b.read_stream(stream_id, from_version, max).await?,
+        };
+        self.upcast(events)
+    }
+
+    /// The current version of a stream (0 if it has no events).
+    pub async fn stream_version(&self, stream_id: &StreamId) -> Result<StreamVersion> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.stream_version(stream_id).await,
+            Backend::Postgres(b) => b.stream_version(stream_id).await,
+        }
+    }
+
+    /// Up to `max` events with positions after `after`, in position order.
+    #[tracing::instrument(name = "store.read_all", skip_all, fields(after, max))]
+    pub async fn read_all(&self, after: Position, max: usize) -> Result<Vec<RecordedEvent>> {
+        let events = match &self.backend {
+            Backend::Sqlite(b) => b.read_all(after, max).await?,
+            Backend::Postgres(b) => b.read_all(after, max).await?,
+        };
+        self.upcast(events)
+    }
+
+    /// A catch-up reader of the whole log from after `after`, which then follows new events.
+    pub fn subscribe_all(&self, after: Position, batch_size: usize) -> Subscription {
+        Subscription::new(self.clone(), after, batch_size.max(1))
+    }
+
+    /// The last position stored (0 for an empty log).
+    pub async fn head(&self) -> Result<Position> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.head().await,
+            Backend::Postgres(b) => b.head().await,
+        }
+    }
+
+    /// Counts of events and streams.
+    pub async fn stats(&self) -> Result<LogStats> {
+        let (head, events, streams) = match &self.backend {
+            Backend::Sqlite(b) => b.stats().await?,
+            Backend::Postgres(b) => b.stats().await?,
+        };
+        Ok(LogStats {
+            backend: self.kind(),
+            head,
+            events,
+            streams,
+        })
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite(b) => b.close().await,
+            Backend::Postgres(b) => b.close().await,
+        }
+    }
+
+    fn upcast(&self, events: Vec<RecordedEvent>) -> Result<Vec<RecordedEvent>> {
+        if self.upcasters.is_empty() {
+            return Ok(events);
+        }
+        events
+            .into_iter()
+            .map(|e| self.upcasters.apply(e).map_err(StoreError::from))
+            .collect()
+    }
+
+    fn head_watch(&self) -> watch::Receiver<Position> {
+        self.head.subscribe()
+    }
+}
+
+/// Converts a stored integer to a position or version, refusing negatives.
+fn to_u64(value: i64, position: i64, what: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt {
+        position: position.max(0).unsigned_abs(),
+        reason: format!("{what} is negative ({value})"),
+    })
+}
+
+/// Converts a position or version to the database's integer type.
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,129 @@
+//! The part of an append that is the same on every backend: checking a commit against what is
+//! stored and laying out the rows to write.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use patron_domain::{EventId, NewEvent, Position, StreamAppend, StreamId, StreamVersion};
+
+use super::error::{Result, StoreError};
+use super::{AppendOutcome, EventOutcome, EventRef, StreamOutcome};
+
+/// A stream as the store knows it: its integer key (if it exists) and its last version.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StreamState {
+    pub key: Option<i64>,
+    pub version: StreamVersion,
+}
+
+/// One event row to insert.
+pub(crate) struct Row<'a> {
+    pub position: Position,
+    pub stream_index: usize,
+    pub stream_version: StreamVersion,
+    pub event: &'a NewEvent,
+}
+
+/// What to write, and what to answer once written.
+pub(crate) struct Plan<'a> {
+    pub rows: Vec<Row<'a>>,
+    /// Streams (by index into the commit) that must be created.
+    pub new_streams: Vec<usize>,
+    pub outcome: AppendOutcome,
+}
+
+/// Checks a commit's shape before any IO: no repeated event ids or streams, no empty appends.
+pub(crate) fn validate(appends: &[StreamAppend]) -> Result<()> {
+    let mut ids = HashSet::new();
+    let mut streams = HashSet::new();
+    for append in appends {
+        if append.events.is_empty() {
+            return Err(StoreError::EmptyAppend {
+                stream_id: append.stream_id.clone(),
+            });
+        }
+        if !streams.insert(&append.stream_id) {
+            return Err(StoreError::StreamRepeated {
+                stream_id: append.stream_id.clone(),
+            });
+        }
+        for event in &append.events {
+            if !ids.insert(event.event_id()) {
+                return Err(StoreError::DuplicateInAppend {
+                    event_id: event.event_id(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lays out the rows of a commit. `stored` maps ids already in the log to where they are;
+/// `states` gives every named stream's current state. Fails with a conflict, writing nothing,
+/// if a stream that receives new events is not at its expected version.
+pub(crate) fn plan<'a>(
+    appends: &'a [StreamAppend],
+    stored: &HashMap<EventId, EventRef>,
+    states: &HashMap<StreamId, StreamState>,
+    head: Position,
+    recorded_at: DateTime<Utc>,
+) -> Result<Plan<'a>> {
+    let mut position = head;
+    let mut rows = Vec::new();
+    let mut new_streams = Vec::new();
+    let mut streams = Vec::with_capacity(appends.len());
+    for (index, append) in appends.iter().enumerate() {
+        let state = states.get(&append.stream_id).copied().unwrap_or_default();
+        let fresh = append
+            .events
+            .iter()
+            .filter(|e| !stored.contains_key(&e.event_id()))
+            .count();
+        if fresh > 0 && !append.expected.admits(state.version) {
+            return Err(StoreError::Conflict {
+                stream_id: append.stream_id.clone(),
+                expected: append.expected,
+                actual: state.version,
+            });
+        }
+        if fresh > 0 && state.key.is_none() {
+            new_streams.push(index);
+        }
+        let mut version = state.version;
+        let mut events = Vec::with_capacity(append.events.len());
+        for event in &append.events {
+            if let Some(original) = stored.get(&event.event_id()) {
+                events.push(EventOutcome::Duplicate(original.clone()));
+                continue;
+            }
+            position += 1;
+            version += 1;
+            rows.push(Row {
+                position,
+                stream_index: index,
+                stream_version: version,
+                event,
+            });
+            events.push(EventOutcome::Appended(EventRef {
+                event_id: event.event_id(),
+                position,
+                stream_id: append.stream_id.clone(),
+                stream_version: version,
+            }));
+        }
+        streams.push(StreamOutcome {
+            stream_id: append.stream_id.clone(),
+            version,
+            events,
+        });
+    }
+    Ok(Plan {
+        rows,
+        new_streams,
+        outcome: AppendOutcome {
+            streams,
+            head: position,
+            recorded_at,
+        },
+    })
+}

@@ -1,0 +1,326 @@
+//! The event log on a PostgreSQL server.
+//!
+//! Appending transactions lock the one-row `event_log_head` table before they assign positions
+//! and hold the lock until they commit, so positions commit in order and readers may read every
+//! position they see without waiting for a safe high-water mark.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use patron_domain::{
+    EventId, Metadata, Position, RecordedEvent, StreamAppend, StreamId, StreamVersion,
+};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::error::{Result, StoreError};
+use super::plan::{self, StreamState};
+use super::{to_i64, to_u64, AppendOutcome, EventRef};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+const SELECT_EVENTS: &str = "SELECT e.position, e.event_id, s.stream_id, e.stream_version, \
+     e.event_type, e.schema_version, e.occurred_at, e.recorded_at, e.payload::text, e.source, \
+     e.channel, e.correlation_id, e.causation_id, e.actor, e.reason \
+     FROM events e JOIN streams s ON s.stream_key = e.stream_key";
+
+#[derive(Clone)]
+pub(crate) struct PostgresLog {
+    pool: PgPool,
+}
+
+fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
+    let position: i64 = row.try_get(0)?;
+    let stream_id: String = row.try_get(2)?;
+    let stream_id = StreamId::new(stream_id).map_err(|e| StoreError::Corrupt {
+        position: position.max(0).unsigned_abs(),
+        reason: e.to_string(),
+    })?;
+    let schema_version: i32 = row.try_get(5)?;
+    Ok(RecordedEvent {
+        position: to_u64(position, position, "position")?,
+        event_id: EventId::from_uuid(row.try_get(1)?),
+        stream_id,
+        stream_version: to_u64(row.try_get(3)?, position, "stream version")?,
+        event_type: row.try_get(4)?,
+        schema_version: u32::try_from(schema_version).map_err(|_| StoreError::Corrupt {
+            position: position.max(0).unsigned_abs(),
+            reason: format!("schema version {schema_version} is out of range"),
+        })?,
+        occurred_at: row.try_get::<DateTime<Utc>, _>(6)?,
+        recorded_at: row.try_get::<DateTime<Utc>, _>(7)?,
+        payload: row.try_get(8)?,
+        metadata: Metadata {
+            source: row.try_get(9)?,
+            channel: row.try_get(10)?,
+            correlation_id: row.try_get(11)?,
+            causation_id: row.try_get(12)?,
+            actor: row.try_get(13)?,
+            reason: row.try_get(14)?,
+        },
+    })
+}
+
+impl PostgresLog {
+    pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) async fn append(&self, appends: &[StreamAppend]) -> Result<AppendOutcome> {
+        let mut tx = self.pool.begin().await?;
+        // Serializes appends: held until commit, so positions commit in order.
+        let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let ids: Vec<EventId> = appends
+            .iter()
+            .flat_map(|a| a.events.iter().map(|e| e.event_id()))
+            .collect();
+        let stored: HashMap<EventId, EventRef> = find_in(&mut tx, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.event_id, r))
+            .collect();
+        let states = load_states(&mut tx, appends).await?;
+        let recorded_at = Utc::now().trunc_subsecs(6);
+        let plan = plan::plan(
+            appends,
+            &stored,
+            &states,
+            to_u64(head, head, "head position")?,
+            recorded_at,
+        )?;
+        if plan.rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(plan.outcome);
+        }
+
+        let mut keys: Vec<Option<i64>> = appends
+            .iter()
+            .map(|a| states.get(&a.stream_id).and_then(|s| s.key))
+            .collect();
+        if !plan.new_streams.is_empty() {
+            let names: Vec<&str> = plan
+                .new_streams
+                .iter()
+                .map(|&i| appends[i].stream_id.as_str())
+                .collect();
+            let rows = sqlx::query(
+                "INSERT INTO streams (stream_id) SELECT * FROM UNNEST($1::text[]) \
+                 RETURNING stream_key, stream_id",
+            )
+            .bind(&names)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::from_write)?;
+            let created: HashMap<String, i64> = rows
+                .iter()
+                .map(|r| Ok((r.try_get(1)?, r.try_get(0)?)))
+                .collect::<Result<_>>()?;
+            for &index in &plan.new_streams {
+                keys[index] = created.get(appends[index].stream_id.as_str()).copied();
+            }
+        }
+
+        let n = plan.rows.len();
+        let mut positions = Vec::with_capacity(n);
+        let mut event_ids = Vec::with_capacity(n);
+        let mut stream_keys = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut schemas = Vec::with_capacity(n);
+        let mut occurred = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut sources = Vec::with_capacity(n);
+        let mut channels = Vec::with_capacity(n);
+        let mut correlations = Vec::with_capacity(n);
+        let mut causations = Vec::with_capacity(n);
+        let mut actors = Vec::with_capacity(n);
+        let mut reasons = Vec::with_capacity(n);
+        for row in &plan.rows {
+            let meta = row.event.metadata();
+            positions.push(to_i64(row.position));
+            event_ids.push(row.event.event_id().as_uuid());
+            stream_keys.push(keys[row.stream_index]);
+            versions.push(to_i64(row.stream_version));
+            types.push(row.event.event_type());
+            schemas.push(i32::try_from(row.event.schema_version()).unwrap_or(i32::MAX));
+            occurred.push(row.event.occurred());
+            payloads.push(row.event.payload());
+            sources.push(meta.source.as_deref());
+            channels.push(meta.channel.as_deref());
+            correlations.push(meta.correlation_id);
+            causations.push(meta.causation_id);
+            actors.push(meta.actor.as_deref());
+            reasons.push(meta.reason.as_deref());
+        }
+        sqlx::query(
+            "INSERT INTO events (position, event_id, stream_key, stream_version, event_type, \
+             schema_version, occurred_at, recorded_at, payload, source, channel, \
+             correlation_id, causation_id, actor, reason) \
+             SELECT p, i, k, v, t, sv, o, $8, pl::json, src, ch, co, ca, ac, re \
+             FROM UNNEST($1::int8[], $2::uuid[], $3::int8[], $4::int8[], $5::text[], \
+             $6::int4[], $7::timestamptz[], $9::text[], $10::text[], $11::text[], \
+             $12::uuid[], $13::uuid[], $14::text[], $15::text[]) \
+             AS r(p, i, k, v, t, sv, o, pl, src, ch, co, ca, ac, re)",
+        )
+        .bind(&positions)
+        .bind(&event_ids)
+        .bind(&stream_keys)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&schemas)
+        .bind(&occurred)
+        .bind(recorded_at)
+        .bind(&payloads)
+        .bind(&sources)
+        .bind(&channels)
+        .bind(&correlations)
+        .bind(&causations)
+        .bind(&actors)
+        .bind(&reasons)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_write)?;
+        sqlx::query("UPDATE event_log_head SET last_position = $1")
+            .bind(to_i64(plan.outcome.head))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(plan.outcome)
+    }
+
+    pub(crate) async fn find(&self, ids: &[EventId]) -> Result<Vec<EventRef>> {
+        let mut conn = self.pool.acquire().await?;
+        find_in(&mut conn, ids).await
+    }
+
+    pub(crate) async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from_version: StreamVersion,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let sql = format!(
+            "{SELECT_EVENTS} WHERE s.stream_id = $1 AND e.stream_version >= $2 \
+             ORDER BY e.stream_version LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(stream_id.as_str())
+            .bind(to_i64(from_version))
+            .bind(to_i64(max as u64))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    pub(crate) async fn stream_version(&self, stream_id: &StreamId) -> Result<StreamVersion> {
+        let version: Option<i64> = sqlx::query_scalar(
+            "SELECT max(e.stream_version) FROM events e JOIN streams s \
+             ON s.stream_key = e.stream_key WHERE s.stream_id = $1",
+        )
+        .bind(stream_id.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        to_u64(version.unwrap_or(0), 0, "stream version")
+    }
+
+    pub(crate) async fn read_all(&self, after: Position, max: usize) -> Result<Vec<RecordedEvent>> {
+        let sql = format!("{SELECT_EVENTS} WHERE e.position > $1 ORDER BY e.position LIMIT $2");
+        let rows = sqlx::query(&sql)
+            .bind(to_i64(after))
+            .bind(to_i64(max as u64))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    pub(crate) async fn head(&self) -> Result<Position> {
+        let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head")
+            .fetch_one(&self.pool)
+            .await?;
+        to_u64(head, head, "head position")
+    }
+
+    pub(crate) async fn stats(&self) -> Result<(Position, u64, u64)> {
+        let row = sqlx::query(
+            "SELECT (SELECT last_position FROM event_log_head), \
+             (SELECT count(*) FROM events), (SELECT count(*) FROM streams)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let head: i64 = row.try_get(0)?;
+        Ok((
+            to_u64(head, head, "head position")?,
+            to_u64(row.try_get(1)?, 0, "event count")?,
+            to_u64(row.try_get(2)?, 0, "stream count")?,
+        ))
+    }
+}
+
+async fn find_in(conn: &mut PgConnection, ids: &[EventId]) -> Result<Vec<EventRef>> {
+    let ids: Vec<Uuid> = ids.iter().map(EventId::as_uuid).collect();
+    let rows = sqlx::query(
+        "SELECT e.event_id, e.position, s.stream_id, e.stream_version FROM events e \
+         JOIN streams s ON s.stream_key = e.stream_key WHERE e.event_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let position: i64 = row.try_get(1)?;
+            let stream_id: String = row.try_get(2)?;
+            Ok(EventRef {
+                event_id: EventId::from_uuid(row.try_get(0)?),
+                position: to_u64(position, position, "position")?,
+                stream_id: StreamId::new(stream_id).map_err(|e| StoreError::Corrupt {
+                    position: position.max(0).unsigned_abs(),
+                    reason: e.to_string(),
+                })?,
+                stream_version: to_u64(row.try_get(3)?, position, "stream version")?,
+            })
+        })
+        .collect()
+}
+
+async fn load_states(
+    conn: &mut PgConnection,
+    appends: &[StreamAppend],
+) -> Result<HashMap<StreamId, StreamState>> {
+    let names: Vec<&str> = appends.iter().map(|a| a.stream_id.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT s.stream_id, s.stream_key, (SELECT max(e.stream_version) FROM events e \
+         WHERE e.stream_key = s.stream_key) FROM streams s WHERE s.stream_id = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut states = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let stream_id: String = row.try_get(0)?;
+        let version: Option<i64> = row.try_get(2)?;
+        let Ok(stream_id) = StreamId::new(stream_id) else {
+            continue;
+        };
+        states.insert(
+            stream_id,
+            StreamState {
+                key: Some(row.try_get(1)?),
+                version: to_u64(version.unwrap_or(0), 0, "stream version")?,
+            },
+        );
+    }
+    Ok(states)
+}
