@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use patron_domain::{ExpectedVersion, Metadata, NewEvent, StreamAppend, StreamId};
 use rand::rngs::StdRng;
@@ -82,12 +83,8 @@ pub struct StoreBenchReport {
     pub single_append_events_per_s: f64,
     /// Batched appends, events/s.
     pub batched_append_events_per_s: f64,
-    /// Reading the whole log in position order, events/s.
-    pub read_all_events_per_s: f64,
-    /// Events read back (all that were appended).
-    pub events_read: u64,
-    /// Resident memory while reading, sampled every 10% of the log.
-    pub read_rss: Vec<RssSample>,
+    /// Reading the log back.
+    pub read: ReadBenchReport,
 }
 
 /// A generator of realistic touchpoints: store purchases, app views, web orders.
@@ -110,6 +107,8 @@ const CATEGORIES: [&str; 8] = [
     "shoes",
     "bags",
 ];
+const USER_AGENT: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) \
+    AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.50";
 const CITIES: [&str; 6] = [
     "Shanghai", "Beijing", "Shenzhen", "Hangzhou", "Chengdu", "Wuhan",
 ];
@@ -203,6 +202,13 @@ impl TouchpointGenerator {
                 }),
             ),
         };
+        let mut payload = payload;
+        payload["context"] = json!({
+            "ip": format!("203.0.113.{}", rng.gen_range(1..255)),
+            "user_agent": USER_AGENT,
+            "locale": "zh-CN",
+            "campaign": format!("utm_{}", rng.gen_range(0..40)),
+        });
         self.emitted += 1;
         let occurred = self.start + TimeDelta::seconds(i64::try_from(self.emitted).unwrap_or(0));
         let stream_id =
@@ -313,31 +319,7 @@ pub async fn run_store_bench(
     let batched = rate(config.batched_events, elapsed);
 
     let total = config.single_events + config.batched_events;
-    let progress = bar(total, "read all");
-    let sample_every = (total / 10).max(1);
-    let mut samples = vec![RssSample {
-        events_read: 0,
-        rss_mib: rss_mib(),
-    }];
-    let started = Instant::now();
-    let mut after = 0;
-    let mut read = 0u64;
-    loop {
-        let events = store.read_all(after, config.read_batch).await?;
-        let Some(last) = events.last() else { break };
-        after = last.position;
-        let before = read;
-        read += events.len() as u64;
-        if read / sample_every > before / sample_every {
-            samples.push(RssSample {
-                events_read: read,
-                rss_mib: rss_mib(),
-            });
-        }
-        progress.inc(events.len() as u64);
-    }
-    let read_elapsed = started.elapsed();
-    progress.finish();
+    let read = run_read_bench(store, total, config.read_batch).await?;
 
     Ok(StoreBenchReport {
         backend: store.kind(),
@@ -345,10 +327,99 @@ pub async fn run_store_bench(
         config,
         single_append_events_per_s: single,
         batched_append_events_per_s: batched,
-        read_all_events_per_s: rate(read, read_elapsed),
-        events_read: read,
-        read_rss: samples,
+        read,
     })
+}
+
+/// What reading the whole log measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReadBenchReport {
+    /// Events read.
+    pub events_read: u64,
+    /// Reading the whole log in position order as one stream, events/s.
+    pub streamed_events_per_s: f64,
+    /// Reading the whole log with `read_all` calls of `read_batch` events, events/s.
+    pub batches_events_per_s: f64,
+    /// Events per `read_all` call.
+    pub read_batch: usize,
+    /// Resident memory while streaming the log, sampled every 10% of it.
+    pub rss: Vec<RssSample>,
+}
+
+/// Reads the whole log twice: streamed, then in batches of `read_batch`. `expected` (the number
+/// of events in the log) sizes the progress bars and the memory samples.
+pub async fn run_read_bench(
+    store: &EventStore,
+    expected: u64,
+    read_batch: usize,
+) -> Result<ReadBenchReport, StoreError> {
+    let progress = bar(expected, "read all");
+    let sample_every = (expected / 10).max(1);
+    let mut rss = vec![RssSample {
+        events_read: 0,
+        rss_mib: rss_mib(),
+    }];
+    let started = Instant::now();
+    let mut read = 0u64;
+    let mut events = store.stream_all(0);
+    while let Some(event) = events.next().await {
+        std::hint::black_box(&event?);
+        read += 1;
+        if read % sample_every == 0 {
+            rss.push(RssSample {
+                events_read: read,
+                rss_mib: rss_mib(),
+            });
+        }
+        if read % 10_000 == 0 {
+            progress.inc(10_000);
+        }
+    }
+    drop(events);
+    let streamed = rate(read, started.elapsed());
+    progress.finish();
+
+    let progress = bar(expected, "read in batches");
+    let started = Instant::now();
+    let mut after = 0;
+    let mut batched_read = 0u64;
+    loop {
+        let events = store.read_all(after, read_batch).await?;
+        let Some(last) = events.last() else { break };
+        after = last.position;
+        batched_read += events.len() as u64;
+        progress.inc(events.len() as u64);
+    }
+    let batches = rate(batched_read, started.elapsed());
+    progress.finish();
+    Ok(ReadBenchReport {
+        events_read: read,
+        streamed_events_per_s: streamed,
+        batches_events_per_s: batches,
+        read_batch,
+        rss,
+    })
+}
+
+impl std::fmt::Display for ReadBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "read all, streamed: {:>10.0} events/s ({} events)",
+            self.streamed_events_per_s, self.events_read
+        )?;
+        writeln!(
+            f,
+            "read all, batches:  {:>10.0} events/s ({} per read)",
+            self.batches_events_per_s, self.read_batch
+        )?;
+        let rss: Vec<String> = self
+            .rss
+            .iter()
+            .map(|s| format!("{:.0} MiB at {}", s.rss_mib, s.events_read))
+            .collect();
+        write!(f, "rss while streaming: {}", rss.join(", "))
+    }
 }
 
 impl std::fmt::Display for StoreBenchReport {
@@ -374,16 +445,6 @@ impl std::fmt::Display for StoreBenchReport {
             "batched append:     {:>10.0} events/s",
             self.batched_append_events_per_s
         )?;
-        writeln!(
-            f,
-            "read all:           {:>10.0} events/s ({} events, {} per read)",
-            self.read_all_events_per_s, self.events_read, self.config.read_batch
-        )?;
-        let rss: Vec<String> = self
-            .read_rss
-            .iter()
-            .map(|s| format!("{:.0} MiB at {}", s.rss_mib, s.events_read))
-            .collect();
-        write!(f, "rss while reading:  {}", rss.join(", "))
+        write!(f, "{}", self.read)
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::bench::{run_store_bench, Spread, StoreBenchConfig};
+use crate::bench::{run_read_bench, run_store_bench, Spread, StoreBenchConfig};
 use crate::store::scratch::ScratchPostgres;
 use crate::store::{redact_url, EventStore};
 
@@ -52,6 +52,16 @@ pub enum Command {
 pub enum BenchCommand {
     /// Event store: single appends, batched appends, read-all, and memory while reading.
     Store(StoreBenchArgs),
+    /// Read the whole log of the store named by --database-url, streamed then in batches, and
+    /// report events/s and memory. Writes nothing.
+    Read {
+        /// Events per read in the batched pass.
+        #[arg(long, default_value_t = 5_000)]
+        read_batch: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options of `patron bench store`.
@@ -82,6 +92,9 @@ pub struct StoreBenchArgs {
     /// Events per read when reading the log back.
     #[arg(long, default_value_t = 5_000)]
     pub read_batch: usize,
+    /// Keep the scratch database afterwards and print where it is.
+    #[arg(long)]
+    pub keep: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -94,6 +107,9 @@ impl Cli {
             Command::Status { json } => status(&self.database_url, json).await,
             Command::Log { after, limit } => log(&self.database_url, after, limit).await,
             Command::Bench(BenchCommand::Store(args)) => bench_store(args).await,
+            Command::Bench(BenchCommand::Read { read_batch, json }) => {
+                bench_read(&self.database_url, read_batch, json).await
+            }
         }
     }
 }
@@ -135,6 +151,30 @@ async fn log(url: &str, after: u64, limit: usize) -> Result<()> {
     Ok(())
 }
 
+async fn bench_read(url: &str, read_batch: usize, json: bool) -> Result<()> {
+    anyhow::ensure!(read_batch > 0, "--read-batch must be at least 1");
+    let store = open(url).await?;
+    let stats = store
+        .stats()
+        .await
+        .context("cannot read the log's counts")?;
+    let report = run_read_bench(&store, stats.events, read_batch)
+        .await
+        .context("reading the log failed")?;
+    store.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "store:              {} ({})",
+            redact_url(url),
+            stats.backend
+        );
+        println!("{report}");
+    }
+    Ok(())
+}
+
 async fn bench_store(args: StoreBenchArgs) -> Result<()> {
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(args.read_batch > 0, "--read-batch must be at least 1");
@@ -158,10 +198,14 @@ async fn bench_store(args: StoreBenchArgs) -> Result<()> {
             let store = open(scratch.url()).await?;
             let report = run_store_bench(&store, config).await;
             store.close().await;
-            scratch
-                .drop_database()
-                .await
-                .context("cannot drop the scratch database")?;
+            if args.keep {
+                eprintln!("kept the scratch database: {}", redact_url(scratch.url()));
+            } else {
+                scratch
+                    .drop_database()
+                    .await
+                    .context("cannot drop the scratch database")?;
+            }
             report?
         }
         None => {
@@ -174,6 +218,13 @@ async fn bench_store(args: StoreBenchArgs) -> Result<()> {
             let store = open(&url).await?;
             let report = run_store_bench(&store, config).await;
             store.close().await;
+            if args.keep {
+                let kept = dir.keep();
+                eprintln!(
+                    "kept the scratch database: sqlite://{}",
+                    kept.join("bench.db").display()
+                );
+            }
             report?
         }
     };

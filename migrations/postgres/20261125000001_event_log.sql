@@ -17,7 +17,8 @@ INSERT INTO event_log_head (singleton, last_position) VALUES (TRUE, 0);
 CREATE TABLE events (
     position       BIGINT      PRIMARY KEY,
     event_id       UUID        NOT NULL,
-    stream_key     BIGINT      NOT NULL,
+    stream_key     BIGINT      NOT NULL,  -- streams.stream_key, for the compact version index
+    stream_id      TEXT        NOT NULL,  -- streams.stream_id, so reads need no join
     stream_version BIGINT      NOT NULL,
     event_type     TEXT        NOT NULL,
     schema_version INTEGER     NOT NULL,

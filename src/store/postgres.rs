@@ -5,14 +5,16 @@
 //! position they see without waiting for a safe high-water mark.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use futures::stream::{BoxStream, StreamExt};
 use patron_domain::{
     EventId, Metadata, Position, RecordedEvent, StreamAppend, StreamId, StreamVersion,
 };
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Row};
 use uuid::Uuid;
 
 use super::error::{Result, StoreError};
@@ -21,10 +23,14 @@ use super::{to_i64, to_u64, AppendOutcome, EventRef};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
-const SELECT_EVENTS: &str = "SELECT e.position, e.event_id, s.stream_id, e.stream_version, \
+const SELECT_EVENTS: &str = "SELECT e.position, e.event_id, e.stream_id, e.stream_version, \
      e.event_type, e.schema_version, e.occurred_at, e.recorded_at, e.payload::text, e.source, \
-     e.channel, e.correlation_id, e.causation_id, e.actor, e.reason \
-     FROM events e JOIN streams s ON s.stream_key = e.stream_key";
+     e.channel, e.correlation_id, e.causation_id, e.actor, e.reason FROM events e";
+
+const STREAM_ALL: &str = "SELECT e.position, e.event_id, e.stream_id, e.stream_version, \
+     e.event_type, e.schema_version, e.occurred_at, e.recorded_at, e.payload::text, e.source, \
+     e.channel, e.correlation_id, e.causation_id, e.actor, e.reason FROM events e \
+     WHERE e.position > $1 ORDER BY e.position";
 
 #[derive(Clone)]
 pub(crate) struct PostgresLog {
@@ -65,11 +71,19 @@ fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
 
 impl PostgresLog {
     pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Self> {
+        // Parameters are arrays whose length varies from call to call: a plan made for the
+        // values at hand beats a generic plan, which can fall back to scanning the log.
+        let options =
+            PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
+        // One direct connection first: an unreachable server fails at once instead of after
+        // the pool's acquire timeout, and the schema is brought up to date on it.
+        let mut conn = PgConnection::connect_with(&options).await?;
+        MIGRATOR.run(&mut conn).await?;
+        conn.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
-            .connect(url)
+            .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
 
@@ -137,6 +151,7 @@ impl PostgresLog {
         let mut positions = Vec::with_capacity(n);
         let mut event_ids = Vec::with_capacity(n);
         let mut stream_keys = Vec::with_capacity(n);
+        let mut stream_ids = Vec::with_capacity(n);
         let mut versions = Vec::with_capacity(n);
         let mut types = Vec::with_capacity(n);
         let mut schemas = Vec::with_capacity(n);
@@ -153,6 +168,7 @@ impl PostgresLog {
             positions.push(to_i64(row.position));
             event_ids.push(row.event.event_id().as_uuid());
             stream_keys.push(keys[row.stream_index]);
+            stream_ids.push(appends[row.stream_index].stream_id.as_str());
             versions.push(to_i64(row.stream_version));
             types.push(row.event.event_type());
             schemas.push(i32::try_from(row.event.schema_version()).unwrap_or(i32::MAX));
@@ -166,14 +182,14 @@ impl PostgresLog {
             reasons.push(meta.reason.as_deref());
         }
         sqlx::query(
-            "INSERT INTO events (position, event_id, stream_key, stream_version, event_type, \
-             schema_version, occurred_at, recorded_at, payload, source, channel, \
+            "INSERT INTO events (position, event_id, stream_key, stream_id, stream_version, \
+             event_type, schema_version, occurred_at, recorded_at, payload, source, channel, \
              correlation_id, causation_id, actor, reason) \
-             SELECT p, i, k, v, t, sv, o, $8, pl::json, src, ch, co, ca, ac, re \
+             SELECT p, i, k, sid, v, t, sv, o, $8, pl::json, src, ch, co, ca, ac, re \
              FROM UNNEST($1::int8[], $2::uuid[], $3::int8[], $4::int8[], $5::text[], \
              $6::int4[], $7::timestamptz[], $9::text[], $10::text[], $11::text[], \
-             $12::uuid[], $13::uuid[], $14::text[], $15::text[]) \
-             AS r(p, i, k, v, t, sv, o, pl, src, ch, co, ca, ac, re)",
+             $12::uuid[], $13::uuid[], $14::text[], $15::text[], $16::text[]) \
+             AS r(p, i, k, v, t, sv, o, pl, src, ch, co, ca, ac, re, sid)",
         )
         .bind(&positions)
         .bind(&event_ids)
@@ -190,6 +206,7 @@ impl PostgresLog {
         .bind(&causations)
         .bind(&actors)
         .bind(&reasons)
+        .bind(&stream_ids)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_write)?;
@@ -213,8 +230,8 @@ impl PostgresLog {
         max: usize,
     ) -> Result<Vec<RecordedEvent>> {
         let sql = format!(
-            "{SELECT_EVENTS} WHERE s.stream_id = $1 AND e.stream_version >= $2 \
-             ORDER BY e.stream_version LIMIT $3"
+            "{SELECT_EVENTS} WHERE e.stream_key = (SELECT stream_key FROM streams \
+             WHERE stream_id = $1) AND e.stream_version >= $2 ORDER BY e.stream_version LIMIT $3"
         );
         let rows = sqlx::query(&sql)
             .bind(stream_id.as_str())
@@ -227,8 +244,8 @@ impl PostgresLog {
 
     pub(crate) async fn stream_version(&self, stream_id: &StreamId) -> Result<StreamVersion> {
         let version: Option<i64> = sqlx::query_scalar(
-            "SELECT max(e.stream_version) FROM events e JOIN streams s \
-             ON s.stream_key = e.stream_key WHERE s.stream_id = $1",
+            "SELECT max(e.stream_version) FROM events e \
+             WHERE e.stream_key = (SELECT stream_key FROM streams WHERE stream_id = $1)",
         )
         .bind(stream_id.as_str())
         .fetch_one(&self.pool)
@@ -244,6 +261,16 @@ impl PostgresLog {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(decode_event).collect()
+    }
+
+    /// Every event after `after` that is committed when the query starts, in one streamed
+    /// query: the server sends rows while the caller decodes them, with no round trip per batch.
+    pub(crate) fn stream_all(&self, after: Position) -> BoxStream<'_, Result<RecordedEvent>> {
+        sqlx::query(STREAM_ALL)
+            .bind(to_i64(after))
+            .fetch(&self.pool)
+            .map(|row| decode_event(&row?))
+            .boxed()
     }
 
     pub(crate) async fn head(&self) -> Result<Position> {
@@ -272,8 +299,8 @@ impl PostgresLog {
 async fn find_in(conn: &mut PgConnection, ids: &[EventId]) -> Result<Vec<EventRef>> {
     let ids: Vec<Uuid> = ids.iter().map(EventId::as_uuid).collect();
     let rows = sqlx::query(
-        "SELECT e.event_id, e.position, s.stream_id, e.stream_version FROM events e \
-         JOIN streams s ON s.stream_key = e.stream_key WHERE e.event_id = ANY($1)",
+        "SELECT e.event_id, e.position, e.stream_id, e.stream_version \
+         FROM UNNEST($1::uuid[]) AS q(id) JOIN events e ON e.event_id = q.id",
     )
     .bind(&ids)
     .fetch_all(&mut *conn)
@@ -302,7 +329,8 @@ async fn load_states(
     let names: Vec<&str> = appends.iter().map(|a| a.stream_id.as_str()).collect();
     let rows = sqlx::query(
         "SELECT s.stream_id, s.stream_key, (SELECT max(e.stream_version) FROM events e \
-         WHERE e.stream_key = s.stream_key) FROM streams s WHERE s.stream_id = ANY($1)",
+         WHERE e.stream_key = s.stream_key) \
+         FROM UNNEST($1::text[]) AS q(id) JOIN streams s ON s.stream_id = q.id",
     )
     .bind(&names)
     .fetch_all(&mut *conn)

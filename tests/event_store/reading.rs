@@ -211,7 +211,58 @@ async fn a_subscription_catches_up_then_follows_new_events(t: &TestStore) {
     );
 }
 
+async fn stream_all_reads_every_event_in_order(t: &TestStore) {
+    use futures::TryStreamExt;
+    use patron_domain::StreamAppend;
+
+    let store = &t.store;
+    let total = 12_345u64;
+    let mut n = 0;
+    while n < total {
+        let appends = (0..50u64)
+            .map(|s| {
+                let events: Vec<_> = (0..20).map(|i| event(n + s * 20 + i)).collect();
+                StreamAppend::new(
+                    stream(&format!("customer-{s}")),
+                    ExpectedVersion::Any,
+                    events,
+                )
+            })
+            .collect::<Vec<_>>();
+        let mut appends = appends;
+        let size: u64 = appends.iter().map(|a| a.events.len() as u64).sum();
+        if n + size > total {
+            // Trim the last commit so the log ends at exactly `total` events.
+            let mut left = total - n;
+            appends.retain_mut(|a| {
+                let keep = left.min(a.events.len() as u64);
+                a.events.truncate(keep as usize);
+                left -= keep;
+                keep > 0
+            });
+        }
+        n += store.append(appends).await.unwrap().appended() as u64;
+    }
+    let all: Vec<_> = store.stream_all(0).try_collect().await.unwrap();
+    assert_eq!(all.len() as u64, total);
+    assert!(
+        all.iter().zip(1..).all(|(e, p)| e.position == p),
+        "every position once, in order"
+    );
+    let tail: Vec<_> = store.stream_all(12_000).try_collect().await.unwrap();
+    assert_eq!(tail.len(), 345);
+    assert_eq!(tail[0].position, 12_001);
+    assert_eq!(
+        tail,
+        all[12_000..].to_vec(),
+        "a streamed tail equals the same events read whole"
+    );
+    let none: Vec<_> = store.stream_all(total).try_collect().await.unwrap();
+    assert!(none.is_empty());
+}
+
 crate::on_both_stores!(
     read_all_pages_through_the_log_in_position_order,
     a_subscription_catches_up_then_follows_new_events,
+    stream_all_reads_every_event_in_order,
 );
