@@ -361,21 +361,21 @@ pub async fn run_read_bench(
     }];
     let started = Instant::now();
     let mut read = 0u64;
-    let mut events = store.stream_all(0);
-    while let Some(event) = events.next().await {
-        std::hint::black_box(&event?);
-        read += 1;
-        if read % sample_every == 0 {
+    let mut batches = store.stream_all(0, read_batch);
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
+        let before = read;
+        read += batch.len() as u64;
+        std::hint::black_box(&batch);
+        if read / sample_every > before / sample_every {
             rss.push(RssSample {
                 events_read: read,
                 rss_mib: rss_mib(),
             });
         }
-        if read % 10_000 == 0 {
-            progress.inc(10_000);
-        }
+        progress.inc(batch.len() as u64);
     }
-    drop(events);
+    drop(batches);
     let streamed = rate(read, started.elapsed());
     progress.finish();
 

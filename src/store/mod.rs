@@ -319,21 +319,24 @@ impl EventStore {
         self.upcast(events)
     }
 
-    /// Every event after `after`, in position order, as one stream: the fastest way to read
-    /// the whole log (rebuilds, exports). Memory stays flat however long the log is. On
-    /// PostgreSQL it is one query and sees the events committed when it starts; on SQLite it
-    /// reads in batches until it reaches the end.
-    pub fn stream_all(&self, after: Position) -> BoxStream<'_, Result<RecordedEvent>> {
-        let events = match &self.backend {
-            Backend::Sqlite(b) => b.stream_all(after),
-            Backend::Postgres(b) => b.stream_all(after),
+    /// Every event after `after`, in position order, as a stream of batches of up to `batch`
+    /// events: the fastest way to read the whole log (rebuilds, exports), with memory bounded
+    /// by the batch size however long the log is. On PostgreSQL the next batch is read while
+    /// the caller works on the current one, and the stream ends at the head it saw when it
+    /// started; on SQLite it reads until it reaches the end.
+    pub fn stream_all(
+        &self,
+        after: Position,
+        batch: usize,
+    ) -> BoxStream<'_, Result<Vec<RecordedEvent>>> {
+        let batches = match &self.backend {
+            Backend::Sqlite(b) => b.stream_all(after, batch),
+            Backend::Postgres(b) => b.stream_all(after, batch),
         };
         if self.upcasters.is_empty() {
-            events
+            batches
         } else {
-            events
-                .map(|e| e.and_then(|e| self.upcasters.apply(e).map_err(StoreError::from)))
-                .boxed()
+            batches.map(|b| b.and_then(|b| self.upcast(b))).boxed()
         }
     }
 

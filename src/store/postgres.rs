@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use patron_domain::{
     EventId, Metadata, Position, RecordedEvent, StreamAppend, StreamId, StreamVersion,
 };
@@ -27,44 +27,50 @@ const SELECT_EVENTS: &str = "SELECT e.position, e.event_id, e.stream_id, e.strea
      e.event_type, e.schema_version, e.occurred_at, e.recorded_at, e.payload::text, e.source, \
      e.channel, e.correlation_id, e.causation_id, e.actor, e.reason FROM events e";
 
-const STREAM_ALL: &str = "SELECT e.position, e.event_id, e.stream_id, e.stream_version, \
+const READ_RANGE: &str = "SELECT e.position, e.event_id, e.stream_id, e.stream_version, \
      e.event_type, e.schema_version, e.occurred_at, e.recorded_at, e.payload::text, e.source, \
      e.channel, e.correlation_id, e.causation_id, e.actor, e.reason FROM events e \
-     WHERE e.position > $1 ORDER BY e.position";
+     WHERE e.position > $1 AND e.position <= $2 ORDER BY e.position LIMIT $3";
+
+/// Range queries running at once when streaming the log: one decoding, one in flight.
+const RANGES_IN_FLIGHT: usize = 2;
 
 #[derive(Clone)]
 pub(crate) struct PostgresLog {
     pool: PgPool,
 }
 
+/// Decodes a row of [`SELECT_EVENTS`] or [`READ_RANGE`]. The column types are fixed by the
+/// schema and the query, so the driver's per-value type check is skipped: on the read-all path
+/// it cost a fifth of the client's time.
 fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
-    let position: i64 = row.try_get(0)?;
-    let stream_id: String = row.try_get(2)?;
+    let position: i64 = row.try_get_unchecked(0)?;
+    let stream_id: String = row.try_get_unchecked(2)?;
     let stream_id = StreamId::new(stream_id).map_err(|e| StoreError::Corrupt {
         position: position.max(0).unsigned_abs(),
         reason: e.to_string(),
     })?;
-    let schema_version: i32 = row.try_get(5)?;
+    let schema_version: i32 = row.try_get_unchecked(5)?;
     Ok(RecordedEvent {
         position: to_u64(position, position, "position")?,
-        event_id: EventId::from_uuid(row.try_get(1)?),
+        event_id: EventId::from_uuid(row.try_get_unchecked(1)?),
         stream_id,
-        stream_version: to_u64(row.try_get(3)?, position, "stream version")?,
-        event_type: row.try_get(4)?,
+        stream_version: to_u64(row.try_get_unchecked(3)?, position, "stream version")?,
+        event_type: row.try_get_unchecked(4)?,
         schema_version: u32::try_from(schema_version).map_err(|_| StoreError::Corrupt {
             position: position.max(0).unsigned_abs(),
             reason: format!("schema version {schema_version} is out of range"),
         })?,
-        occurred_at: row.try_get::<DateTime<Utc>, _>(6)?,
-        recorded_at: row.try_get::<DateTime<Utc>, _>(7)?,
-        payload: row.try_get(8)?,
+        occurred_at: row.try_get_unchecked::<DateTime<Utc>, _>(6)?,
+        recorded_at: row.try_get_unchecked::<DateTime<Utc>, _>(7)?,
+        payload: row.try_get_unchecked(8)?,
         metadata: Metadata {
-            source: row.try_get(9)?,
-            channel: row.try_get(10)?,
-            correlation_id: row.try_get(11)?,
-            causation_id: row.try_get(12)?,
-            actor: row.try_get(13)?,
-            reason: row.try_get(14)?,
+            source: row.try_get_unchecked(9)?,
+            channel: row.try_get_unchecked(10)?,
+            correlation_id: row.try_get_unchecked(11)?,
+            causation_id: row.try_get_unchecked(12)?,
+            actor: row.try_get_unchecked(13)?,
+            reason: row.try_get_unchecked(14)?,
         },
     })
 }
@@ -263,14 +269,38 @@ impl PostgresLog {
         rows.iter().map(decode_event).collect()
     }
 
-    /// Every event after `after` that is committed when the query starts, in one streamed
-    /// query: the server sends rows while the caller decodes them, with no round trip per batch.
-    pub(crate) fn stream_all(&self, after: Position) -> BoxStream<'_, Result<RecordedEvent>> {
-        sqlx::query(STREAM_ALL)
-            .bind(to_i64(after))
-            .fetch(&self.pool)
-            .map(|row| decode_event(&row?))
+    /// The events after `after` up to the head when the stream starts, in batches of up to
+    /// `batch` positions, with the next batch already in flight while the caller works on the
+    /// current one. Positions are dense, so the ranges are known in advance, and each range
+    /// query is an index scan whatever the planner thinks of the table's size.
+    pub(crate) fn stream_all(
+        &self,
+        after: Position,
+        batch: usize,
+    ) -> BoxStream<'_, Result<Vec<RecordedEvent>>> {
+        let step = batch.max(1) as u64;
+        stream::once(self.head())
+            .map_ok(move |head| {
+                let ranges = (after..head)
+                    .step_by(step as usize)
+                    .map(move |start| (start, (start + step).min(head)));
+                stream::iter(ranges)
+                    .map(move |(start, end)| self.read_range(start, end))
+                    .buffered(RANGES_IN_FLIGHT)
+            })
+            .try_flatten()
             .boxed()
+    }
+
+    /// The events with positions in `(after, until]`.
+    async fn read_range(&self, after: Position, until: Position) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(READ_RANGE)
+            .bind(to_i64(after))
+            .bind(to_i64(until))
+            .bind(to_i64(until.saturating_sub(after)))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_event).collect()
     }
 
     pub(crate) async fn head(&self) -> Result<Position> {

@@ -243,13 +243,20 @@ async fn stream_all_reads_every_event_in_order(t: &TestStore) {
         }
         n += store.append(appends).await.unwrap().appended() as u64;
     }
-    let all: Vec<_> = store.stream_all(0).try_collect().await.unwrap();
+    let batches: Vec<Vec<_>> = store.stream_all(0, 5_000).try_collect().await.unwrap();
+    assert_eq!(
+        batches.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![5_000, 5_000, 2_345]
+    );
+    let all: Vec<_> = batches.into_iter().flatten().collect();
     assert_eq!(all.len() as u64, total);
     assert!(
         all.iter().zip(1..).all(|(e, p)| e.position == p),
         "every position once, in order"
     );
-    let tail: Vec<_> = store.stream_all(12_000).try_collect().await.unwrap();
+    let tail: Vec<Vec<_>> = store.stream_all(12_000, 100).try_collect().await.unwrap();
+    assert_eq!(tail.len(), 4, "batches of 100, 100, 100 and 45");
+    let tail: Vec<_> = tail.into_iter().flatten().collect();
     assert_eq!(tail.len(), 345);
     assert_eq!(tail[0].position, 12_001);
     assert_eq!(
@@ -257,7 +264,7 @@ async fn stream_all_reads_every_event_in_order(t: &TestStore) {
         all[12_000..].to_vec(),
         "a streamed tail equals the same events read whole"
     );
-    let none: Vec<_> = store.stream_all(total).try_collect().await.unwrap();
+    let none: Vec<Vec<_>> = store.stream_all(total, 10).try_collect().await.unwrap();
     assert!(none.is_empty());
 }
 

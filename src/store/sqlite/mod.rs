@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, StreamExt};
 use patron_domain::{
     EventId, Metadata, Position, RecordedEvent, StreamAppend, StreamId, StreamVersion,
 };
@@ -32,6 +32,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 const WRITER_CACHE: &str = "-65536";
 /// Page cache of each reading connection (negative: KiB).
 const READER_CACHE: &str = "-16384";
+/// WAL pages between automatic checkpoints. Appends touch index pages at random; a longer WAL
+/// lets a page rewritten by many commits be copied back to the database once.
+const WAL_CHECKPOINT_PAGES: &str = "20000";
 
 const SELECT_EVENTS: &str = "SELECT e.position, e.event_id, s.stream_id, e.stream_version, \
      e.event_type, e.schema_version, e.occurred_at, e.recorded_at, e.payload, e.source, \
@@ -50,9 +53,6 @@ const INSERT_EVENT: &str = "INSERT INTO events (position, event_id, stream_key, 
      event_type, schema_version, occurred_at, recorded_at, payload, source, channel, \
      correlation_id, causation_id, actor, reason) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
-
-/// Events per read when streaming the whole log.
-const STREAM_BATCH: usize = 5_000;
 
 const HEAD: &str = "SELECT coalesce(max(position), 0) FROM events";
 
@@ -303,7 +303,8 @@ impl SqliteLog {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false)
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -397,20 +398,24 @@ impl SqliteLog {
         .await
     }
 
-    /// Every event after `after`, read in batches until a batch comes back short.
-    pub(crate) fn stream_all(&self, after: Position) -> BoxStream<'_, Result<RecordedEvent>> {
+    /// The events after `after`, in batches of up to `batch`, until a batch comes back short.
+    pub(crate) fn stream_all(
+        &self,
+        after: Position,
+        batch: usize,
+    ) -> BoxStream<'_, Result<Vec<RecordedEvent>>> {
+        let batch = batch.max(1);
         stream::try_unfold(Some(after), move |after| async move {
             let Some(after) = after else {
                 return Ok::<_, StoreError>(None);
             };
-            let batch = self.read_all(after, STREAM_BATCH).await?;
-            let next = match batch.last() {
-                Some(last) if batch.len() == STREAM_BATCH => Some(last.position),
+            let events = self.read_all(after, batch).await?;
+            let next = match events.last() {
+                Some(last) if events.len() == batch => Some(last.position),
                 _ => None,
             };
-            Ok(Some((stream::iter(batch.into_iter().map(Ok)), next)))
+            Ok((!events.is_empty()).then_some((events, next)))
         })
-        .try_flatten()
         .boxed()
     }
 
