@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{SubsecRound, Utc};
 use patron_domain::{EventId, NewEvent, Position, StreamAppend, StreamId, StreamVersion};
 
 use super::error::{Result, StoreError};
@@ -29,7 +29,17 @@ pub(crate) struct Plan<'a> {
     pub rows: Vec<Row<'a>>,
     /// Streams (by index into the commit) that must be created.
     pub new_streams: Vec<usize>,
+    /// Each stream's integer key, by index into the commit; `None` until a new one is created.
+    pub stream_keys: Vec<Option<i64>>,
     pub outcome: AppendOutcome,
+}
+
+/// Every event id of a commit, in order.
+pub(crate) fn event_ids(appends: &[StreamAppend]) -> Vec<EventId> {
+    appends
+        .iter()
+        .flat_map(|a| a.events.iter().map(|e| e.event_id()))
+        .collect()
 }
 
 /// Checks a commit's shape before any IO: no repeated event ids or streams, no empty appends.
@@ -58,16 +68,16 @@ pub(crate) fn validate(appends: &[StreamAppend]) -> Result<()> {
     Ok(())
 }
 
-/// Lays out the rows of a commit. `stored` maps ids already in the log to where they are;
-/// `states` gives every named stream's current state. Fails with a conflict, writing nothing,
-/// if a stream that receives new events is not at its expected version.
+/// Lays out the rows of a commit, stamped as recorded now. `stored` maps ids already in the log
+/// to where they are; `states` gives every named stream's current state. Fails with a conflict,
+/// writing nothing, if a stream that receives new events is not at its expected version.
 pub(crate) fn plan<'a>(
     appends: &'a [StreamAppend],
     stored: &HashMap<EventId, EventRef>,
     states: &HashMap<StreamId, StreamState>,
     head: Position,
-    recorded_at: DateTime<Utc>,
 ) -> Result<Plan<'a>> {
+    let recorded_at = Utc::now().trunc_subsecs(6);
     let mut position = head;
     let mut rows = Vec::new();
     let mut new_streams = Vec::new();
@@ -120,6 +130,10 @@ pub(crate) fn plan<'a>(
     Ok(Plan {
         rows,
         new_streams,
+        stream_keys: appends
+            .iter()
+            .map(|a| states.get(&a.stream_id).and_then(|s| s.key))
+            .collect(),
         outcome: AppendOutcome {
             streams,
             head: position,

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use patron_domain::{
     EventId, Metadata, Position, RecordedEvent, StreamAppend, StreamId, StreamVersion,
@@ -103,33 +103,23 @@ impl PostgresLog {
         let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
-        let ids: Vec<EventId> = appends
-            .iter()
-            .flat_map(|a| a.events.iter().map(|e| e.event_id()))
-            .collect();
-        let stored: HashMap<EventId, EventRef> = find_in(&mut tx, &ids)
+        let stored: HashMap<EventId, EventRef> = find_in(&mut tx, &plan::event_ids(appends))
             .await?
             .into_iter()
             .map(|r| (r.event_id, r))
             .collect();
         let states = load_states(&mut tx, appends).await?;
-        let recorded_at = Utc::now().trunc_subsecs(6);
-        let plan = plan::plan(
+        let mut plan = plan::plan(
             appends,
             &stored,
             &states,
             to_u64(head, head, "head position")?,
-            recorded_at,
         )?;
         if plan.rows.is_empty() {
             tx.rollback().await?;
             return Ok(plan.outcome);
         }
 
-        let mut keys: Vec<Option<i64>> = appends
-            .iter()
-            .map(|a| states.get(&a.stream_id).and_then(|s| s.key))
-            .collect();
         if !plan.new_streams.is_empty() {
             let names: Vec<&str> = plan
                 .new_streams
@@ -149,9 +139,10 @@ impl PostgresLog {
                 .map(|r| Ok((r.try_get(1)?, r.try_get(0)?)))
                 .collect::<Result<_>>()?;
             for &index in &plan.new_streams {
-                keys[index] = created.get(appends[index].stream_id.as_str()).copied();
+                plan.stream_keys[index] = created.get(appends[index].stream_id.as_str()).copied();
             }
         }
+        let keys = &plan.stream_keys;
 
         let n = plan.rows.len();
         let mut positions = Vec::with_capacity(n);
@@ -204,7 +195,7 @@ impl PostgresLog {
         .bind(&types)
         .bind(&schemas)
         .bind(&occurred)
-        .bind(recorded_at)
+        .bind(plan.outcome.recorded_at)
         .bind(&payloads)
         .bind(&sources)
         .bind(&channels)

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
 use patron_domain::{
     EventId, Metadata, Position, RecordedEvent, StreamAppend, StreamId, StreamVersion,
@@ -230,36 +230,28 @@ fn head(db: &RawDb<'_>) -> Result<Position> {
 
 /// Checks, plans and writes one commit inside the caller's transaction.
 fn write_commit(db: &RawDb<'_>, appends: &[StreamAppend]) -> Result<AppendOutcome> {
-    let ids: Vec<EventId> = appends
-        .iter()
-        .flat_map(|a| a.events.iter().map(|e| e.event_id()))
-        .collect();
-    let stored: HashMap<EventId, EventRef> = find_events(db, &ids)?
+    let stored: HashMap<EventId, EventRef> = find_events(db, &plan::event_ids(appends))?
         .into_iter()
         .map(|r| (r.event_id, r))
         .collect();
     let states = stream_states(db, appends)?;
-    let recorded_at = Utc::now().trunc_subsecs(6);
-    let plan = plan::plan(appends, &stored, &states, head(db)?, recorded_at)?;
+    let mut plan = plan::plan(appends, &stored, &states, head(db)?)?;
     if plan.rows.is_empty() {
         return Ok(plan.outcome);
     }
 
-    let mut keys: Vec<Option<i64>> = appends
-        .iter()
-        .map(|a| states.get(&a.stream_id).and_then(|s| s.key))
-        .collect();
     if !plan.new_streams.is_empty() {
         let mut insert = db.prepare(INSERT_STREAM)?;
         for &index in &plan.new_streams {
             insert.reset()?;
             insert.bind_text(1, Some(appends[index].stream_id.as_str()))?;
             insert.step()?;
-            keys[index] = Some(db.last_insert_rowid());
+            plan.stream_keys[index] = Some(db.last_insert_rowid());
         }
     }
+    let keys = &plan.stream_keys;
 
-    let recorded = recorded_at.timestamp_micros();
+    let recorded = plan.outcome.recorded_at.timestamp_micros();
     let mut insert = db.prepare(INSERT_EVENT)?;
     for row in &plan.rows {
         let event = row.event;
