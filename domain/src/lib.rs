@@ -6,7 +6,10 @@
 //!   metadata), shared by the event store, the projections and the API.
 //! - [`upcast`]: the hook that brings events written in an old shape up to the current one.
 
+pub mod customer;
 pub mod event_log;
+pub mod identifier;
+pub mod identity;
 pub mod upcast;
 
 pub use event_log::{
