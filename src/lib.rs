@@ -14,5 +14,6 @@
 
 pub mod bench;
 pub mod cli;
+pub mod ingest;
 pub mod store;
 pub mod telemetry;

@@ -8,8 +8,11 @@
 
 pub mod customer;
 pub mod event_log;
+pub mod events;
 pub mod identifier;
 pub mod identity;
+pub mod pseudonym;
+pub mod touchpoint;
 pub mod upcast;
 
 pub use event_log::{

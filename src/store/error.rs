@@ -61,6 +61,12 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// The caller of an identity commit abandoned it; nothing was written.
+    #[error("the commit was abandoned: {reason}")]
+    Abandoned {
+        /// Why.
+        reason: String,
+    },
     /// An old event could not be brought to its current shape.
     #[error(transparent)]
     Upcast(#[from] UpcastError),
@@ -83,6 +89,7 @@ impl StoreError {
             Self::UnsupportedUrl { .. } => "UNSUPPORTED_DATABASE_URL",
             Self::WriteRace { .. } => "WRITE_RACE",
             Self::Corrupt { .. } => "CORRUPT_EVENT",
+            Self::Abandoned { .. } => "COMMIT_ABANDONED",
             Self::Upcast(_) => "UPCAST_FAILED",
             Self::Database(_) => "DATABASE_ERROR",
             Self::Migrate(_) => "MIGRATION_FAILED",

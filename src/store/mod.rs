@@ -9,6 +9,7 @@
 //! - old payload shapes are upcast on read through the store's [`Upcasters`].
 
 mod error;
+pub mod identity;
 mod plan;
 mod postgres;
 pub mod scratch;
@@ -20,6 +21,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
+use patron_domain::customer::CustomerId;
+use patron_domain::identifier::Identifier;
 use patron_domain::{
     EventId, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend, StreamId,
     StreamVersion, Upcasters,
@@ -28,6 +31,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 pub use error::{Result, StoreError};
+pub use identity::{IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord};
 pub use subscription::Subscription;
 
 /// Which database holds the log.
@@ -275,6 +279,82 @@ impl EventStore {
             moved
         });
         Ok(outcome)
+    }
+
+    /// Reads the stored events among `event_ids` and the identity graph around `keys` under the
+    /// log's write lock, lets `decide` choose what to write, and writes it (events and identity
+    /// index changes) in one transaction. Concurrent identity commits take turns, so every
+    /// decision sees the graph as the previous one left it.
+    #[tracing::instrument(name = "store.commit_identity", skip_all, fields(events = event_ids.len(), keys = keys.len()))]
+    pub async fn commit_identity<T>(
+        &self,
+        event_ids: &[EventId],
+        keys: &[Identifier],
+        decide: impl FnOnce(IdentitySnapshot) -> Result<IdentityCommit<T>>,
+    ) -> Result<(AppendOutcome, T)> {
+        let (outcome, value) = match &self.backend {
+            Backend::Sqlite(b) => b.commit_identity(event_ids, keys, decide).await?,
+            Backend::Postgres(b) => b.commit_identity(event_ids, keys, decide).await?,
+        };
+        self.head.send_if_modified(|head| {
+            let moved = outcome.head > *head;
+            if moved {
+                *head = outcome.head;
+            }
+            moved
+        });
+        Ok((outcome, value))
+    }
+
+    /// Keeps refused records with their reasons; returns their quarantine numbers.
+    #[tracing::instrument(name = "store.quarantine", skip_all, fields(records = records.len()))]
+    pub async fn quarantine(&self, records: &[QuarantinedRecord]) -> Result<Vec<u64>> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.quarantine(records).await,
+            Backend::Postgres(b) => b.quarantine(records).await,
+        }
+    }
+
+    /// Up to `max` quarantined records numbered after `after_id`, oldest first.
+    pub async fn quarantined(&self, after_id: u64, max: usize) -> Result<Vec<QuarantinedRecord>> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.quarantined(after_id, max).await,
+            Backend::Postgres(b) => b.quarantined(after_id, max).await,
+        }
+    }
+
+    /// The live customer holding a pseudonymous identifier, if any.
+    pub async fn holder(&self, key: &Identifier) -> Result<Option<CustomerId>> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.holder(key).await,
+            Backend::Postgres(b) => b.holder(key).await,
+        }
+    }
+
+    /// The live customer an id stands for: itself, or the survivor it was merged into.
+    pub async fn live_customer(&self, customer: CustomerId) -> Result<CustomerId> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.live_customer(customer).await,
+            Backend::Postgres(b) => b.live_customer(customer).await,
+        }
+    }
+
+    /// Counts of the identity tables: live customers holding an identifier, merged customers,
+    /// quarantined records.
+    pub async fn identity_counts(&self) -> Result<(u64, u64, u64)> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.identity_counts().await,
+            Backend::Postgres(b) => b.identity_counts().await,
+        }
+    }
+
+    /// The value of a setting Patron keeps in the store, storing `default` first if there is
+    /// none (so concurrent callers all get the one value that was stored first).
+    pub async fn setting_or_insert(&self, name: &str, default: &str) -> Result<String> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.setting_or_insert(name, default).await,
+            Backend::Postgres(b) => b.setting_or_insert(name, default).await,
+        }
     }
 
     /// Where the given ids are stored, for the ids that are.

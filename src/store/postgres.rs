@@ -9,6 +9,9 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use patron_domain::customer::CustomerId;
+use patron_domain::identifier::{Identifier, IdentifierKind};
+use patron_domain::identity::resolution::IdentityGraph;
 use patron_domain::{
     EventId, Metadata, Position, RecordedEvent, StreamAppend, StreamId, StreamVersion,
 };
@@ -18,6 +21,9 @@ use sqlx::{Connection, Row};
 use uuid::Uuid;
 
 use super::error::{Result, StoreError};
+use super::identity::{
+    graph_of, IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord,
+};
 use super::plan::{self, StreamState};
 use super::{to_i64, to_u64, AppendOutcome, EventRef};
 
@@ -99,120 +105,34 @@ impl PostgresLog {
 
     pub(crate) async fn append(&self, appends: &[StreamAppend]) -> Result<AppendOutcome> {
         let mut tx = self.pool.begin().await?;
-        // Serializes appends: held until commit, so positions commit in order.
-        let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
-        let stored: HashMap<EventId, EventRef> = find_in(&mut tx, &plan::event_ids(appends))
+        let head = lock_head(&mut tx).await?;
+        let outcome = write_appends(&mut tx, appends, head).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Reads what `decide` needs under the log's write lock, then writes what it decided (events
+    /// and identity index changes) in the same transaction.
+    pub(crate) async fn commit_identity<T>(
+        &self,
+        event_ids: &[EventId],
+        keys: &[Identifier],
+        decide: impl FnOnce(IdentitySnapshot) -> Result<IdentityCommit<T>>,
+    ) -> Result<(AppendOutcome, T)> {
+        let mut tx = self.pool.begin().await?;
+        let head = lock_head(&mut tx).await?;
+        let stored = find_in(&mut tx, event_ids)
             .await?
             .into_iter()
             .map(|r| (r.event_id, r))
             .collect();
-        let states = load_states(&mut tx, appends).await?;
-        let mut plan = plan::plan(
-            appends,
-            &stored,
-            &states,
-            to_u64(head, head, "head position")?,
-        )?;
-        if plan.rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(plan.outcome);
-        }
-
-        if !plan.new_streams.is_empty() {
-            let names: Vec<&str> = plan
-                .new_streams
-                .iter()
-                .map(|&i| appends[i].stream_id.as_str())
-                .collect();
-            let rows = sqlx::query(
-                "INSERT INTO streams (stream_id) SELECT * FROM UNNEST($1::text[]) \
-                 RETURNING stream_key, stream_id",
-            )
-            .bind(&names)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(StoreError::from_write)?;
-            let created: HashMap<String, i64> = rows
-                .iter()
-                .map(|r| Ok((r.try_get(1)?, r.try_get(0)?)))
-                .collect::<Result<_>>()?;
-            for &index in &plan.new_streams {
-                plan.stream_keys[index] = created.get(appends[index].stream_id.as_str()).copied();
-            }
-        }
-        let keys = &plan.stream_keys;
-
-        let n = plan.rows.len();
-        let mut positions = Vec::with_capacity(n);
-        let mut event_ids = Vec::with_capacity(n);
-        let mut stream_keys = Vec::with_capacity(n);
-        let mut stream_ids = Vec::with_capacity(n);
-        let mut versions = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut schemas = Vec::with_capacity(n);
-        let mut occurred = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut sources = Vec::with_capacity(n);
-        let mut channels = Vec::with_capacity(n);
-        let mut correlations = Vec::with_capacity(n);
-        let mut causations = Vec::with_capacity(n);
-        let mut actors = Vec::with_capacity(n);
-        let mut reasons = Vec::with_capacity(n);
-        for row in &plan.rows {
-            let meta = row.event.metadata();
-            positions.push(to_i64(row.position));
-            event_ids.push(row.event.event_id().as_uuid());
-            stream_keys.push(keys[row.stream_index]);
-            stream_ids.push(appends[row.stream_index].stream_id.as_str());
-            versions.push(to_i64(row.stream_version));
-            types.push(row.event.event_type());
-            schemas.push(i32::try_from(row.event.schema_version()).unwrap_or(i32::MAX));
-            occurred.push(row.event.occurred());
-            payloads.push(row.event.payload());
-            sources.push(meta.source.as_deref());
-            channels.push(meta.channel.as_deref());
-            correlations.push(meta.correlation_id);
-            causations.push(meta.causation_id);
-            actors.push(meta.actor.as_deref());
-            reasons.push(meta.reason.as_deref());
-        }
-        sqlx::query(
-            "INSERT INTO events (position, event_id, stream_key, stream_id, stream_version, \
-             event_type, schema_version, occurred_at, recorded_at, payload, source, channel, \
-             correlation_id, causation_id, actor, reason) \
-             SELECT p, i, k, sid, v, t, sv, o, $8, pl::json, src, ch, co, ca, ac, re \
-             FROM UNNEST($1::int8[], $2::uuid[], $3::int8[], $4::int8[], $5::text[], \
-             $6::int4[], $7::timestamptz[], $9::text[], $10::text[], $11::text[], \
-             $12::uuid[], $13::uuid[], $14::text[], $15::text[], $16::text[]) \
-             AS r(p, i, k, v, t, sv, o, pl, src, ch, co, ca, ac, re, sid)",
-        )
-        .bind(&positions)
-        .bind(&event_ids)
-        .bind(&stream_keys)
-        .bind(&versions)
-        .bind(&types)
-        .bind(&schemas)
-        .bind(&occurred)
-        .bind(plan.outcome.recorded_at)
-        .bind(&payloads)
-        .bind(&sources)
-        .bind(&channels)
-        .bind(&correlations)
-        .bind(&causations)
-        .bind(&actors)
-        .bind(&reasons)
-        .bind(&stream_ids)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from_write)?;
-        sqlx::query("UPDATE event_log_head SET last_position = $1")
-            .bind(to_i64(plan.outcome.head))
-            .execute(&mut *tx)
-            .await?;
+        let graph = load_graph(&mut tx, keys).await?;
+        let commit = decide(IdentitySnapshot { stored, graph })?;
+        plan::validate(&commit.appends)?;
+        write_identity_changes(&mut tx, &commit.changes).await?;
+        let outcome = write_appends(&mut tx, &commit.appends, head).await?;
         tx.commit().await?;
-        Ok(plan.outcome)
+        Ok((outcome, commit.value))
     }
 
     pub(crate) async fn find(&self, ids: &[EventId]) -> Result<Vec<EventRef>> {
@@ -317,6 +237,127 @@ impl PostgresLog {
     }
 }
 
+/// Takes the log's write lock (held until the transaction ends) and returns the last position.
+async fn lock_head(tx: &mut PgConnection) -> Result<Position> {
+    // Serializes appends: held until commit, so positions commit in order.
+    let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_log_head FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await?;
+    to_u64(head, head, "head position")
+}
+
+/// Checks and writes a commit's events in the caller's transaction, which holds the write lock
+/// and knows the `head` position.
+async fn write_appends(
+    tx: &mut PgConnection,
+    appends: &[StreamAppend],
+    head: Position,
+) -> Result<AppendOutcome> {
+    let stored: HashMap<EventId, EventRef> = find_in(&mut *tx, &plan::event_ids(appends))
+        .await?
+        .into_iter()
+        .map(|r| (r.event_id, r))
+        .collect();
+    let states = load_states(&mut *tx, appends).await?;
+    let mut plan = plan::plan(appends, &stored, &states, head)?;
+    if plan.rows.is_empty() {
+        return Ok(plan.outcome);
+    }
+
+    if !plan.new_streams.is_empty() {
+        let names: Vec<&str> = plan
+            .new_streams
+            .iter()
+            .map(|&i| appends[i].stream_id.as_str())
+            .collect();
+        let rows = sqlx::query(
+            "INSERT INTO streams (stream_id) SELECT * FROM UNNEST($1::text[]) \
+             RETURNING stream_key, stream_id",
+        )
+        .bind(&names)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::from_write)?;
+        let created: HashMap<String, i64> = rows
+            .iter()
+            .map(|r| Ok((r.try_get(1)?, r.try_get(0)?)))
+            .collect::<Result<_>>()?;
+        for &index in &plan.new_streams {
+            plan.stream_keys[index] = created.get(appends[index].stream_id.as_str()).copied();
+        }
+    }
+    let keys = &plan.stream_keys;
+
+    let n = plan.rows.len();
+    let mut positions = Vec::with_capacity(n);
+    let mut event_ids = Vec::with_capacity(n);
+    let mut stream_keys = Vec::with_capacity(n);
+    let mut stream_ids = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut schemas = Vec::with_capacity(n);
+    let mut occurred = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut sources = Vec::with_capacity(n);
+    let mut channels = Vec::with_capacity(n);
+    let mut correlations = Vec::with_capacity(n);
+    let mut causations = Vec::with_capacity(n);
+    let mut actors = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    for row in &plan.rows {
+        let meta = row.event.metadata();
+        positions.push(to_i64(row.position));
+        event_ids.push(row.event.event_id().as_uuid());
+        stream_keys.push(keys[row.stream_index]);
+        stream_ids.push(appends[row.stream_index].stream_id.as_str());
+        versions.push(to_i64(row.stream_version));
+        types.push(row.event.event_type());
+        schemas.push(i32::try_from(row.event.schema_version()).unwrap_or(i32::MAX));
+        occurred.push(row.event.occurred());
+        payloads.push(row.event.payload());
+        sources.push(meta.source.as_deref());
+        channels.push(meta.channel.as_deref());
+        correlations.push(meta.correlation_id);
+        causations.push(meta.causation_id);
+        actors.push(meta.actor.as_deref());
+        reasons.push(meta.reason.as_deref());
+    }
+    sqlx::query(
+        "INSERT INTO events (position, event_id, stream_key, stream_id, stream_version, \
+         event_type, schema_version, occurred_at, recorded_at, payload, source, channel, \
+         correlation_id, causation_id, actor, reason) \
+         SELECT p, i, k, sid, v, t, sv, o, $8, pl::json, src, ch, co, ca, ac, re \
+         FROM UNNEST($1::int8[], $2::uuid[], $3::int8[], $4::int8[], $5::text[], \
+         $6::int4[], $7::timestamptz[], $9::text[], $10::text[], $11::text[], \
+         $12::uuid[], $13::uuid[], $14::text[], $15::text[], $16::text[]) \
+         AS r(p, i, k, v, t, sv, o, pl, src, ch, co, ca, ac, re, sid)",
+    )
+    .bind(&positions)
+    .bind(&event_ids)
+    .bind(&stream_keys)
+    .bind(&versions)
+    .bind(&types)
+    .bind(&schemas)
+    .bind(&occurred)
+    .bind(plan.outcome.recorded_at)
+    .bind(&payloads)
+    .bind(&sources)
+    .bind(&channels)
+    .bind(&correlations)
+    .bind(&causations)
+    .bind(&actors)
+    .bind(&reasons)
+    .bind(&stream_ids)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from_write)?;
+    sqlx::query("UPDATE event_log_head SET last_position = $1")
+        .bind(to_i64(plan.outcome.head))
+        .execute(&mut *tx)
+        .await?;
+    Ok(plan.outcome)
+}
+
 async fn find_in(conn: &mut PgConnection, ids: &[EventId]) -> Result<Vec<EventRef>> {
     let ids: Vec<Uuid> = ids.iter().map(EventId::as_uuid).collect();
     let rows = sqlx::query(
@@ -372,4 +413,185 @@ async fn load_states(
         );
     }
     Ok(states)
+}
+
+/// The holders of `keys` and every pseudonym they hold.
+async fn load_graph(conn: &mut PgConnection, keys: &[Identifier]) -> Result<IdentityGraph> {
+    let kinds: Vec<&str> = keys.iter().map(|k| k.kind.as_str()).collect();
+    let values: Vec<&str> = keys.iter().map(|k| k.value.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT i.kind, i.pseudonym, i.customer_id FROM identity_index i \
+         WHERE i.customer_id IN (SELECT o.customer_id FROM UNNEST($1::text[], $2::text[]) \
+         AS q(kind, pseudonym) JOIN identity_index o \
+         ON o.kind = q.kind AND o.pseudonym = q.pseudonym)",
+    )
+    .bind(&kinds)
+    .bind(&values)
+    .fetch_all(&mut *conn)
+    .await?;
+    let rows = rows
+        .iter()
+        .map(|row| {
+            let kind: String = row.try_get(0)?;
+            let identifier = Identifier {
+                kind: IdentifierKind::new(kind).map_err(|e| StoreError::Corrupt {
+                    position: 0,
+                    reason: format!("identity index: {e}"),
+                })?,
+                value: row.try_get(1)?,
+            };
+            Ok((identifier, CustomerId::from_uuid(row.try_get(2)?)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(graph_of(rows))
+}
+
+/// Writes merges (re-pointing the absorbed customers' pseudonyms and aliases) then links.
+async fn write_identity_changes(conn: &mut PgConnection, changes: &IdentityChanges) -> Result<()> {
+    for (absorbed, survivor) in &changes.merges {
+        let (absorbed, survivor) = (absorbed.as_uuid(), survivor.as_uuid());
+        sqlx::query("UPDATE identity_index SET customer_id = $2 WHERE customer_id = $1")
+            .bind(absorbed)
+            .bind(survivor)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("UPDATE customer_aliases SET survivor = $2 WHERE survivor = $1")
+            .bind(absorbed)
+            .bind(survivor)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("INSERT INTO customer_aliases (absorbed, survivor) VALUES ($1, $2)")
+            .bind(absorbed)
+            .bind(survivor)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::from_write)?;
+    }
+    if !changes.links.is_empty() {
+        let kinds: Vec<&str> = changes.links.iter().map(|(k, _)| k.kind.as_str()).collect();
+        let values: Vec<&str> = changes
+            .links
+            .iter()
+            .map(|(k, _)| k.value.as_str())
+            .collect();
+        let customers: Vec<Uuid> = changes.links.iter().map(|(_, c)| c.as_uuid()).collect();
+        sqlx::query(
+            "INSERT INTO identity_index (kind, pseudonym, customer_id) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[])",
+        )
+        .bind(&kinds)
+        .bind(&values)
+        .bind(&customers)
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::from_write)?;
+    }
+    Ok(())
+}
+
+impl PostgresLog {
+    pub(crate) async fn quarantine(&self, records: &[QuarantinedRecord]) -> Result<Vec<u64>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let at: Vec<DateTime<Utc>> = records.iter().map(|r| r.received_at).collect();
+        let sources: Vec<Option<&str>> = records.iter().map(|r| r.source.as_deref()).collect();
+        let codes: Vec<&str> = records.iter().map(|r| r.code.as_str()).collect();
+        let fields: Vec<&str> = records.iter().map(|r| r.field.as_str()).collect();
+        let reasons: Vec<&str> = records.iter().map(|r| r.reason.as_str()).collect();
+        let raw: Vec<&str> = records.iter().map(|r| r.record.as_str()).collect();
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO quarantine (received_at, source, code, field, reason, record) \
+             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], \
+             $5::text[], $6::text[]) RETURNING id",
+        )
+        .bind(&at)
+        .bind(&sources)
+        .bind(&codes)
+        .bind(&fields)
+        .bind(&reasons)
+        .bind(&raw)
+        .fetch_all(&self.pool)
+        .await?;
+        ids.into_iter()
+            .map(|id| to_u64(id, 0, "quarantine id"))
+            .collect()
+    }
+
+    pub(crate) async fn quarantined(
+        &self,
+        after_id: u64,
+        max: usize,
+    ) -> Result<Vec<QuarantinedRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, received_at, source, code, field, reason, record FROM quarantine \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(to_i64(after_id))
+        .bind(to_i64(max as u64))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(QuarantinedRecord {
+                    id: to_u64(row.try_get(0)?, 0, "quarantine id")?,
+                    received_at: row.try_get(1)?,
+                    source: row.try_get(2)?,
+                    code: row.try_get(3)?,
+                    field: row.try_get(4)?,
+                    reason: row.try_get(5)?,
+                    record: row.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn holder(&self, key: &Identifier) -> Result<Option<CustomerId>> {
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "SELECT customer_id FROM identity_index WHERE kind = $1 AND pseudonym = $2",
+        )
+        .bind(key.kind.as_str())
+        .bind(&key.value)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id.map(CustomerId::from_uuid))
+    }
+
+    pub(crate) async fn live_customer(&self, customer: CustomerId) -> Result<CustomerId> {
+        let survivor: Option<Uuid> =
+            sqlx::query_scalar("SELECT survivor FROM customer_aliases WHERE absorbed = $1")
+                .bind(customer.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(survivor.map_or(customer, CustomerId::from_uuid))
+    }
+
+    pub(crate) async fn identity_counts(&self) -> Result<(u64, u64, u64)> {
+        let row: (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(DISTINCT customer_id) FROM identity_index), \
+             (SELECT count(*) FROM customer_aliases), (SELECT count(*) FROM quarantine)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((
+            to_u64(row.0, 0, "customer count")?,
+            to_u64(row.1, 0, "alias count")?,
+            to_u64(row.2, 0, "quarantine count")?,
+        ))
+    }
+
+    pub(crate) async fn setting_or_insert(&self, name: &str, default: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(default)
+        .execute(&self.pool)
+        .await?;
+        let value: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(value)
+    }
 }

@@ -244,6 +244,14 @@ impl IdentityRules {
         self.blocked.contains(identifier)
     }
 
+    /// The same rules with every blocked identifier passed through `f` (to pseudonyms).
+    pub fn map_blocked(&self, f: impl Fn(&Identifier) -> Identifier) -> Self {
+        Self {
+            blocked: self.blocked.iter().map(f).collect(),
+            ..self.clone()
+        }
+    }
+
     /// Normalizes a raw value of a declared kind.
     pub fn normalize(&self, kind: &str, raw: &str) -> Result<Identifier, IdentifierError> {
         let kind = IdentifierKind::new(kind)?;

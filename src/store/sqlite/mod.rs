@@ -5,12 +5,15 @@
 
 mod raw;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
+use patron_domain::customer::CustomerId;
+use patron_domain::identifier::{Identifier, IdentifierKind};
+use patron_domain::identity::resolution::IdentityGraph;
 use patron_domain::{
     EventId, Metadata, Position, RecordedEvent, StreamAppend, StreamId, StreamVersion,
 };
@@ -23,6 +26,9 @@ use uuid::Uuid;
 
 use self::raw::{RawDb, RawError, Statement};
 use super::error::{Result, StoreError};
+use super::identity::{
+    graph_of, IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord,
+};
 use super::plan::{self, StreamState};
 use super::{to_i64, to_u64, AppendOutcome, EventRef};
 
@@ -427,5 +433,216 @@ impl SqliteLog {
             to_u64(row.1, 0, "event count")?,
             to_u64(row.2, 0, "stream count")?,
         ))
+    }
+}
+
+fn customer_column(stmt: &Statement<'_>, index: i32) -> Result<CustomerId> {
+    uuid_column(stmt, index, 0)?
+        .map(CustomerId::from_uuid)
+        .ok_or_else(|| corrupt(0, "identity index: customer id is NULL"))
+}
+
+/// The holders of `keys` and every pseudonym they hold.
+fn load_graph(db: &RawDb<'_>, keys: &[Identifier]) -> Result<IdentityGraph> {
+    let mut owner =
+        db.prepare("SELECT customer_id FROM identity_index WHERE kind = ?1 AND pseudonym = ?2")?;
+    let mut holders = BTreeSet::new();
+    for key in keys {
+        owner.reset()?;
+        owner.bind_text(1, Some(key.kind.as_str()))?;
+        owner.bind_text(2, Some(&key.value))?;
+        if owner.step()? {
+            holders.insert(customer_column(&owner, 0)?);
+        }
+    }
+    let mut held =
+        db.prepare("SELECT kind, pseudonym FROM identity_index WHERE customer_id = ?1")?;
+    let mut rows = Vec::new();
+    for customer in holders {
+        held.reset()?;
+        held.bind_blob(1, Some(customer.as_uuid().as_bytes()))?;
+        while held.step()? {
+            let kind = IdentifierKind::new(required_text(&held, 0, 0)?)
+                .map_err(|e| corrupt(0, format!("identity index: {e}")))?;
+            rows.push((
+                Identifier {
+                    kind,
+                    value: required_text(&held, 1, 0)?,
+                },
+                customer,
+            ));
+        }
+    }
+    Ok(graph_of(rows))
+}
+
+/// Writes merges (re-pointing the absorbed customers' pseudonyms and aliases) then links.
+fn write_identity_changes(db: &RawDb<'_>, changes: &IdentityChanges) -> Result<()> {
+    if !changes.merges.is_empty() {
+        let mut repoint =
+            db.prepare("UPDATE identity_index SET customer_id = ?2 WHERE customer_id = ?1")?;
+        let mut realias =
+            db.prepare("UPDATE customer_aliases SET survivor = ?2 WHERE survivor = ?1")?;
+        let mut alias =
+            db.prepare("INSERT INTO customer_aliases (absorbed, survivor) VALUES (?1, ?2)")?;
+        for (absorbed, survivor) in &changes.merges {
+            for stmt in [&mut repoint, &mut realias, &mut alias] {
+                stmt.reset()?;
+                stmt.bind_blob(1, Some(absorbed.as_uuid().as_bytes()))?;
+                stmt.bind_blob(2, Some(survivor.as_uuid().as_bytes()))?;
+                stmt.step()?;
+            }
+        }
+    }
+    if !changes.links.is_empty() {
+        let mut link = db.prepare(
+            "INSERT INTO identity_index (kind, pseudonym, customer_id) VALUES (?1, ?2, ?3)",
+        )?;
+        for (key, customer) in &changes.links {
+            link.reset()?;
+            link.bind_text(1, Some(key.kind.as_str()))?;
+            link.bind_text(2, Some(&key.value))?;
+            link.bind_blob(3, Some(customer.as_uuid().as_bytes()))?;
+            link.step()?;
+        }
+    }
+    Ok(())
+}
+
+impl SqliteLog {
+    /// Reads what `decide` needs under the write lock, then writes what it decided (events and
+    /// identity index changes) in the same transaction.
+    pub(crate) async fn commit_identity<T>(
+        &self,
+        event_ids: &[EventId],
+        keys: &[Identifier],
+        decide: impl FnOnce(IdentitySnapshot) -> Result<IdentityCommit<T>>,
+    ) -> Result<(AppendOutcome, T)> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let result = {
+            let mut handle = tx.lock_handle().await?;
+            let db = RawDb::new(&mut handle);
+            blocking(|| -> Result<(AppendOutcome, T)> {
+                let stored = find_events(&db, event_ids)?
+                    .into_iter()
+                    .map(|r| (r.event_id, r))
+                    .collect();
+                let graph = load_graph(&db, keys)?;
+                let commit = decide(IdentitySnapshot { stored, graph })?;
+                plan::validate(&commit.appends)?;
+                write_identity_changes(&db, &commit.changes)?;
+                let outcome = write_commit(&db, &commit.appends)?;
+                Ok((outcome, commit.value))
+            })?
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    pub(crate) async fn quarantine(&self, records: &[QuarantinedRecord]) -> Result<Vec<u64>> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let ids = {
+            let mut handle = tx.lock_handle().await?;
+            let db = RawDb::new(&mut handle);
+            blocking(|| -> Result<Vec<u64>> {
+                let mut insert = db.prepare(
+                    "INSERT INTO quarantine (received_at, source, code, field, reason, record) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                let mut ids = Vec::with_capacity(records.len());
+                for r in records {
+                    insert.reset()?;
+                    insert.bind_i64(1, r.received_at.timestamp_micros())?;
+                    insert.bind_text(2, r.source.as_deref())?;
+                    insert.bind_text(3, Some(&r.code))?;
+                    insert.bind_text(4, Some(&r.field))?;
+                    insert.bind_text(5, Some(&r.reason))?;
+                    insert.bind_text(6, Some(&r.record))?;
+                    insert.step()?;
+                    let id = db.last_insert_rowid();
+                    ids.push(to_u64(id, 0, "quarantine id")?);
+                }
+                Ok(ids)
+            })?
+        };
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    pub(crate) async fn quarantined(
+        &self,
+        after_id: u64,
+        max: usize,
+    ) -> Result<Vec<QuarantinedRecord>> {
+        let rows: Vec<(i64, i64, Option<String>, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, received_at, source, code, field, reason, record FROM quarantine \
+             WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(to_i64(after_id))
+        .bind(to_i64(max as u64))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(id, at, source, code, field, reason, record)| {
+                Ok(QuarantinedRecord {
+                    id: to_u64(id, 0, "quarantine id")?,
+                    received_at: from_micros(at, 0)?,
+                    source,
+                    code,
+                    field,
+                    reason,
+                    record,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn holder(&self, key: &Identifier) -> Result<Option<CustomerId>> {
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "SELECT customer_id FROM identity_index WHERE kind = ? AND pseudonym = ?",
+        )
+        .bind(key.kind.as_str())
+        .bind(&key.value)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(id.map(CustomerId::from_uuid))
+    }
+
+    pub(crate) async fn live_customer(&self, customer: CustomerId) -> Result<CustomerId> {
+        let survivor: Option<Uuid> =
+            sqlx::query_scalar("SELECT survivor FROM customer_aliases WHERE absorbed = ?")
+                .bind(customer.as_uuid())
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(survivor.map_or(customer, CustomerId::from_uuid))
+    }
+
+    pub(crate) async fn identity_counts(&self) -> Result<(u64, u64, u64)> {
+        let row: (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(DISTINCT customer_id) FROM identity_index), \
+             (SELECT count(*) FROM customer_aliases), (SELECT count(*) FROM quarantine)",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok((
+            to_u64(row.0, 0, "customer count")?,
+            to_u64(row.1, 0, "alias count")?,
+            to_u64(row.2, 0, "quarantine count")?,
+        ))
+    }
+
+    pub(crate) async fn setting_or_insert(&self, name: &str, default: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(default)
+        .execute(&self.writer)
+        .await?;
+        let value: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
+            .bind(name)
+            .fetch_one(&self.writer)
+            .await?;
+        Ok(value)
     }
 }

@@ -1,0 +1,437 @@
+//! Ingestion and identity resolution end to end: records in, customers and events out.
+
+use std::collections::BTreeSet;
+
+use patron::ingest::{Ingestor, RecordOutcome};
+use patron_domain::customer::CustomerId;
+use patron_domain::events::{CustomerMerged, CustomerMergedInto, TouchpointRecorded};
+use patron_domain::identity::{IdentityRules, SkipReason};
+use patron_domain::touchpoint::RejectionCode;
+use serde_json::{json, Value};
+
+use crate::helpers::TestStore;
+
+fn ingestor(t: &TestStore) -> Ingestor {
+    Ingestor::new(
+        t.store.clone(),
+        IdentityRules::default(),
+        b"test identity key",
+    )
+}
+
+/// A touchpoint record with the given identifiers and a fresh event id.
+fn record(event_type: &str, channel: &str, identifiers: Value) -> Value {
+    let mut r = json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "type": event_type,
+        "channel": channel,
+        "source": format!("{channel}-system"),
+        "occurred_at": "2026-03-08T09:30:15+08:00",
+        "identifiers": identifiers,
+    });
+    let extra = match event_type {
+        "order_placed" => json!({"order_id": "PO-1", "currency": "CNY",
+            "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_minor": 9900}]}),
+        "screen_viewed" => json!({"screen": "home"}),
+        "store_visited" => json!({"store_id": "SH-1"}),
+        _ => json!({"name": event_type}),
+    };
+    for (k, v) in extra.as_object().unwrap() {
+        r[k] = v.clone();
+    }
+    r
+}
+
+fn texts(records: &[Value]) -> Vec<String> {
+    records.iter().map(Value::to_string).collect()
+}
+
+async fn ingest(ing: &Ingestor, records: &[Value]) -> Vec<RecordOutcome> {
+    ing.ingest_json(&texts(records)).await.unwrap().records
+}
+
+fn customer_of(outcome: &RecordOutcome) -> CustomerId {
+    match outcome {
+        RecordOutcome::Accepted { customer, .. } => *customer,
+        other => panic!("expected an accepted record, got {other:?}"),
+    }
+}
+
+async fn the_same_phone_in_pos_and_app_is_one_customer(t: &TestStore) {
+    let ing = ingestor(t);
+    let pos = ingest(
+        &ing,
+        &[record(
+            "order_placed",
+            "store",
+            json!({"phone": "139 1234 0001", "member_card": "MC-1"}),
+        )],
+    )
+    .await;
+    let app = ingest(
+        &ing,
+        &[record(
+            "screen_viewed",
+            "app",
+            json!({"phone": "+86 139-1234-0001", "device_id": "IDFA-1"}),
+        )],
+    )
+    .await;
+    assert_eq!(customer_of(&pos[0]), customer_of(&app[0]));
+    let c = customer_of(&pos[0]);
+    let events = t.store.read_stream(&c.stream_id(), 1, 10).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        ["order_placed", "screen_viewed"]
+    );
+    assert_eq!(events[0].metadata.channel.as_deref(), Some("store"));
+    assert_eq!(events[1].metadata.source.as_deref(), Some("app-system"));
+    for (kind, raw) in [
+        ("phone", "13912340001"),
+        ("member_card", "MC-1"),
+        ("device_id", "idfa-1"),
+    ] {
+        assert_eq!(
+            ing.customer_by_identifier(kind, raw).await.unwrap(),
+            Some(c),
+            "{kind}"
+        );
+    }
+}
+
+async fn a_family_tablet_shared_by_two_phones_is_two_customers(t: &TestStore) {
+    let ing = ingestor(t);
+    let out = ingest(
+        &ing,
+        &[
+            record(
+                "screen_viewed",
+                "app",
+                json!({"phone": "13912340001", "device_id": "family-tablet"}),
+            ),
+            record(
+                "screen_viewed",
+                "app",
+                json!({"phone": "13912340002", "device_id": "family-tablet"}),
+            ),
+        ],
+    )
+    .await;
+    let (mum, son) = (customer_of(&out[0]), customer_of(&out[1]));
+    assert_ne!(mum, son);
+    let son_events = t.store.read_stream(&son.stream_id(), 1, 10).await.unwrap();
+    let recorded: TouchpointRecorded = son_events[0].decode().unwrap();
+    assert_eq!(recorded.resolution.skipped.len(), 1);
+    assert_eq!(
+        recorded.resolution.skipped[0].identifier.value,
+        "family-tablet"
+    );
+    assert_eq!(
+        recorded.resolution.skipped[0].reason,
+        SkipReason::HeldByOther { customer: mum }
+    );
+    assert_eq!(
+        ing.customer_by_identifier("device_id", "family-tablet")
+            .await
+            .unwrap(),
+        Some(mum)
+    );
+}
+
+async fn a_blocked_placeholder_phone_merges_nothing(t: &TestStore) {
+    let ing = ingestor(t);
+    let out = ingest(
+        &ing,
+        &[
+            record(
+                "order_placed",
+                "store",
+                json!({"phone": "13800138000", "member_card": "MC-7"}),
+            ),
+            record(
+                "order_placed",
+                "store",
+                json!({"phone": "138 0013 8000", "member_card": "MC-8"}),
+            ),
+        ],
+    )
+    .await;
+    assert_ne!(customer_of(&out[0]), customer_of(&out[1]));
+    assert_eq!(
+        ing.customer_by_identifier("phone", "13800138000")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn chain_merges_leave_one_customer_that_every_id_resolves_to(t: &TestStore) {
+    let ing = ingestor(t);
+    let a = customer_of(
+        &ingest(
+            &ing,
+            &[record(
+                "store_visited",
+                "store",
+                json!({"phone": "13912340001"}),
+            )],
+        )
+        .await[0],
+    );
+    let b = customer_of(
+        &ingest(
+            &ing,
+            &[record(
+                "store_visited",
+                "web",
+                json!({"email": "b@example.cn"}),
+            )],
+        )
+        .await[0],
+    );
+    let c = customer_of(
+        &ingest(
+            &ing,
+            &[record("store_visited", "app", json!({"login_id": "cee"}))],
+        )
+        .await[0],
+    );
+    // One batch ties B to A and then C to A through B's email.
+    let report = ing
+        .ingest_json(&texts(&[
+            record(
+                "order_placed",
+                "web",
+                json!({"email": "b@example.cn", "phone": "13912340001"}),
+            ),
+            record(
+                "screen_viewed",
+                "app",
+                json!({"login_id": "cee", "email": "B@Example.cn"}),
+            ),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.accepted, report.merges, report.new_customers),
+        (2, 2, 0)
+    );
+    for id in [a, b, c] {
+        assert_eq!(t.store.live_customer(id).await.unwrap(), a);
+    }
+    for (kind, raw) in [
+        ("phone", "13912340001"),
+        ("email", "b@example.cn"),
+        ("login_id", "cee"),
+    ] {
+        assert_eq!(
+            ing.customer_by_identifier(kind, raw).await.unwrap(),
+            Some(a),
+            "{kind}"
+        );
+    }
+    let survivor = t.store.read_stream(&a.stream_id(), 1, 20).await.unwrap();
+    let merged: Vec<CustomerMerged> = survivor
+        .iter()
+        .filter(|e| e.event_type == "customer_merged")
+        .map(|e| e.decode().unwrap())
+        .collect();
+    assert_eq!(
+        merged.iter().map(|m| m.absorbed).collect::<Vec<_>>(),
+        vec![b, c]
+    );
+    assert_eq!(merged[0].evidence[0].to_string(), "email:b@example.cn");
+    let closed = t.store.read_stream(&c.stream_id(), 1, 20).await.unwrap();
+    let into: CustomerMergedInto = closed.last().unwrap().decode().unwrap();
+    assert_eq!(into.survivor, a);
+    assert_eq!(into.evidence[0].to_string(), "login_id:cee");
+    let (customers, aliases, _) = t.store.identity_counts().await.unwrap();
+    assert_eq!((customers, aliases), (1, 2));
+}
+
+async fn identifiers_beyond_the_email_limit_are_not_linked(t: &TestStore) {
+    let ing = ingestor(t);
+    let records: Vec<Value> = (1..=6)
+        .map(|n| {
+            record(
+                "custom",
+                "web",
+                json!({"phone": "13912340001", "email": format!("me{n}@example.cn")}),
+            )
+        })
+        .collect();
+    let out = ingest(&ing, &records).await;
+    let customers: BTreeSet<CustomerId> = out.iter().map(customer_of).collect();
+    assert_eq!(customers.len(), 1);
+    assert!(ing
+        .customer_by_identifier("email", "me5@example.cn")
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        ing.customer_by_identifier("email", "me6@example.cn")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn a_batch_sent_twice_is_stored_once(t: &TestStore) {
+    let ing = ingestor(t);
+    let records = vec![
+        record("order_placed", "store", json!({"phone": "13912340001"})),
+        record(
+            "screen_viewed",
+            "app",
+            json!({"phone": "13912340001", "device_id": "d1"}),
+        ),
+        record(
+            "screen_viewed",
+            "app",
+            json!({"phone": "13912340002", "device_id": "d1"}),
+        ),
+    ];
+    let first = ing.ingest_json(&texts(&records)).await.unwrap();
+    let head = t.store.head().await.unwrap();
+    let counts = t.store.identity_counts().await.unwrap();
+    let second = ing.ingest_json(&texts(&records)).await.unwrap();
+    assert_eq!((second.accepted, second.duplicates), (0, 3));
+    for (a, b) in first.records.iter().zip(&second.records) {
+        let RecordOutcome::Accepted {
+            event_id, position, ..
+        } = a
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            b,
+            &RecordOutcome::Duplicate {
+                event_id: *event_id,
+                position: *position
+            }
+        );
+    }
+    assert_eq!(t.store.head().await.unwrap(), head);
+    assert_eq!(t.store.identity_counts().await.unwrap(), counts);
+    // The same record twice in one batch is stored once too.
+    let again = record("store_visited", "store", json!({"phone": "13912340009"}));
+    let report = ing
+        .ingest_json(&texts(&[again.clone(), again]))
+        .await
+        .unwrap();
+    assert_eq!((report.accepted, report.duplicates), (1, 1));
+}
+
+async fn refused_records_are_quarantined_and_the_rest_stored(t: &TestStore) {
+    let ing = ingestor(t);
+    let mut bad_phone = record("store_visited", "store", json!({"phone": "12345"}));
+    bad_phone["source"] = json!("pos-beijing");
+    let records = vec![
+        "this is not json".to_owned(),
+        bad_phone.to_string(),
+        record("store_visited", "store", json!({"phone": "13912340001"})).to_string(),
+    ];
+    let report = ing.ingest_json(&records).await.unwrap();
+    assert_eq!((report.accepted, report.rejected), (1, 2));
+    let RecordOutcome::Rejected {
+        rejection,
+        quarantine_id,
+    } = &report.records[1]
+    else {
+        panic!("{:?}", report.records[1]);
+    };
+    assert_eq!(
+        (rejection.field.as_str(), rejection.code),
+        ("identifiers.phone", RejectionCode::InvalidIdentifier)
+    );
+    let kept = t.store.quarantined(0, 10).await.unwrap();
+    assert_eq!(kept.len(), 2);
+    assert_eq!(kept[0].code, "malformed");
+    assert_eq!(kept[0].record, "this is not json");
+    assert_eq!(kept[1].id, *quarantine_id);
+    assert_eq!(kept[1].field, "identifiers.phone");
+    assert_eq!(kept[1].source.as_deref(), Some("pos-beijing"));
+    assert_eq!(kept[1].record, records[1]);
+    assert!(matches!(report.records[2], RecordOutcome::Accepted { .. }));
+}
+
+async fn parallel_batches_merging_the_same_customers_lose_nothing(t: &TestStore) {
+    let ing = ingestor(t);
+    // Ten customers known by phone; then four writers each tie all ten together by email,
+    // in different orders, at the same time.
+    let seed: Vec<Value> = (0..10)
+        .map(|n| {
+            record(
+                "store_visited",
+                "store",
+                json!({"phone": format!("1391234{n:04}")}),
+            )
+        })
+        .collect();
+    ingest(&ing, &seed).await;
+    let mut tasks = Vec::new();
+    for w in 0..4usize {
+        let ing = Ingestor::new(
+            t.reopen().await,
+            IdentityRules::default(),
+            b"test identity key",
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut order: Vec<usize> = (0..10).collect();
+            order.rotate_left(w * 3);
+            let records: Vec<String> = order
+                .iter()
+                .map(|n| {
+                    record(
+                        "custom",
+                        "web",
+                        json!({"phone": format!("1391234{n:04}"), "email": "family@example.cn"}),
+                    )
+                    .to_string()
+                })
+                .collect();
+            let mut accepted = 0;
+            for chunk in records.chunks(3) {
+                accepted += ing.ingest_json(chunk).await.unwrap().accepted;
+            }
+            ing.store().close().await;
+            accepted
+        }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        accepted += task.await.unwrap();
+    }
+    assert_eq!(accepted, 40);
+    let (customers, aliases, _) = t.store.identity_counts().await.unwrap();
+    assert_eq!((customers, aliases), (1, 9), "one survivor, nine merged");
+    let stats = t.store.stats().await.unwrap();
+    // 10 + 40 touchpoints, and two events per merge.
+    assert_eq!(stats.events, 50 + 2 * 9);
+    let survivor = ing
+        .customer_by_identifier("email", "family@example.cn")
+        .await
+        .unwrap()
+        .unwrap();
+    for n in 0..10 {
+        let phone = format!("1391234{n:04}");
+        assert_eq!(
+            ing.customer_by_identifier("phone", &phone).await.unwrap(),
+            Some(survivor)
+        );
+    }
+}
+
+crate::on_both_stores!(
+    the_same_phone_in_pos_and_app_is_one_customer,
+    a_family_tablet_shared_by_two_phones_is_two_customers,
+    a_blocked_placeholder_phone_merges_nothing,
+    chain_merges_leave_one_customer_that_every_id_resolves_to,
+    identifiers_beyond_the_email_limit_are_not_linked,
+    a_batch_sent_twice_is_stored_once,
+    refused_records_are_quarantined_and_the_rest_stored,
+    parallel_batches_merging_the_same_customers_lose_nothing,
+);

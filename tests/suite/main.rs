@@ -1,0 +1,11 @@
+//! Patron on real databases: the event store and ingestion, each test run against SQLite and,
+//! when `PATRON_TEST_POSTGRES_URL` names a server, PostgreSQL, on its own fresh database.
+
+mod helpers;
+
+mod append;
+mod concurrency;
+mod idempotency;
+mod ingest;
+mod properties;
+mod reading;
