@@ -436,6 +436,18 @@ impl SqliteLog {
     }
 }
 
+/// A row of the quarantine table as SQLite stores it.
+#[derive(sqlx::FromRow)]
+struct QuarantineRow {
+    id: i64,
+    received_at: i64,
+    source: Option<String>,
+    code: String,
+    field: String,
+    reason: String,
+    record: String,
+}
+
 fn customer_column(stmt: &Statement<'_>, index: i32) -> Result<CustomerId> {
     uuid_column(stmt, index, 0)?
         .map(CustomerId::from_uuid)
@@ -574,7 +586,7 @@ impl SqliteLog {
         after_id: u64,
         max: usize,
     ) -> Result<Vec<QuarantinedRecord>> {
-        let rows: Vec<(i64, i64, Option<String>, String, String, String, String)> = sqlx::query_as(
+        let rows: Vec<QuarantineRow> = sqlx::query_as(
             "SELECT id, received_at, source, code, field, reason, record FROM quarantine \
              WHERE id > ? ORDER BY id LIMIT ?",
         )
@@ -583,15 +595,15 @@ impl SqliteLog {
         .fetch_all(&self.reader)
         .await?;
         rows.into_iter()
-            .map(|(id, at, source, code, field, reason, record)| {
+            .map(|r| {
                 Ok(QuarantinedRecord {
-                    id: to_u64(id, 0, "quarantine id")?,
-                    received_at: from_micros(at, 0)?,
-                    source,
-                    code,
-                    field,
-                    reason,
-                    record,
+                    id: to_u64(r.id, 0, "quarantine id")?,
+                    received_at: from_micros(r.received_at, 0)?,
+                    source: r.source,
+                    code: r.code,
+                    field: r.field,
+                    reason: r.reason,
+                    record: r.record,
                 })
             })
             .collect()
