@@ -1,13 +1,17 @@
 //! The `patron` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench::{run_read_bench, run_store_bench, Spread, StoreBenchConfig};
+use crate::import::import_file;
+use crate::import::mapping::Mapping;
+use crate::ingest::Ingestor;
 use crate::store::scratch::ScratchPostgres;
 use crate::store::{redact_url, EventStore};
+use patron_domain::identity::{IdentityRules, RulesFile};
 
 /// The default store: an SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://patron.db";
@@ -19,6 +23,19 @@ pub struct Cli {
     /// The store: `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DATABASE`.
     #[arg(long, global = true, env = "PATRON_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
+    /// The identity rules (TOML); the built-in retail rules when not given. See
+    /// `docs/ingestion.md`.
+    #[arg(long, global = true, env = "PATRON_IDENTITY_RULES")]
+    pub identity_rules: Option<PathBuf>,
+    /// The secret that pseudonymizes identifiers in the identity index. Without it, a key
+    /// generated on first use is kept in the store (fine for a trial, not for production).
+    #[arg(
+        long,
+        global = true,
+        env = "PATRON_IDENTITY_KEY",
+        hide_env_values = true
+    )]
+    pub identity_key: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -39,6 +56,31 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         after: u64,
         /// How many events at most.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Import a CSV or NDJSON file of touchpoints: validated, resolved to customers and stored.
+    /// Refused records go to the quarantine; importing the same file again stores nothing twice.
+    Import {
+        /// The file (`.csv`, `.ndjson`).
+        file: PathBuf,
+        /// How the file's columns map to touchpoint fields (required for CSV). Without it, an
+        /// NDJSON file holds records in Patron's own shape.
+        #[arg(long)]
+        mapping: Option<PathBuf>,
+        /// Records per transaction.
+        #[arg(long, default_value_t = 5_000)]
+        batch: usize,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List quarantined records (refused at ingestion) with their reasons, oldest first.
+    Quarantine {
+        /// Start after this quarantine number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// How many at most.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -105,6 +147,27 @@ impl Cli {
     pub async fn run(self) -> Result<()> {
         match self.command {
             Command::Status { json } => status(&self.database_url, json).await,
+            Command::Import {
+                ref file,
+                ref mapping,
+                batch,
+                json,
+            } => {
+                let ingestor = self.ingestor().await?;
+                import(&ingestor, file, mapping.as_deref(), batch, json).await
+            }
+            Command::Quarantine { after, limit } => {
+                let store = open(&self.database_url).await?;
+                for record in store
+                    .quarantined(after, limit)
+                    .await
+                    .context("cannot read the quarantine")?
+                {
+                    println!("{}", serde_json::to_string(&record)?);
+                }
+                store.close().await;
+                Ok(())
+            }
             Command::Log { after, limit } => log(&self.database_url, after, limit).await,
             Command::Bench(BenchCommand::Store(args)) => bench_store(args).await,
             Command::Bench(BenchCommand::Read { read_batch, json }) => {
@@ -112,6 +175,85 @@ impl Cli {
             }
         }
     }
+}
+
+impl Cli {
+    /// The identity rules chosen on the command line, or the built-in ones.
+    pub fn rules(&self) -> Result<IdentityRules> {
+        match &self.identity_rules {
+            None => Ok(IdentityRules::default()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the identity rules {}", path.display())
+                })?;
+                let file: RulesFile = toml::from_str(&text).with_context(|| {
+                    format!("the identity rules {} are invalid", path.display())
+                })?;
+                IdentityRules::from_file(file)
+                    .with_context(|| format!("the identity rules {} are invalid", path.display()))
+            }
+        }
+    }
+
+    /// An ingestor on the chosen store, rules and key.
+    pub async fn ingestor(&self) -> Result<Ingestor> {
+        let rules = self.rules()?;
+        let store = open(&self.database_url).await?;
+        match &self.identity_key {
+            Some(key) => {
+                anyhow::ensure!(
+                    key.len() >= 16,
+                    "the identity key must be at least 16 bytes long"
+                );
+                Ok(Ingestor::new(store, rules, key.as_bytes()))
+            }
+            None => Ingestor::with_stored_key(store, rules)
+                .await
+                .context("cannot read the identity key kept in the store"),
+        }
+    }
+}
+
+async fn import(
+    ingestor: &Ingestor,
+    file: &Path,
+    mapping: Option<&Path>,
+    batch: usize,
+    json: bool,
+) -> Result<()> {
+    let mapping = mapping.map(Mapping::load).transpose()?;
+    let ingestor = ingestor
+        .clone()
+        .with_actor(format!("import:{}", file.display()));
+    let summary = import_file(&ingestor, file, mapping.as_ref(), batch).await?;
+    ingestor.store().close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    println!("records:        {}", summary.records);
+    println!("accepted:       {}", summary.accepted);
+    println!("duplicates:     {} (stored before)", summary.duplicates);
+    println!(
+        "rejected:       {} (kept in the quarantine: patron quarantine)",
+        summary.rejected
+    );
+    println!("new customers:  {}", summary.new_customers);
+    println!("merges:         {}", summary.merges);
+    println!(
+        "time:           {:.1} s ({:.0} records/s)",
+        summary.seconds, summary.records_per_s
+    );
+    for r in &summary.first_rejections {
+        println!("  line {}: {}: {}", r.line, r.field, r.reason);
+    }
+    if summary.rejected > summary.first_rejections.len() as u64 {
+        println!(
+            "  ... and {} more",
+            summary.rejected - summary.first_rejections.len() as u64
+        );
+    }
+    Ok(())
 }
 
 async fn open(url: &str) -> Result<EventStore> {
@@ -126,13 +268,23 @@ async fn status(url: &str, json: bool) -> Result<()> {
         .stats()
         .await
         .context("cannot read the log's counts")?;
+    let (customers, merged, quarantined) = store
+        .identity_counts()
+        .await
+        .context("cannot read the identity counts")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        let mut value = serde_json::to_value(&stats)?;
+        value["customers"] = customers.into();
+        value["merged_customers"] = merged.into();
+        value["quarantined"] = quarantined.into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!("store:    {} ({})", redact_url(url), stats.backend);
-        println!("events:   {}", stats.events);
-        println!("streams:  {}", stats.streams);
-        println!("head:     position {}", stats.head);
+        println!("store:        {} ({})", redact_url(url), stats.backend);
+        println!("events:       {}", stats.events);
+        println!("streams:      {}", stats.streams);
+        println!("head:         position {}", stats.head);
+        println!("customers:    {customers} ({merged} merged into others)");
+        println!("quarantined:  {quarantined} records");
     }
     store.close().await;
     Ok(())

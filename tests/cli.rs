@@ -79,3 +79,72 @@ fn an_unreachable_postgres_server_is_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn importing_the_example_pos_export_twice_stores_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("patron.db").display());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let file = format!("{root}/examples/pos_orders.csv");
+    let mapping = format!("{root}/examples/pos_orders.toml");
+    let args = [
+        "import",
+        file.as_str(),
+        "--mapping",
+        mapping.as_str(),
+        "--json",
+    ];
+
+    let first = patron(&args, &url);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    // Six lines, five receipts: R-0001 spans two lines; R-0004 has a malformed phone.
+    assert_eq!(first["records"], 5);
+    assert_eq!(first["accepted"], 4);
+    assert_eq!(first["rejected"], 1);
+    // R-0005's phone (0086 prefix) is R-0001's: three customers, the placeholder phone of
+    // R-0003 linking nothing.
+    assert_eq!(first["new_customers"], 3);
+    let rejection = &first["first_rejections"][0];
+    assert_eq!(rejection["line"], 6);
+    assert_eq!(rejection["field"], "mobile (identifiers.phone[0])");
+
+    let second = patron(&args, &url);
+    let second: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(
+        (second["accepted"].as_u64(), second["duplicates"].as_u64()),
+        (Some(0), Some(4))
+    );
+
+    let status = patron(&["status", "--json"], &url);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["events"], 4);
+    assert_eq!(status["customers"], 3);
+
+    let quarantine = patron(&["quarantine"], &url);
+    let first_line = String::from_utf8_lossy(&quarantine.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let kept: serde_json::Value = serde_json::from_str(&first_line).unwrap();
+    assert_eq!(kept["code"], "invalid_identifier");
+    assert!(
+        kept["record"].as_str().unwrap().starts_with("R-0004,"),
+        "{kept}"
+    );
+}
+
+#[test]
+fn a_csv_without_a_mapping_is_refused_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("patron.db").display());
+    let file = format!("{}/examples/pos_orders.csv", env!("CARGO_MANIFEST_DIR"));
+    let out = patron(&["import", file.as_str()], &url);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --mapping"));
+}

@@ -118,7 +118,32 @@ impl std::fmt::Debug for Ingestor {
     }
 }
 
-/// A record of a batch, as received.
+/// A record as received: its text, kept in the quarantine if it is refused, and what parsing it
+/// gave.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    /// The record as received (a JSON document, a CSV line ...).
+    pub received: String,
+    /// The record in Patron's shape, or why it could not be read.
+    pub parsed: Result<RawTouchpoint, Rejection>,
+}
+
+impl Incoming {
+    /// A record received as JSON text in Patron's shape.
+    pub fn json(text: String) -> Self {
+        let parsed = serde_json::from_str::<RawTouchpoint>(&text).map_err(|e| Rejection {
+            field: "record".into(),
+            reason: format!("not a JSON object of a touchpoint: {e}"),
+            code: RejectionCode::Malformed,
+        });
+        Self {
+            received: text,
+            parsed,
+        }
+    }
+}
+
+/// A record of a batch, checked.
 enum Parsed {
     Valid(Box<Touchpoint>),
     Rejected(Rejection, Option<String>),
@@ -226,32 +251,32 @@ impl Ingestor {
     }
 
     /// Ingests records given as JSON text, one per element, answering each.
-    #[tracing::instrument(name = "ingest.batch", skip_all, fields(records = records.len()))]
     pub async fn ingest_json(&self, records: &[String]) -> Result<IngestReport, IngestError> {
+        let incoming: Vec<Incoming> = records.iter().map(|t| Incoming::json(t.clone())).collect();
+        self.ingest(&incoming).await
+    }
+
+    /// Ingests records, answering each in order.
+    #[tracing::instrument(name = "ingest.batch", skip_all, fields(records = records.len()))]
+    pub async fn ingest(&self, records: &[Incoming]) -> Result<IngestReport, IngestError> {
         let now = Utc::now();
         let parsed: Vec<Parsed> = records
             .iter()
-            .map(|text| match serde_json::from_str::<RawTouchpoint>(text) {
-                Err(e) => Parsed::Rejected(
-                    Rejection {
-                        field: "record".into(),
-                        reason: format!("not a JSON object of a touchpoint: {e}"),
-                        code: RejectionCode::Malformed,
-                    },
-                    None,
-                ),
+            .map(|r| match &r.parsed {
+                Err(rejection) => Parsed::Rejected(rejection.clone(), None),
                 Ok(raw) => match raw.validate(&self.rules, now) {
                     Ok(t) => Parsed::Valid(Box::new(t)),
-                    Err(r) => Parsed::Rejected(r, raw.source.clone()),
+                    Err(rejection) => Parsed::Rejected(rejection, raw.source.clone()),
                 },
             })
             .collect();
-        self.ingest_parsed(records, parsed, now).await
+        let received: Vec<&str> = records.iter().map(|r| r.received.as_str()).collect();
+        self.ingest_parsed(&received, parsed, now).await
     }
 
     async fn ingest_parsed(
         &self,
-        records: &[String],
+        records: &[&str],
         parsed: Vec<Parsed>,
         now: DateTime<Utc>,
     ) -> Result<IngestReport, IngestError> {
@@ -269,7 +294,7 @@ impl Ingestor {
                         .unwrap_or_default(),
                     field: r.field.clone(),
                     reason: r.reason.clone(),
-                    record: text.clone(),
+                    record: (*text).to_owned(),
                 }),
                 Parsed::Valid(_) => None,
             })
