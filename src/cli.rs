@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench::{run_read_bench, run_store_bench, Spread, StoreBenchConfig};
+use crate::demo::{generate_people, run_demo, DemoConfig};
 use crate::import::import_file;
 use crate::import::mapping::Mapping;
 use crate::ingest::Ingestor;
@@ -71,6 +72,28 @@ pub enum Command {
         /// Records per transaction.
         #[arg(long, default_value_t = 5_000)]
         batch: usize,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a realistic multi-channel data set and load it (or write it to a file), then
+    /// score the unified customers against the generator's ground truth.
+    Demo {
+        /// How many people.
+        #[arg(long, default_value_t = 10_000)]
+        people: usize,
+        /// Mean touchpoints per person (on top of a few introductions).
+        #[arg(long, default_value_t = 12.0)]
+        touchpoints: f64,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Records per transaction.
+        #[arg(long, default_value_t = 5_000)]
+        batch: usize,
+        /// Write the records to this NDJSON file instead of loading them.
+        #[arg(long)]
+        write: Option<PathBuf>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -155,6 +178,30 @@ impl Cli {
             } => {
                 let ingestor = self.ingestor().await?;
                 import(&ingestor, file, mapping.as_deref(), batch, json).await
+            }
+            Command::Demo {
+                people,
+                touchpoints,
+                seed,
+                batch,
+                ref write,
+                json,
+            } => {
+                anyhow::ensure!(people > 0, "--people must be at least 1");
+                anyhow::ensure!(touchpoints >= 1.0, "--touchpoints must be at least 1");
+                let config = DemoConfig {
+                    people,
+                    touchpoints_per_person: touchpoints,
+                    seed,
+                    ..DemoConfig::default()
+                };
+                match write {
+                    Some(path) => write_demo(&config, path),
+                    None => {
+                        let ingestor = self.ingestor().await?.with_actor("demo");
+                        demo(&ingestor, &config, batch, json).await
+                    }
+                }
             }
             Command::Quarantine { after, limit } => {
                 let store = open(&self.database_url).await?;
@@ -251,6 +298,71 @@ async fn import(
         println!(
             "  ... and {} more",
             summary.rejected - summary.first_rejections.len() as u64
+        );
+    }
+    Ok(())
+}
+
+fn write_demo(config: &DemoConfig, path: &Path) -> Result<()> {
+    use std::io::Write;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut written = 0u64;
+    let mut first = 0;
+    while first < config.people {
+        let count = 2_000.min(config.people - first);
+        for r in generate_people(config, first, count) {
+            writeln!(out, "{}", r.record)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            written += 1;
+        }
+        first += count;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "wrote {written} records for {} people to {}",
+        config.people,
+        path.display()
+    );
+    Ok(())
+}
+
+async fn demo(ingestor: &Ingestor, config: &DemoConfig, batch: usize, json: bool) -> Result<()> {
+    let summary = run_demo(ingestor, config, batch)
+        .await
+        .context("loading the demo data set failed")?;
+    ingestor.store().close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    println!("people:         {}", summary.scores.people);
+    println!(
+        "records:        {} ({} stored, {} refused on purpose)",
+        summary.records, summary.accepted, summary.rejected
+    );
+    println!(
+        "customers:      {} ({} merges while loading)",
+        summary.scores.customers, summary.merges
+    );
+    println!(
+        "precision:      {:.4} (pairs put in one customer that are one person)",
+        summary.scores.precision
+    );
+    println!(
+        "recall:         {:.4} (pairs of one person put in one customer)",
+        summary.scores.recall
+    );
+    println!(
+        "time:           {:.1} s ({:.0} records/s)",
+        summary.seconds, summary.records_per_s
+    );
+    if summary.broken_accepted + summary.sound_rejected > 0 {
+        println!(
+            "warning: {} broken records stored, {} sound records refused",
+            summary.broken_accepted, summary.sound_rejected
         );
     }
     Ok(())

@@ -14,6 +14,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod demo;
 pub mod import;
 pub mod ingest;
 pub mod store;

@@ -16,6 +16,7 @@ pub mod scratch;
 mod sqlite;
 mod subscription;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use patron_domain::{
 };
 use serde::Serialize;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 pub use error::{Result, StoreError};
 pub use identity::{IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord};
@@ -337,6 +339,18 @@ impl EventStore {
             Backend::Sqlite(b) => b.live_customer(customer).await,
             Backend::Postgres(b) => b.live_customer(customer).await,
         }
+    }
+
+    /// Every merged customer with the live customer it resolves to.
+    pub async fn aliases(&self) -> Result<HashMap<CustomerId, CustomerId>> {
+        let pairs: Vec<(Uuid, Uuid)> = match &self.backend {
+            Backend::Sqlite(b) => b.aliases().await?,
+            Backend::Postgres(b) => b.aliases().await?,
+        };
+        Ok(pairs
+            .into_iter()
+            .map(|(a, s)| (CustomerId::from_uuid(a), CustomerId::from_uuid(s)))
+            .collect())
     }
 
     /// Counts of the identity tables: live customers holding an identifier, merged customers,

@@ -594,4 +594,12 @@ impl PostgresLog {
             .await?;
         Ok(value)
     }
+
+    pub(crate) async fn aliases(&self) -> Result<Vec<(Uuid, Uuid)>> {
+        Ok(
+            sqlx::query_as("SELECT absorbed, survivor FROM customer_aliases")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
 }

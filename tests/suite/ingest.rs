@@ -425,6 +425,32 @@ async fn parallel_batches_merging_the_same_customers_lose_nothing(t: &TestStore)
     }
 }
 
+async fn the_demo_data_set_is_unified_exactly_as_its_people(t: &TestStore) {
+    use patron::demo::{run_demo, DemoConfig};
+    let ing = ingestor(t);
+    let config = DemoConfig {
+        people: 400,
+        seed: 7,
+        ..DemoConfig::default()
+    };
+    let summary = run_demo(&ing, &config, 1_000).await.unwrap();
+    // Phones in seven formats, emails in four, placeholder phones, families sharing a tablet,
+    // second phones and anonymous devices: all undone by normalization and the rules.
+    assert_eq!(summary.scores.people, 400);
+    assert_eq!(summary.scores.precision, 1.0, "{summary:?}");
+    assert_eq!(summary.scores.recall, 1.0, "{summary:?}");
+    assert_eq!(summary.scores.customers, 400);
+    assert!(
+        summary.rejected > 0,
+        "the broken records are refused: {summary:?}"
+    );
+    assert_eq!((summary.broken_accepted, summary.sound_rejected), (0, 0));
+    // Loading it again stores nothing new.
+    let again = run_demo(&ing, &config, 1_000).await.unwrap();
+    assert_eq!(again.accepted, 0);
+    assert_eq!(t.store.identity_counts().await.unwrap().0, 400);
+}
+
 crate::on_both_stores!(
     the_same_phone_in_pos_and_app_is_one_customer,
     a_family_tablet_shared_by_two_phones_is_two_customers,
@@ -434,4 +460,5 @@ crate::on_both_stores!(
     a_batch_sent_twice_is_stored_once,
     refused_records_are_quarantined_and_the_rest_stored,
     parallel_batches_merging_the_same_customers_lose_nothing,
+    the_demo_data_set_is_unified_exactly_as_its_people,
 );

@@ -657,4 +657,12 @@ impl SqliteLog {
             .await?;
         Ok(value)
     }
+
+    pub(crate) async fn aliases(&self) -> Result<Vec<(Uuid, Uuid)>> {
+        Ok(
+            sqlx::query_as("SELECT absorbed, survivor FROM customer_aliases")
+                .fetch_all(&self.reader)
+                .await?,
+        )
+    }
 }
