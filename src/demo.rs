@@ -609,33 +609,44 @@ pub async fn run_demo(
     );
     let mut summary = DemoSummary::default();
     let mut truth: Vec<(u32, patron_domain::customer::CustomerId)> = Vec::new();
+    // The next chunk is generated and prepared while the previous one commits.
+    let mut pipeline = crate::ingest::CommitPipeline::new(ingestor.clone());
+    let mut settle = |done: Option<(Vec<(u32, bool)>, crate::ingest::IngestReport)>| {
+        let Some((people, report)) = done else { return };
+        summary.merges += report.merges as u64;
+        for ((person, broken), outcome) in people.iter().zip(&report.records) {
+            summary.records += 1;
+            match outcome {
+                RecordOutcome::Accepted { customer, .. } => {
+                    summary.accepted += 1;
+                    summary.broken_accepted += u64::from(*broken);
+                    truth.push((*person, *customer));
+                }
+                RecordOutcome::Rejected { .. } => {
+                    summary.rejected += 1;
+                    summary.sound_rejected += u64::from(!*broken);
+                }
+                RecordOutcome::Duplicate { .. } => {}
+            }
+        }
+        bar.inc(people.len() as u64);
+    };
     let mut first = 0;
     while first < config.people {
         let count = PEOPLE_PER_CHUNK.min(config.people - first);
         let records = generate_people(config, first, count);
         first += count;
         for chunk in records.chunks(batch.max(1)) {
-            let texts: Vec<String> = chunk.iter().map(|r| r.record.to_string()).collect();
-            let report = ingestor.ingest_json(&texts).await?;
-            summary.merges += report.merges as u64;
-            for (r, outcome) in chunk.iter().zip(&report.records) {
-                summary.records += 1;
-                match outcome {
-                    RecordOutcome::Accepted { customer, .. } => {
-                        summary.accepted += 1;
-                        summary.broken_accepted += u64::from(r.broken);
-                        truth.push((r.person, *customer));
-                    }
-                    RecordOutcome::Rejected { .. } => {
-                        summary.rejected += 1;
-                        summary.sound_rejected += u64::from(!r.broken);
-                    }
-                    RecordOutcome::Duplicate { .. } => {}
-                }
-            }
-            bar.inc(chunk.len() as u64);
+            let people: Vec<(u32, bool)> = chunk.iter().map(|r| (r.person, r.broken)).collect();
+            let incoming = chunk
+                .iter()
+                .map(|r| crate::ingest::Incoming::json(r.record.to_string()))
+                .collect();
+            let prepared = ingestor.prepare(incoming);
+            settle(pipeline.submit(people, prepared).await?);
         }
     }
+    settle(pipeline.finish().await?);
     bar.finish_and_clear();
     let aliases = ingestor.store().aliases().await?;
     for (_, customer) in &mut truth {

@@ -536,8 +536,9 @@ fn parse_action(event_type: &str, fields: &mut Map<String, Value>) -> Result<Act
 
 impl RawTouchpoint {
     /// Checks every field and normalizes identifiers under `rules`; `now` bounds `occurred_at`.
+    /// Consumes the record: its fields move into the touchpoint.
     pub fn validate(
-        &self,
+        self,
         rules: &IdentityRules,
         now: DateTime<Utc>,
     ) -> Result<Touchpoint, Rejection> {
@@ -601,8 +602,9 @@ impl RawTouchpoint {
                 "at least one identifier is required",
             ));
         }
-        let mut fields = self.fields.clone();
-        let action = parse_action(event_type, &mut fields)?;
+        let event_type = event_type.to_owned();
+        let mut fields = self.fields;
+        let action = parse_action(&event_type, &mut fields)?;
         Ok(Touchpoint {
             event_id,
             channel,

@@ -16,7 +16,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use self::mapping::{Format, Mapping, Row};
-use crate::ingest::{Incoming, IngestError, Ingestor, RecordOutcome};
+use crate::ingest::{CommitPipeline, Incoming, IngestError, IngestReport, Ingestor, RecordOutcome};
 
 /// Rejections listed in an import's summary (all of them are in the quarantine).
 const LISTED_REJECTIONS: usize = 20;
@@ -96,6 +96,7 @@ struct Pending {
 struct Batcher<'a> {
     ingestor: &'a Ingestor,
     mapping: Option<&'a Mapping>,
+    pipeline: CommitPipeline<Vec<u64>>,
     batch: usize,
     pending: Vec<Pending>,
     summary: ImportSummary,
@@ -130,41 +131,70 @@ impl Batcher<'_> {
         Ok(())
     }
 
+    /// Prepares the pending records and hands them to the commit pipeline: reading and
+    /// preparing the next batch overlaps with storing this one.
     async fn flush(&mut self) -> Result<(), ImportError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
-        let first_line = pending[0].line;
-        let incoming: Vec<Incoming> = pending.iter().map(|p| p.incoming.clone()).collect();
-        let report =
-            self.ingestor
-                .ingest(&incoming)
-                .await
-                .map_err(|source| ImportError::Ingest {
-                    line: first_line,
-                    source,
-                })?;
-        let s = &mut self.summary;
-        s.records += pending.len() as u64;
-        s.accepted += report.accepted as u64;
-        s.duplicates += report.duplicates as u64;
-        s.rejected += report.rejected as u64;
-        s.merges += report.merges as u64;
-        s.new_customers += report.new_customers as u64;
-        for (p, outcome) in pending.iter().zip(&report.records) {
+        let mut lines = Vec::with_capacity(pending.len());
+        let incoming: Vec<Incoming> = pending
+            .into_iter()
+            .map(|p| {
+                lines.push(p.line);
+                p.incoming
+            })
+            .collect();
+        let prepared = self.ingestor.prepare(incoming);
+        let first_line = lines.first().copied().unwrap_or_default();
+        let done = self
+            .pipeline
+            .submit(lines, prepared)
+            .await
+            .map_err(|source| ImportError::Ingest {
+                line: first_line,
+                source,
+            })?;
+        if let Some((lines, report)) = done {
+            self.count(&lines, &report);
+        }
+        Ok(())
+    }
+
+    /// Waits for the commit in flight and counts its answers.
+    async fn settle(&mut self) -> Result<(), ImportError> {
+        let done = self
+            .pipeline
+            .finish()
+            .await
+            .map_err(|source| ImportError::Ingest { line: 0, source })?;
+        if let Some((lines, report)) = done {
+            self.count(&lines, &report);
+        }
+        Ok(())
+    }
+
+    /// Counts a stored batch's answers.
+    fn count(&mut self, lines: &[u64], report: &IngestReport) {
+        self.summary.records += lines.len() as u64;
+        self.summary.accepted += report.accepted as u64;
+        self.summary.duplicates += report.duplicates as u64;
+        self.summary.rejected += report.rejected as u64;
+        self.summary.merges += report.merges as u64;
+        self.summary.new_customers += report.new_customers as u64;
+        for (line, outcome) in lines.iter().zip(&report.records) {
             if let RecordOutcome::Rejected { rejection, .. } = outcome {
                 if self.summary.first_rejections.len() < LISTED_REJECTIONS {
                     let field = self.column_of(&rejection.field);
                     self.summary.first_rejections.push(RejectedLine {
-                        line: p.line,
+                        line: *line,
                         field,
                         reason: rejection.reason.clone(),
                     });
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -231,6 +261,7 @@ pub async fn import_file(
     let mut batcher = Batcher {
         ingestor,
         mapping,
+        pipeline: CommitPipeline::new(ingestor.clone()),
         batch: batch.max(1),
         pending: Vec::new(),
         summary: ImportSummary::default(),
@@ -351,6 +382,7 @@ pub async fn import_file(
         }
     }
     batcher.flush().await?;
+    batcher.settle().await?;
     bar.finish_and_clear();
     let mut summary = batcher.summary;
     summary.seconds = started.elapsed().as_secs_f64();

@@ -27,6 +27,7 @@ use patron_domain::{
 };
 use serde::Serialize;
 use thiserror::Error;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::store::{
@@ -42,6 +43,54 @@ pub enum IngestError {
     /// The store failed; nothing of the batch was written.
     #[error("the batch was not stored: {0}")]
     Store(#[from] StoreError),
+    /// The task committing a batch stopped unexpectedly; that batch was not stored.
+    #[error("the commit task stopped: {0}")]
+    Aborted(String),
+}
+
+/// Commits prepared batches one after the other in a task of their own, so that the caller can
+/// read and prepare the next batch meanwhile. Each batch carries a tag (line numbers, ground
+/// truth) handed back with its report.
+pub struct CommitPipeline<T> {
+    ingestor: Ingestor,
+    in_flight: Option<(T, JoinHandle<Result<IngestReport, IngestError>>)>,
+}
+
+impl<T> CommitPipeline<T> {
+    /// A pipeline committing through `ingestor`.
+    pub fn new(ingestor: Ingestor) -> Self {
+        Self {
+            ingestor,
+            in_flight: None,
+        }
+    }
+
+    /// Starts committing `batch` once the batch before it is stored, and returns that one's
+    /// report.
+    pub async fn submit(
+        &mut self,
+        tag: T,
+        batch: PreparedBatch,
+    ) -> Result<Option<(T, IngestReport)>, IngestError> {
+        let previous = self.finish().await?;
+        let ingestor = self.ingestor.clone();
+        self.in_flight = Some((
+            tag,
+            tokio::spawn(async move { ingestor.commit(batch).await }),
+        ));
+        Ok(previous)
+    }
+
+    /// Waits for the batch in flight, if any, and returns its report.
+    pub async fn finish(&mut self) -> Result<Option<(T, IngestReport)>, IngestError> {
+        let Some((tag, commit)) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let report = commit
+            .await
+            .map_err(|e| IngestError::Aborted(e.to_string()))??;
+        Ok(Some((tag, report)))
+    }
 }
 
 impl IngestError {
@@ -49,6 +98,7 @@ impl IngestError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Store(e) => e.code(),
+            Self::Aborted(_) => "COMMIT_ABORTED",
         }
     }
 }
@@ -143,10 +193,31 @@ impl Incoming {
     }
 }
 
-/// A record of a batch, checked.
+/// A record of a batch, checked: a touchpoint with the pseudonyms of its identifiers (in the
+/// same order), or why it was refused.
 enum Parsed {
-    Valid(Box<Touchpoint>),
+    Valid(Box<Touchpoint>, Vec<Identifier>),
     Rejected(Rejection, Option<String>),
+}
+
+/// A batch validated and pseudonymized, ready to [`Ingestor::commit`]. Preparing is CPU work
+/// without IO, so the next batch can be prepared while the previous one commits.
+pub struct PreparedBatch {
+    parsed: Vec<Parsed>,
+    received: Vec<String>,
+    now: DateTime<Utc>,
+}
+
+impl PreparedBatch {
+    /// How many records the batch holds.
+    pub fn len(&self) -> usize {
+        self.parsed.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.parsed.is_empty()
+    }
 }
 
 /// What the decision made for a record, before positions are known.
@@ -253,33 +324,55 @@ impl Ingestor {
     /// Ingests records given as JSON text, one per element, answering each.
     pub async fn ingest_json(&self, records: &[String]) -> Result<IngestReport, IngestError> {
         let incoming: Vec<Incoming> = records.iter().map(|t| Incoming::json(t.clone())).collect();
-        self.ingest(&incoming).await
+        self.ingest(incoming).await
     }
 
     /// Ingests records, answering each in order.
-    #[tracing::instrument(name = "ingest.batch", skip_all, fields(records = records.len()))]
-    pub async fn ingest(&self, records: &[Incoming]) -> Result<IngestReport, IngestError> {
-        let now = Utc::now();
-        let parsed: Vec<Parsed> = records
-            .iter()
-            .map(|r| match &r.parsed {
-                Err(rejection) => Parsed::Rejected(rejection.clone(), None),
-                Ok(raw) => match raw.validate(&self.rules, now) {
-                    Ok(t) => Parsed::Valid(Box::new(t)),
-                    Err(rejection) => Parsed::Rejected(rejection, raw.source.clone()),
-                },
-            })
-            .collect();
-        let received: Vec<&str> = records.iter().map(|r| r.received.as_str()).collect();
-        self.ingest_parsed(&received, parsed, now).await
+    pub async fn ingest(&self, records: Vec<Incoming>) -> Result<IngestReport, IngestError> {
+        let batch = self.prepare(records);
+        self.commit(batch).await
     }
 
-    async fn ingest_parsed(
-        &self,
-        records: &[&str],
-        parsed: Vec<Parsed>,
-        now: DateTime<Utc>,
-    ) -> Result<IngestReport, IngestError> {
+    /// Validates and pseudonymizes a batch: the part of ingestion that needs no database.
+    pub fn prepare(&self, records: Vec<Incoming>) -> PreparedBatch {
+        let now = Utc::now();
+        let mut received = Vec::with_capacity(records.len());
+        let parsed = records
+            .into_iter()
+            .map(|r| {
+                received.push(r.received);
+                match r.parsed {
+                    Err(rejection) => Parsed::Rejected(rejection, None),
+                    Ok(raw) => {
+                        let source = raw.source.clone();
+                        match raw.validate(&self.rules, now) {
+                            Ok(t) => {
+                                let keys =
+                                    t.identifiers.iter().map(|i| self.pseudonym(i)).collect();
+                                Parsed::Valid(Box::new(t), keys)
+                            }
+                            Err(rejection) => Parsed::Rejected(rejection, source),
+                        }
+                    }
+                }
+            })
+            .collect();
+        PreparedBatch {
+            parsed,
+            received,
+            now,
+        }
+    }
+
+    /// Stores a prepared batch: refused records to the quarantine, the others resolved and
+    /// appended in one transaction.
+    #[tracing::instrument(name = "ingest.batch", skip_all, fields(records = batch.len()))]
+    pub async fn commit(&self, batch: PreparedBatch) -> Result<IngestReport, IngestError> {
+        let PreparedBatch {
+            parsed,
+            received: records,
+            now,
+        } = batch;
         let quarantined: Vec<QuarantinedRecord> = parsed
             .iter()
             .zip(records)
@@ -294,25 +387,21 @@ impl Ingestor {
                         .unwrap_or_default(),
                     field: r.field.clone(),
                     reason: r.reason.clone(),
-                    record: (*text).to_owned(),
+                    record: text.clone(),
                 }),
-                Parsed::Valid(_) => None,
+                Parsed::Valid(..) => None,
             })
             .collect();
         let quarantine_ids = self.store.quarantine(&quarantined).await?;
 
-        let touchpoints: Vec<&Touchpoint> = parsed
-            .iter()
-            .filter_map(|p| match p {
-                Parsed::Valid(t) => Some(t.as_ref()),
-                Parsed::Rejected(..) => None,
-            })
-            .collect();
-        let event_ids: Vec<EventId> = touchpoints.iter().map(|t| t.event_id).collect();
-        let mut keys: Vec<Identifier> = touchpoints
-            .iter()
-            .flat_map(|t| t.identifiers.iter().map(|i| self.pseudonym(i)))
-            .collect();
+        let mut event_ids: Vec<EventId> = Vec::with_capacity(parsed.len());
+        let mut keys: Vec<Identifier> = Vec::new();
+        for p in &parsed {
+            if let Parsed::Valid(t, pseudonyms) = p {
+                event_ids.push(t.event_id);
+                keys.extend(pseudonyms.iter().cloned());
+            }
+        }
         keys.sort();
         keys.dedup();
 
@@ -382,12 +471,12 @@ impl Ingestor {
         let mut decisions = Decisions::default();
         let mut seen: HashMap<EventId, ()> = HashMap::new();
         for (index, record) in parsed.iter().enumerate() {
-            let touchpoint = match record {
+            let (touchpoint, keys) = match record {
                 Parsed::Rejected(..) => {
                     decisions.records.push(Planned::Rejected(index));
                     continue;
                 }
-                Parsed::Valid(t) => t,
+                Parsed::Valid(t, keys) => (t, keys),
             };
             if let Some(original) = snapshot.stored.get(&touchpoint.event_id) {
                 decisions
@@ -401,17 +490,9 @@ impl Ingestor {
                     .push(Planned::DuplicateInBatch(touchpoint.event_id));
                 continue;
             }
-            let real: HashMap<Identifier, &Identifier> = touchpoint
-                .identifiers
-                .iter()
-                .map(|i| (self.pseudonym(i), i))
-                .collect();
-            let keys: Vec<Identifier> = touchpoint
-                .identifiers
-                .iter()
-                .map(|i| self.pseudonym(i))
-                .collect();
-            let resolution = resolver.resolve(&graph, &keys, CustomerId::new);
+            let real: HashMap<&Identifier, &Identifier> =
+                keys.iter().zip(&touchpoint.identifiers).collect();
+            let resolution = resolver.resolve(&graph, keys, CustomerId::new);
             graph.apply(&resolution);
             let reveal = |p: &Identifier| real.get(p).map_or_else(|| p.clone(), |i| (*i).clone());
             let customer = resolution.customer;
