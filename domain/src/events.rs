@@ -48,21 +48,33 @@ pub struct TouchpointRecorded {
     pub resolution: ResolutionRecord,
 }
 
+/// The stored form of a touchpoint, borrowed from it for encoding: it serializes exactly as
+/// [`TouchpointRecorded`] deserializes.
+#[derive(Debug, Serialize)]
+pub struct TouchpointRecordedView<'a> {
+    channel: Channel,
+    source: &'a str,
+    identifiers: &'a [Identifier],
+    action: &'a Action,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    properties: &'a Map<String, Value>,
+    resolution: ResolutionRecord,
+}
+
 impl TouchpointRecorded {
-    /// The stored form of a touchpoint and its resolution. `identifiers` are the touchpoint's
-    /// identifiers as they are to be kept in the log; `resolution` was decided on pseudonyms and
-    /// is mapped back to them.
-    pub fn new(
-        touchpoint: &Touchpoint,
+    /// The stored form of a touchpoint and its resolution, for encoding. `resolution` was
+    /// decided on pseudonyms; `reveal` maps them back to the touchpoint's identifiers.
+    pub fn view<'a>(
+        touchpoint: &'a Touchpoint,
         resolution: &Resolution,
         reveal: impl Fn(&Identifier) -> Identifier,
-    ) -> Self {
-        Self {
+    ) -> TouchpointRecordedView<'a> {
+        TouchpointRecordedView {
             channel: touchpoint.channel,
-            source: touchpoint.source.clone(),
-            identifiers: touchpoint.identifiers.clone(),
-            action: touchpoint.action.clone(),
-            properties: touchpoint.properties.clone(),
+            source: &touchpoint.source,
+            identifiers: &touchpoint.identifiers,
+            action: &touchpoint.action,
+            properties: &touchpoint.properties,
             resolution: ResolutionRecord {
                 created: resolution.created,
                 linked: resolution.links.iter().map(&reveal).collect(),
@@ -105,4 +117,53 @@ pub struct CustomerMergedInto {
     pub cause: EventId,
     /// The version of the identity rules that decided.
     pub rules_version: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{IdentityRules, SkipReason};
+    use crate::touchpoint::RawTouchpoint;
+    use serde_json::json;
+
+    #[test]
+    fn the_encoded_view_reads_back_as_the_stored_event() {
+        let rules = IdentityRules::default();
+        let raw: RawTouchpoint = serde_json::from_value(json!({
+            "event_id": "0192f0c4-7c1e-7a33-9d5e-1b2c3d4e5f60", "type": "store_visited",
+            "channel": "store", "source": "wifi", "occurred_at": "2026-03-08T09:30:15+08:00",
+            "identifiers": {"phone": "13912340001", "device_id": "tablet"},
+            "store_id": "SH-1", "floor": 2
+        }))
+        .unwrap();
+        let touchpoint = raw.validate(&rules, chrono::Utc::now()).unwrap();
+        let other = CustomerId::new();
+        let resolution = Resolution {
+            customer: CustomerId::new(),
+            created: true,
+            merges: vec![],
+            links: vec![touchpoint.identifiers[1].clone()],
+            skipped: vec![Skipped {
+                identifier: touchpoint.identifiers[0].clone(),
+                reason: SkipReason::HeldByOther { customer: other },
+            }],
+            rules_version: 3,
+        };
+        let text = serde_json::to_string(&TouchpointRecorded::view(
+            &touchpoint,
+            &resolution,
+            Clone::clone,
+        ))
+        .unwrap();
+        let stored: TouchpointRecorded = serde_json::from_str(&text).unwrap();
+        assert_eq!(stored.channel, touchpoint.channel);
+        assert_eq!(stored.source, "wifi");
+        assert_eq!(stored.identifiers, touchpoint.identifiers);
+        assert_eq!(stored.action, touchpoint.action);
+        assert_eq!(stored.properties.get("floor"), Some(&json!(2)));
+        assert_eq!(stored.resolution.linked, resolution.links);
+        assert_eq!(stored.resolution.skipped, resolution.skipped);
+        assert!(stored.resolution.created);
+        assert_eq!(stored.resolution.rules_version, 3);
+    }
 }

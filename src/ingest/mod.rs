@@ -490,7 +490,7 @@ impl Ingestor {
                     .push(Planned::DuplicateInBatch(touchpoint.event_id));
                 continue;
             }
-            let real: HashMap<&Identifier, &Identifier> =
+            let real: rustc_hash::FxHashMap<&Identifier, &Identifier> =
                 keys.iter().zip(&touchpoint.identifiers).collect();
             let resolution = resolver.resolve(&graph, keys, CustomerId::new);
             graph.apply(&resolution);
@@ -504,7 +504,7 @@ impl Ingestor {
                 actor: Some(self.actor.clone()),
                 reason: None,
             };
-            let recorded = TouchpointRecorded::new(touchpoint, &resolution, reveal);
+            let recorded = TouchpointRecorded::view(touchpoint, &resolution, reveal);
             appends.push(
                 customer,
                 encode(touchpoint.action.event_type(), &recorded)?

@@ -12,7 +12,9 @@
 //! 5. Identifiers nobody holds are linked to the customer, up to each kind's limit; the rest are
 //!    recorded as over the limit.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +28,7 @@ pub trait IdentityView {
     /// survivor).
     fn owner(&self, identifier: &Identifier) -> Option<CustomerId>;
     /// The identifiers a live customer holds.
-    fn identifiers(&self, customer: CustomerId) -> Vec<Identifier>;
+    fn identifiers(&self, customer: CustomerId) -> Vec<&Identifier>;
 }
 
 /// Why an identifier of a touchpoint was not linked.
@@ -107,7 +109,7 @@ impl<'r> Resolver<'r> {
 
     /// Whether a customer holding `theirs` holds a core identifier of a kind that `ours` holds
     /// too (with other values, or they would already be one customer).
-    fn conflicts(&self, ours: &CoreValues, theirs: &[Identifier]) -> bool {
+    fn conflicts(&self, ours: &CoreValues, theirs: &[&Identifier]) -> bool {
         theirs.iter().any(|id| {
             self.rules.is_core(&id.kind)
                 && ours
@@ -152,7 +154,7 @@ impl<'r> Resolver<'r> {
                 }
             }
         }
-        let mut held: HashMap<CustomerId, Vec<Identifier>> = HashMap::new();
+        let mut held: HashMap<CustomerId, Vec<&Identifier>> = HashMap::default();
         for customer in &group {
             let ids = view.identifiers(*customer);
             for id in &ids {
@@ -203,7 +205,7 @@ impl<'r> Resolver<'r> {
             .collect();
 
         // Rule 5: link what nobody holds, within each kind's limit.
-        let mut counts: HashMap<&IdentifierKind, u32> = HashMap::new();
+        let mut counts: HashMap<&IdentifierKind, u32> = HashMap::default();
         for id in held.values().flatten() {
             *counts.entry(&id.kind).or_default() += 1;
         }
@@ -284,11 +286,6 @@ impl IdentityGraph {
                 self.owners.insert(id.clone(), survivor);
             }
             self.held.entry(survivor).or_default().extend(moved);
-            for target in self.merged_into.values_mut() {
-                if *target == merge.absorbed {
-                    *target = survivor;
-                }
-            }
             self.merged_into.insert(merge.absorbed, survivor);
         }
         for id in &resolution.links {
@@ -296,9 +293,14 @@ impl IdentityGraph {
         }
     }
 
-    /// The live customer an id resolves to: itself, or the survivor it was merged into.
+    /// The live customer an id resolves to: itself, or the survivor it was merged into
+    /// (following merges of merges).
     pub fn resolve_customer(&self, customer: CustomerId) -> CustomerId {
-        self.merged_into.get(&customer).copied().unwrap_or(customer)
+        let mut current = customer;
+        while let Some(next) = self.merged_into.get(&current) {
+            current = *next;
+        }
+        current
     }
 
     /// Live customers with at least one identifier.
@@ -312,10 +314,10 @@ impl IdentityView for IdentityGraph {
         self.owners.get(identifier).copied()
     }
 
-    fn identifiers(&self, customer: CustomerId) -> Vec<Identifier> {
+    fn identifiers(&self, customer: CustomerId) -> Vec<&Identifier> {
         self.held
             .get(&customer)
-            .map(|ids| ids.iter().cloned().collect())
+            .map(|ids| ids.iter().collect())
             .unwrap_or_default()
     }
 }
