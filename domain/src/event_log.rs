@@ -227,12 +227,25 @@ impl NewEvent {
         payload: &impl Serialize,
     ) -> Result<Self, EnvelopeError> {
         let event_type = event_type.into();
+        check_event_type(&event_type)?;
+        // Serialized by serde_json, so valid JSON by construction: no need to parse it again.
         let payload =
             serde_json::to_string(payload).map_err(|e| EnvelopeError::InvalidPayload {
                 event_type: event_type.clone(),
                 reason: e.to_string(),
             })?;
-        Self::from_json(event_type, payload)
+        Ok(Self::checked(event_type, payload))
+    }
+
+    fn checked(event_type: String, payload: String) -> Self {
+        Self {
+            event_id: EventId::new(),
+            event_type,
+            schema_version: 1,
+            occurred_at: Utc::now().trunc_subsecs(6),
+            payload,
+            metadata: Metadata::default(),
+        }
     }
 
     /// An event whose payload is given as JSON text, which must parse.
@@ -249,14 +262,7 @@ impl NewEvent {
                 reason: e.to_string(),
             });
         }
-        Ok(Self {
-            event_id: EventId::new(),
-            event_type,
-            schema_version: 1,
-            occurred_at: Utc::now().trunc_subsecs(6),
-            payload,
-            metadata: Metadata::default(),
-        })
+        Ok(Self::checked(event_type, payload))
     }
 
     /// Sets the idempotency key, for example a source system's message id.
