@@ -338,6 +338,13 @@ async fn demo(ingestor: &Ingestor, config: &DemoConfig, batch: usize, json: bool
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
+    if summary.accepted == 0 && summary.records > 0 {
+        println!(
+            "this data set was loaded before: all {} records are already stored (use --seed for another)",
+            summary.records - summary.rejected
+        );
+        return Ok(());
+    }
     println!("people:         {}", summary.scores.people);
     println!(
         "records:        {} ({} stored, {} refused on purpose)",
