@@ -10,6 +10,7 @@ use crate::demo::{generate_people, run_demo, DemoConfig};
 use crate::import::import_file;
 use crate::import::mapping::Mapping;
 use crate::ingest::Ingestor;
+use crate::server::Application;
 use crate::store::scratch::ScratchPostgres;
 use crate::store::{redact_url, EventStore};
 use patron_domain::identity::{IdentityRules, RulesFile};
@@ -59,6 +60,13 @@ pub enum Command {
         /// How many events at most.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+    },
+    /// Serve the HTTP API (ingestion at POST /v1/events, /healthz, /readyz) until stopped.
+    Serve {
+        /// The address to listen on. The API has no authentication yet: keep it on a
+        /// loopback or private address.
+        #[arg(long, env = "PATRON_ADDRESS", default_value = "127.0.0.1:8080")]
+        address: String,
     },
     /// Import a CSV or NDJSON file of touchpoints: validated, resolved to customers and stored.
     /// Refused records go to the quarantine; importing the same file again stores nothing twice.
@@ -170,6 +178,14 @@ impl Cli {
     pub async fn run(self) -> Result<()> {
         match self.command {
             Command::Status { json } => status(&self.database_url, json).await,
+            Command::Serve { ref address } => {
+                let ingestor = self.ingestor().await?.with_actor("http");
+                let app = Application::build(ingestor, address)
+                    .with_context(|| format!("cannot listen on {address}"))?;
+                tracing::info!(port = app.port(), "serving on {address}");
+                eprintln!("listening on http://{address} (Ctrl-C to stop)");
+                app.run_until_stopped().await.context("the server failed")
+            }
             Command::Import {
                 ref file,
                 ref mapping,

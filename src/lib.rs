@@ -17,5 +17,6 @@ pub mod cli;
 pub mod demo;
 pub mod import;
 pub mod ingest;
+pub mod server;
 pub mod store;
 pub mod telemetry;

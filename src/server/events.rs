@@ -1,0 +1,107 @@
+//! `POST /v1/events`: a batch of touchpoint records, as a JSON array or as NDJSON, answered
+//! record by record.
+
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::web::{Bytes, Data};
+use actix_web::{HttpRequest, HttpResponse};
+use serde::Serialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::AppState;
+use crate::ingest::{Incoming, RecordOutcome};
+
+/// The largest body accepted, in bytes (10 MiB).
+pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// The most records accepted in one request.
+pub const MAX_RECORDS: usize = 10_000;
+
+/// The answer to a batch.
+#[derive(Debug, Serialize)]
+pub struct EventsResponse {
+    /// Records stored now.
+    pub accepted: usize,
+    /// Records stored before.
+    pub duplicates: usize,
+    /// Records refused (kept in the quarantine).
+    pub rejected: usize,
+    /// One answer per record, in order.
+    pub records: Vec<RecordOutcome>,
+}
+
+fn error(status: actix_web::http::StatusCode, code: &str, message: String) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
+}
+
+/// Splits a body into records: a JSON array (each element kept as sent) or NDJSON lines.
+fn records(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, String> {
+    let text = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
+    if content_type.starts_with("application/x-ndjson")
+        || content_type.starts_with("application/jsonl")
+    {
+        return Ok(text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| Incoming::json(l.to_owned()))
+            .collect());
+    }
+    let elements: Vec<Box<RawValue>> = serde_json::from_str(text)
+        .map_err(|e| format!("the body is not a JSON array of records: {e}"))?;
+    Ok(elements
+        .into_iter()
+        .map(|e| Incoming::json(e.get().to_owned()))
+        .collect())
+}
+
+/// `POST /v1/events`.
+#[tracing::instrument(name = "http.post_events", skip_all, fields(bytes = body.len()))]
+pub(crate) async fn post_events(
+    state: Data<AppState>,
+    request: HttpRequest,
+    body: Bytes,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    let incoming = match records(&content_type, &body) {
+        Ok(r) => r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "MALFORMED_BODY", message),
+    };
+    if incoming.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "EMPTY_BATCH",
+            "the body holds no record".into(),
+        );
+    }
+    if incoming.len() > MAX_RECORDS {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TOO_MANY_RECORDS",
+            format!(
+                "{} records in one request; send at most {MAX_RECORDS}",
+                incoming.len()
+            ),
+        );
+    }
+    match state.ingestor.ingest(incoming).await {
+        Ok(report) => HttpResponse::Ok().json(EventsResponse {
+            accepted: report.accepted,
+            duplicates: report.duplicates,
+            rejected: report.rejected,
+            records: report.records,
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "a batch could not be stored");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.code(),
+                "the batch was not stored; nothing of it was kept, send it again".into(),
+            )
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The HTTP server: ingestion (`POST /v1/events`) and health checks, on actix-web.
+//!
+//! [`Application::build`] binds the listener (port 0 picks a free one, as the tests do) and
+//! [`Application::run_until_stopped`] serves until SIGINT or SIGTERM, finishing the requests in
+//! flight first: a record is answered `accepted` only once it is committed, so stopping the
+//! server loses no accepted event.
+
+mod events;
+mod health;
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::web::{self, Data};
+use actix_web::{App, HttpServer};
+use tracing_actix_web::TracingLogger;
+
+use crate::ingest::Ingestor;
+
+pub use events::{EventsResponse, MAX_BODY_BYTES, MAX_RECORDS};
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub ingestor: Ingestor,
+}
+
+impl Application {
+    /// Binds `address` (for example `127.0.0.1:8080`, or `127.0.0.1:0` for a free port) and
+    /// prepares the server.
+    pub fn build(ingestor: Ingestor, address: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(address)?;
+        let port = listener.local_addr()?.port();
+        let state = Data::new(AppState { ingestor });
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::default())
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+                .route("/v1/events", web::post().to(events::post_events))
+                .route("/healthz", web::get().to(health::healthz))
+                .route("/readyz", web::get().to(health::readyz))
+        })
+        .listen(listener)?
+        .shutdown_timeout(30)
+        .run();
+        Ok(Self { port, server })
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until stopped by a signal, finishing the requests in flight.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,149 @@
+//! The HTTP API end to end: a real server on a free port, a real HTTP client.
+
+use patron::ingest::Ingestor;
+use patron::server::Application;
+use patron_domain::identity::IdentityRules;
+use serde_json::{json, Value};
+
+use crate::helpers::TestStore;
+
+/// A running server on a free port over the test's store.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+}
+
+pub fn spawn_app(t: &TestStore) -> TestApp {
+    let ingestor = Ingestor::new(
+        t.store.clone(),
+        IdentityRules::default(),
+        b"test identity key",
+    );
+    let app = Application::build(ingestor, "127.0.0.1:0").expect("bind a free port");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+    }
+}
+
+impl TestApp {
+    pub async fn post_events(&self, body: String, content_type: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/events", self.address))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+}
+
+fn record(phone: &str) -> Value {
+    json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "type": "store_visited",
+        "channel": "store",
+        "source": "store-wifi",
+        "occurred_at": "2026-03-08T09:30:15+08:00",
+        "identifiers": {"phone": phone},
+        "store_id": "SH-1",
+    })
+}
+
+async fn a_json_batch_is_answered_record_by_record(t: &TestStore) {
+    let app = spawn_app(t);
+    let good = record("13912340001");
+    let body = json!([good, record("12345"), {"type": "store_visited"}]).to_string();
+    let response = app.post_events(body, "application/json").await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(answer["records"][0]["status"], "accepted");
+    assert_eq!(answer["records"][1]["status"], "rejected");
+    assert_eq!(answer["records"][1]["field"], "identifiers.phone");
+    assert_eq!(answer["records"][1]["code"], "invalid_identifier");
+    assert_eq!(answer["records"][2]["field"], "event_id");
+    assert_eq!(answer["records"][2]["code"], "missing_field");
+
+    // The same record again, as NDJSON this time, is a duplicate of the stored one.
+    let again = app
+        .post_events(format!("{good}\n\n"), "application/x-ndjson")
+        .await;
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["records"][0]["status"], "duplicate");
+    assert_eq!(
+        again["records"][0]["position"],
+        answer["records"][0]["position"]
+    );
+    // The refused records are in the quarantine, as sent.
+    let kept = t.store.quarantined(0, 10).await.unwrap();
+    assert_eq!(kept.len(), 2);
+    assert_eq!(
+        serde_json::from_str::<Value>(&kept[1].record).unwrap(),
+        json!({"type": "store_visited"})
+    );
+}
+
+async fn bad_bodies_get_a_stable_code(t: &TestStore) {
+    let app = spawn_app(t);
+    let r = app
+        .post_events("{not json".into(), "application/json")
+        .await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "MALFORMED_BODY");
+    let r = app.post_events("[]".into(), "application/json").await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "EMPTY_BATCH"
+    );
+    let many: Vec<Value> = (0..patron::server::MAX_RECORDS + 1)
+        .map(|_| json!({}))
+        .collect();
+    let r = app
+        .post_events(Value::from(many).to_string(), "application/json")
+        .await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "TOO_MANY_RECORDS"
+    );
+    let huge = format!("[\"{}\"]", "x".repeat(patron::server::MAX_BODY_BYTES));
+    let r = app.post_events(huge, "application/json").await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        t.store.stats().await.unwrap().events,
+        0,
+        "nothing was stored"
+    );
+}
+
+async fn health_and_readiness_answer(t: &TestStore) {
+    let app = spawn_app(t);
+    let r = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "ready");
+}
+
+crate::on_both_stores!(
+    a_json_batch_is_answered_record_by_record,
+    bad_bodies_get_a_stable_code,
+    health_and_readiness_answer,
+);
