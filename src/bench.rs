@@ -448,3 +448,161 @@ impl std::fmt::Display for StoreBenchReport {
         write!(f, "{}", self.read)
     }
 }
+
+/// What the HTTP ingestion benchmark measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpBenchReport {
+    /// The database measured.
+    pub backend: BackendKind,
+    /// Records sent.
+    pub records: u64,
+    /// Records per request.
+    pub batch: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Records stored.
+    pub accepted: u64,
+    /// Records refused (the generator breaks 0.2% on purpose).
+    pub rejected: u64,
+    /// Records per second, from the first request sent to the last answer received.
+    pub records_per_s: f64,
+    /// Median request latency, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile request latency, in milliseconds.
+    pub p99_ms: f64,
+}
+
+impl std::fmt::Display for HttpBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "backend:        {}", self.backend)?;
+        writeln!(
+            f,
+            "workload:       {} records in requests of {} from {} clients",
+            self.records, self.batch, self.clients
+        )?;
+        writeln!(
+            f,
+            "stored:         {} ({} refused on purpose)",
+            self.accepted, self.rejected
+        )?;
+        writeln!(f, "throughput:     {:.0} records/s", self.records_per_s)?;
+        write!(
+            f,
+            "latency:        p50 {:.1} ms, p99 {:.1} ms per request",
+            self.p50_ms, self.p99_ms
+        )
+    }
+}
+
+/// Sends the demo data set of `people` people to a server on a free port over `store`, as
+/// NDJSON requests of `batch` records from `clients` concurrent clients.
+pub async fn run_http_bench(
+    store: EventStore,
+    people: usize,
+    batch: usize,
+    clients: usize,
+) -> Result<HttpBenchReport, anyhow::Error> {
+    use anyhow::Context;
+    use std::sync::{Arc, Mutex};
+
+    let backend = store.kind();
+    let ingestor = crate::ingest::Ingestor::new(
+        store,
+        patron_domain::identity::IdentityRules::default(),
+        uuid::Uuid::new_v4().as_bytes(),
+    );
+    let app = crate::server::Application::build(ingestor, "127.0.0.1:0")
+        .context("cannot bind a port on 127.0.0.1")?;
+    let url = format!("http://127.0.0.1:{}/v1/events", app.port());
+    let server = tokio::spawn(app.run_until_stopped());
+
+    let config = crate::demo::DemoConfig {
+        people,
+        seed: 11,
+        ..crate::demo::DemoConfig::default()
+    };
+    let mut bodies = std::collections::VecDeque::new();
+    let mut records = 0u64;
+    let mut first = 0;
+    while first < people {
+        let count = 2_000.min(people - first);
+        let generated = crate::demo::generate_people(&config, first, count);
+        first += count;
+        for chunk in generated.chunks(batch.max(1)) {
+            records += chunk.len() as u64;
+            let body: String = chunk.iter().map(|r| format!("{}\n", r.record)).collect();
+            bodies.push_back(body);
+        }
+    }
+    let progress = bar(records, "http ingestion");
+    let queue = Arc::new(Mutex::new(bodies));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients.max(1) {
+        let queue = Arc::clone(&queue);
+        let client = client.clone();
+        let url = url.clone();
+        let progress = progress.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let (mut accepted, mut rejected) = (0u64, 0u64);
+            loop {
+                let body = match queue.lock() {
+                    Ok(mut q) => q.pop_front(),
+                    Err(_) => None,
+                };
+                let Some(body) = body else { break };
+                let lines = body.lines().count() as u64;
+                let sent = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await
+                    .context("request failed")?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "the server answered {}",
+                    response.status()
+                );
+                let answer: serde_json::Value =
+                    response.json().await.context("unreadable answer")?;
+                latencies.push(sent.elapsed());
+                accepted += answer["accepted"].as_u64().unwrap_or(0);
+                rejected += answer["rejected"].as_u64().unwrap_or(0);
+                progress.inc(lines);
+            }
+            Ok::<_, anyhow::Error>((latencies, accepted, rejected))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let (mut accepted, mut rejected) = (0, 0);
+    for task in tasks {
+        let (l, a, r) = task.await.context("a client stopped")??;
+        latencies.extend(l);
+        accepted += a;
+        rejected += r;
+    }
+    let elapsed = started.elapsed();
+    progress.finish();
+    server.abort();
+    latencies.sort();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .map_or(0.0, |d| d.as_secs_f64() * 1_000.0)
+    };
+    Ok(HttpBenchReport {
+        backend,
+        records,
+        batch,
+        clients,
+        accepted,
+        rejected,
+        records_per_s: rate(records, elapsed),
+        p50_ms: percentile(0.5),
+        p99_ms: percentile(0.99),
+    })
+}

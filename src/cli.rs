@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::bench::{run_read_bench, run_store_bench, Spread, StoreBenchConfig};
+use crate::bench::{run_http_bench, run_read_bench, run_store_bench, Spread, StoreBenchConfig};
 use crate::demo::{generate_people, run_demo, DemoConfig};
 use crate::import::import_file;
 use crate::import::mapping::Mapping;
@@ -125,6 +125,22 @@ pub enum Command {
 pub enum BenchCommand {
     /// Event store: single appends, batched appends, read-all, and memory while reading.
     Store(StoreBenchArgs),
+    /// HTTP ingestion: the demo data set sent to `POST /v1/events` on a free port, over a
+    /// scratch database, by concurrent clients.
+    Http {
+        /// Run on PostgreSQL: a scratch database is created on this server and dropped afterwards.
+        #[arg(long)]
+        postgres_url: Option<String>,
+        /// People in the demo data set (about 16 records each).
+        #[arg(long, default_value_t = 30_000)]
+        people: usize,
+        /// Records per request.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+    },
     /// Read the whole log of the store named by --database-url, streamed then in batches, and
     /// report events/s and memory. Writes nothing.
     Read {
@@ -233,6 +249,12 @@ impl Cli {
             }
             Command::Log { after, limit } => log(&self.database_url, after, limit).await,
             Command::Bench(BenchCommand::Store(args)) => bench_store(args).await,
+            Command::Bench(BenchCommand::Http {
+                ref postgres_url,
+                people,
+                batch,
+                clients,
+            }) => bench_http(postgres_url.as_deref(), people, batch, clients).await,
             Command::Bench(BenchCommand::Read { read_batch, json }) => {
                 bench_read(&self.database_url, read_batch, json).await
             }
@@ -435,6 +457,49 @@ async fn log(url: &str, after: u64, limit: usize) -> Result<()> {
         println!("{}", serde_json::to_string(&event)?);
     }
     store.close().await;
+    Ok(())
+}
+
+async fn bench_http(
+    postgres_url: Option<&str>,
+    people: usize,
+    batch: usize,
+    clients: usize,
+) -> Result<()> {
+    anyhow::ensure!(
+        people > 0 && batch > 0 && clients > 0,
+        "--people, --batch and --clients must be at least 1"
+    );
+    let report = match postgres_url {
+        Some(server) => {
+            let scratch = ScratchPostgres::create(server, "patron_bench")
+                .await
+                .with_context(|| {
+                    format!("cannot create a scratch database on {}", redact_url(server))
+                })?;
+            let store = open(scratch.url()).await?;
+            let report = run_http_bench(store.clone(), people, batch, clients).await;
+            store.close().await;
+            scratch
+                .drop_database()
+                .await
+                .context("cannot drop the scratch database")?;
+            report?
+        }
+        None => {
+            let dir = tempfile::tempdir()
+                .context("cannot create a directory for the scratch SQLite file")?;
+            let store = open(&format!(
+                "sqlite://{}",
+                dir.path().join("bench.db").display()
+            ))
+            .await?;
+            let report = run_http_bench(store.clone(), people, batch, clients).await;
+            store.close().await;
+            report?
+        }
+    };
+    println!("{report}");
     Ok(())
 }
 
