@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::demo::CATEGORIES;
 use crate::store::{BackendKind, EventStore, StoreError};
 
 /// How events are spread over customer streams.
@@ -97,16 +98,6 @@ pub struct TouchpointGenerator {
     emitted: u64,
 }
 
-const CATEGORIES: [&str; 8] = [
-    "skincare",
-    "fragrance",
-    "makeup",
-    "haircare",
-    "bodycare",
-    "menswear",
-    "shoes",
-    "bags",
-];
 const USER_AGENT: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) \
     AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.50";
 const CITIES: [&str; 6] = [

@@ -460,6 +460,76 @@ async fn log(url: &str, after: u64, limit: usize) -> Result<()> {
     Ok(())
 }
 
+/// A store on a throw-away database: a temporary SQLite file, or a PostgreSQL database created
+/// for the run.
+struct ScratchStore {
+    store: EventStore,
+    dir: Option<tempfile::TempDir>,
+    postgres: Option<ScratchPostgres>,
+}
+
+impl ScratchStore {
+    async fn create(postgres_url: Option<&str>, sqlite_dir: Option<&Path>) -> Result<Self> {
+        match postgres_url {
+            Some(server) => {
+                let scratch = ScratchPostgres::create(server, "patron_bench")
+                    .await
+                    .with_context(|| {
+                        format!("cannot create a scratch database on {}", redact_url(server))
+                    })?;
+                let store = open(scratch.url()).await?;
+                Ok(Self {
+                    store,
+                    dir: None,
+                    postgres: Some(scratch),
+                })
+            }
+            None => {
+                let dir = match sqlite_dir {
+                    Some(dir) => tempfile::tempdir_in(dir),
+                    None => tempfile::tempdir(),
+                }
+                .context("cannot create a directory for the scratch SQLite file")?;
+                let store = open(&format!(
+                    "sqlite://{}",
+                    dir.path().join("bench.db").display()
+                ))
+                .await?;
+                Ok(Self {
+                    store,
+                    dir: Some(dir),
+                    postgres: None,
+                })
+            }
+        }
+    }
+
+    /// Closes the store and removes the database, or keeps it and says where.
+    async fn finish(self, keep: bool) -> Result<()> {
+        self.store.close().await;
+        if let Some(scratch) = self.postgres {
+            if keep {
+                eprintln!("kept the scratch database: {}", redact_url(scratch.url()));
+            } else {
+                scratch
+                    .drop_database()
+                    .await
+                    .context("cannot drop the scratch database")?;
+            }
+        }
+        if let Some(dir) = self.dir {
+            if keep {
+                let kept = dir.keep();
+                eprintln!(
+                    "kept the scratch database: sqlite://{}",
+                    kept.join("bench.db").display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 async fn bench_http(
     postgres_url: Option<&str>,
     people: usize,
@@ -470,35 +540,10 @@ async fn bench_http(
         people > 0 && batch > 0 && clients > 0,
         "--people, --batch and --clients must be at least 1"
     );
-    let report = match postgres_url {
-        Some(server) => {
-            let scratch = ScratchPostgres::create(server, "patron_bench")
-                .await
-                .with_context(|| {
-                    format!("cannot create a scratch database on {}", redact_url(server))
-                })?;
-            let store = open(scratch.url()).await?;
-            let report = run_http_bench(store.clone(), people, batch, clients).await;
-            store.close().await;
-            scratch
-                .drop_database()
-                .await
-                .context("cannot drop the scratch database")?;
-            report?
-        }
-        None => {
-            let dir = tempfile::tempdir()
-                .context("cannot create a directory for the scratch SQLite file")?;
-            let store = open(&format!(
-                "sqlite://{}",
-                dir.path().join("bench.db").display()
-            ))
-            .await?;
-            let report = run_http_bench(store.clone(), people, batch, clients).await;
-            store.close().await;
-            report?
-        }
-    };
+    let scratch = ScratchStore::create(postgres_url, None).await?;
+    let report = run_http_bench(scratch.store.clone(), people, batch, clients).await;
+    scratch.finish(false).await?;
+    let report = report?;
     println!("{report}");
     Ok(())
 }
@@ -540,46 +585,11 @@ async fn bench_store(args: StoreBenchArgs) -> Result<()> {
         read_batch: args.read_batch,
         ..StoreBenchConfig::default()
     };
-    let report = match &args.postgres_url {
-        Some(server) => {
-            let scratch = ScratchPostgres::create(server, "patron_bench")
-                .await
-                .with_context(|| {
-                    format!("cannot create a scratch database on {}", redact_url(server))
-                })?;
-            let store = open(scratch.url()).await?;
-            let report = run_store_bench(&store, config).await;
-            store.close().await;
-            if args.keep {
-                eprintln!("kept the scratch database: {}", redact_url(scratch.url()));
-            } else {
-                scratch
-                    .drop_database()
-                    .await
-                    .context("cannot drop the scratch database")?;
-            }
-            report?
-        }
-        None => {
-            let dir = match &args.sqlite_dir {
-                Some(dir) => tempfile::tempdir_in(dir),
-                None => tempfile::tempdir(),
-            }
-            .context("cannot create a directory for the scratch SQLite file")?;
-            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-            let store = open(&url).await?;
-            let report = run_store_bench(&store, config).await;
-            store.close().await;
-            if args.keep {
-                let kept = dir.keep();
-                eprintln!(
-                    "kept the scratch database: sqlite://{}",
-                    kept.join("bench.db").display()
-                );
-            }
-            report?
-        }
-    };
+    let scratch =
+        ScratchStore::create(args.postgres_url.as_deref(), args.sqlite_dir.as_deref()).await?;
+    let report = run_store_bench(&scratch.store, config).await;
+    scratch.finish(args.keep).await?;
+    let report = report?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

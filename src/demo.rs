@@ -85,7 +85,8 @@ const CITIES: [&str; 8] = [
     "Wuhan",
     "Nanjing",
 ];
-const CATEGORIES: [&str; 8] = [
+/// Product categories of generated orders and views.
+pub(crate) const CATEGORIES: [&str; 8] = [
     "skincare",
     "fragrance",
     "makeup",
