@@ -32,6 +32,22 @@ pub struct IdentityChanges {
 }
 
 impl IdentityChanges {
+    /// Each absorbed customer with the survivor it ends with once all the merges are applied
+    /// (a survivor may itself be absorbed later in the same commit).
+    pub fn final_merges(&self) -> Vec<(CustomerId, CustomerId)> {
+        let next: HashMap<CustomerId, CustomerId> = self.merges.iter().copied().collect();
+        self.merges
+            .iter()
+            .map(|(absorbed, survivor)| {
+                let mut last = *survivor;
+                while let Some(further) = next.get(&last) {
+                    last = *further;
+                }
+                (*absorbed, last)
+            })
+            .collect()
+    }
+
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.merges.is_empty() && self.links.is_empty()
@@ -75,4 +91,24 @@ pub(crate) fn graph_of(rows: Vec<(Identifier, CustomerId)>) -> IdentityGraph {
         graph.insert(identifier, customer);
     }
     graph
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_of_merges_end_with_the_last_survivor() {
+        let (a, b, c, d) = (
+            CustomerId::new(),
+            CustomerId::new(),
+            CustomerId::new(),
+            CustomerId::new(),
+        );
+        let changes = IdentityChanges {
+            merges: vec![(b, a), (d, c), (a, c)],
+            links: vec![],
+        };
+        assert_eq!(changes.final_merges(), vec![(b, c), (d, c), (a, c)]);
+    }
 }

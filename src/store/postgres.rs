@@ -448,24 +448,41 @@ async fn load_graph(conn: &mut PgConnection, keys: &[Identifier]) -> Result<Iden
 
 /// Writes merges (re-pointing the absorbed customers' pseudonyms and aliases) then links.
 async fn write_identity_changes(conn: &mut PgConnection, changes: &IdentityChanges) -> Result<()> {
-    for (absorbed, survivor) in &changes.merges {
-        let (absorbed, survivor) = (absorbed.as_uuid(), survivor.as_uuid());
-        sqlx::query("UPDATE identity_index SET customer_id = $2 WHERE customer_id = $1")
-            .bind(absorbed)
-            .bind(survivor)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("UPDATE customer_aliases SET survivor = $2 WHERE survivor = $1")
-            .bind(absorbed)
-            .bind(survivor)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("INSERT INTO customer_aliases (absorbed, survivor) VALUES ($1, $2)")
-            .bind(absorbed)
-            .bind(survivor)
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::from_write)?;
+    if !changes.merges.is_empty() {
+        // Applied at once with each absorbed customer's final survivor, which is what applying
+        // them one by one would leave.
+        let (absorbed, survivors): (Vec<Uuid>, Vec<Uuid>) = changes
+            .final_merges()
+            .into_iter()
+            .map(|(a, s)| (a.as_uuid(), s.as_uuid()))
+            .unzip();
+        sqlx::query(
+            "UPDATE identity_index i SET customer_id = m.survivor \
+             FROM UNNEST($1::uuid[], $2::uuid[]) AS m(absorbed, survivor) \
+             WHERE i.customer_id = m.absorbed",
+        )
+        .bind(&absorbed)
+        .bind(&survivors)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "UPDATE customer_aliases a SET survivor = m.survivor \
+             FROM UNNEST($1::uuid[], $2::uuid[]) AS m(absorbed, survivor) \
+             WHERE a.survivor = m.absorbed",
+        )
+        .bind(&absorbed)
+        .bind(&survivors)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO customer_aliases (absorbed, survivor) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[])",
+        )
+        .bind(&absorbed)
+        .bind(&survivors)
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::from_write)?;
     }
     if !changes.links.is_empty() {
         let kinds: Vec<&str> = changes.links.iter().map(|(k, _)| k.kind.as_str()).collect();
