@@ -228,30 +228,40 @@ enum Planned {
     Rejected(usize),
 }
 
-/// Builds a stream's events in order, one append per stream.
+/// Builds one append per stream, and the order the events happened in across streams.
 #[derive(Default)]
 struct Appends {
-    order: Vec<StreamId>,
-    events: HashMap<StreamId, Vec<NewEvent>>,
+    streams: Vec<StreamId>,
+    index: HashMap<StreamId, usize>,
+    events: Vec<Vec<NewEvent>>,
+    order: Vec<usize>,
 }
 
 impl Appends {
     fn push(&mut self, customer: CustomerId, event: NewEvent) {
         let stream = customer.stream_id();
-        if !self.events.contains_key(&stream) {
-            self.order.push(stream.clone());
-        }
-        self.events.entry(stream).or_default().push(event);
+        let index = match self.index.get(&stream) {
+            Some(i) => *i,
+            None => {
+                let i = self.streams.len();
+                self.index.insert(stream.clone(), i);
+                self.streams.push(stream);
+                self.events.push(Vec::new());
+                i
+            }
+        };
+        self.events[index].push(event);
+        self.order.push(index);
     }
 
-    fn into_appends(mut self) -> Vec<StreamAppend> {
-        self.order
+    fn into_commit(self) -> (Vec<StreamAppend>, Vec<usize>) {
+        let appends = self
+            .streams
             .into_iter()
-            .filter_map(|s| {
-                let events = self.events.remove(&s)?;
-                Some(StreamAppend::new(s, ExpectedVersion::Any, events))
-            })
-            .collect()
+            .zip(self.events)
+            .map(|(s, events)| StreamAppend::new(s, ExpectedVersion::Any, events))
+            .collect();
+        (appends, self.order)
     }
 }
 
@@ -568,8 +578,17 @@ impl Ingestor {
             .links
             .iter()
             .all(|(k, c)| graph.owner(k) == Some(*c)));
+        // Answers name the customer each record ended with: a customer merged later in the
+        // batch is named by its survivor.
+        for record in &mut decisions.records {
+            if let Planned::Stored(_, customer) = record {
+                *customer = graph.resolve_customer(*customer);
+            }
+        }
+        let (appends, order) = appends.into_commit();
         Ok(IdentityCommit {
-            appends: appends.into_appends(),
+            appends,
+            order: Some(order),
             changes,
             value: decisions,
         })

@@ -40,8 +40,12 @@ impl IdentityChanges {
             .iter()
             .map(|(absorbed, survivor)| {
                 let mut last = *survivor;
-                while let Some(further) = next.get(&last) {
-                    last = *further;
+                // Bounded by the number of merges: a cycle cannot come from real merges.
+                for _ in 0..self.merges.len() {
+                    match next.get(&last) {
+                        Some(further) => last = *further,
+                        None => break,
+                    }
                 }
                 (*absorbed, last)
             })
@@ -59,6 +63,10 @@ impl IdentityChanges {
 pub struct IdentityCommit<T> {
     /// Events to append.
     pub appends: Vec<StreamAppend>,
+    /// The order the events happened in, across streams: the index into `appends` of each
+    /// event's stream, one entry per event. Positions follow it; without it they go stream
+    /// after stream.
+    pub order: Option<Vec<usize>>,
     /// Identity index changes.
     pub changes: IdentityChanges,
     /// Anything the caller wants back (for example per-record answers).

@@ -69,19 +69,20 @@ pub(crate) fn validate(appends: &[StreamAppend]) -> Result<()> {
 }
 
 /// Lays out the rows of a commit, stamped as recorded now. `stored` maps ids already in the log
-/// to where they are; `states` gives every named stream's current state. Fails with a conflict,
-/// writing nothing, if a stream that receives new events is not at its expected version.
+/// to where they are; `states` gives every named stream's current state. Positions follow
+/// `order` when given (the stream index of each event, in the order the events happened, across
+/// streams), or else stream after stream. Fails with a conflict, writing nothing, if a stream
+/// that receives new events is not at its expected version.
 pub(crate) fn plan<'a>(
     appends: &'a [StreamAppend],
     stored: &HashMap<EventId, EventRef>,
     states: &HashMap<StreamId, StreamState>,
     head: Position,
+    order: Option<&[usize]>,
 ) -> Result<Plan<'a>> {
     let recorded_at = Utc::now().trunc_subsecs(6);
-    let mut position = head;
-    let mut rows = Vec::new();
     let mut new_streams = Vec::new();
-    let mut streams = Vec::with_capacity(appends.len());
+    let mut versions = Vec::with_capacity(appends.len());
     for (index, append) in appends.iter().enumerate() {
         let state = states.get(&append.stream_id).copied().unwrap_or_default();
         let fresh = append
@@ -99,34 +100,77 @@ pub(crate) fn plan<'a>(
         if fresh > 0 && state.key.is_none() {
             new_streams.push(index);
         }
-        let mut version = state.version;
-        let mut events = Vec::with_capacity(append.events.len());
-        for event in &append.events {
-            if let Some(original) = stored.get(&event.event_id()) {
-                events.push(EventOutcome::Duplicate(original.clone()));
-                continue;
+        versions.push(state.version);
+    }
+
+    let total: usize = appends.iter().map(|a| a.events.len()).sum();
+    let sequence: Vec<usize> = match order {
+        Some(order) => {
+            let mut counts = vec![0usize; appends.len()];
+            for &s in order {
+                if let Some(c) = counts.get_mut(s) {
+                    *c += 1;
+                }
             }
-            position += 1;
-            version += 1;
-            rows.push(Row {
-                position,
-                stream_index: index,
-                stream_version: version,
-                event,
-            });
-            events.push(EventOutcome::Appended(EventRef {
-                event_id: event.event_id(),
-                position,
-                stream_id: append.stream_id.clone(),
-                stream_version: version,
-            }));
+            let matches = order.len() == total
+                && counts
+                    .iter()
+                    .zip(appends)
+                    .all(|(c, a)| *c == a.events.len());
+            if !matches {
+                return Err(StoreError::Abandoned {
+                    reason: "the commit's event order does not match its streams".into(),
+                });
+            }
+            order.to_vec()
         }
-        streams.push(StreamOutcome {
+        None => appends
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| std::iter::repeat_n(i, a.events.len()))
+            .collect(),
+    };
+
+    let mut position = head;
+    let mut rows = Vec::with_capacity(total);
+    let mut cursors = vec![0usize; appends.len()];
+    let mut outcomes: Vec<Vec<EventOutcome>> = appends
+        .iter()
+        .map(|a| Vec::with_capacity(a.events.len()))
+        .collect();
+    for index in sequence {
+        let append = &appends[index];
+        let event = &append.events[cursors[index]];
+        cursors[index] += 1;
+        if let Some(original) = stored.get(&event.event_id()) {
+            outcomes[index].push(EventOutcome::Duplicate(original.clone()));
+            continue;
+        }
+        position += 1;
+        versions[index] += 1;
+        rows.push(Row {
+            position,
+            stream_index: index,
+            stream_version: versions[index],
+            event,
+        });
+        outcomes[index].push(EventOutcome::Appended(EventRef {
+            event_id: event.event_id(),
+            position,
+            stream_id: append.stream_id.clone(),
+            stream_version: versions[index],
+        }));
+    }
+    let streams = appends
+        .iter()
+        .zip(outcomes)
+        .zip(versions)
+        .map(|((append, events), version)| StreamOutcome {
             stream_id: append.stream_id.clone(),
             version,
             events,
-        });
-    }
+        })
+        .collect();
     Ok(Plan {
         rows,
         new_streams,

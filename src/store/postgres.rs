@@ -106,7 +106,7 @@ impl PostgresLog {
     pub(crate) async fn append(&self, appends: &[StreamAppend]) -> Result<AppendOutcome> {
         let mut tx = self.pool.begin().await?;
         let head = lock_head(&mut tx).await?;
-        let outcome = write_appends(&mut tx, appends, head).await?;
+        let outcome = write_appends(&mut tx, appends, head, None).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -130,7 +130,8 @@ impl PostgresLog {
         let commit = decide(IdentitySnapshot { stored, graph })?;
         plan::validate(&commit.appends)?;
         write_identity_changes(&mut tx, &commit.changes).await?;
-        let outcome = write_appends(&mut tx, &commit.appends, head).await?;
+        let outcome =
+            write_appends(&mut tx, &commit.appends, head, commit.order.as_deref()).await?;
         tx.commit().await?;
         Ok((outcome, commit.value))
     }
@@ -252,6 +253,7 @@ async fn write_appends(
     tx: &mut PgConnection,
     appends: &[StreamAppend],
     head: Position,
+    order: Option<&[usize]>,
 ) -> Result<AppendOutcome> {
     let stored: HashMap<EventId, EventRef> = find_in(&mut *tx, &plan::event_ids(appends))
         .await?
@@ -259,7 +261,7 @@ async fn write_appends(
         .map(|r| (r.event_id, r))
         .collect();
     let states = load_states(&mut *tx, appends).await?;
-    let mut plan = plan::plan(appends, &stored, &states, head)?;
+    let mut plan = plan::plan(appends, &stored, &states, head, order)?;
     if plan.rows.is_empty() {
         return Ok(plan.outcome);
     }
@@ -401,9 +403,10 @@ async fn load_states(
     for row in rows {
         let stream_id: String = row.try_get(0)?;
         let version: Option<i64> = row.try_get(2)?;
-        let Ok(stream_id) = StreamId::new(stream_id) else {
-            continue;
-        };
+        let stream_id = StreamId::new(stream_id).map_err(|e| StoreError::Corrupt {
+            position: 0,
+            reason: format!("streams table: {e}"),
+        })?;
         states.insert(
             stream_id,
             StreamState {

@@ -451,6 +451,57 @@ async fn the_demo_data_set_is_unified_exactly_as_its_people(t: &TestStore) {
     assert_eq!(t.store.identity_counts().await.unwrap().0, 400);
 }
 
+async fn the_log_keeps_the_order_of_a_batchs_records_across_customers(t: &TestStore) {
+    let ing = ingestor(t);
+    let a = customer_of(
+        &ingest(
+            &ing,
+            &[record(
+                "store_visited",
+                "store",
+                json!({"phone": "13912340001"}),
+            )],
+        )
+        .await[0],
+    );
+    let report = ing
+        .ingest_json(&texts(&[
+            record("screen_viewed", "app", json!({"phone": "13912340001"})),
+            record("screen_viewed", "app", json!({"email": "c@example.cn"})),
+            record(
+                "custom",
+                "web",
+                json!({"email": "c@example.cn", "phone": "13912340001"}),
+            ),
+        ]))
+        .await
+        .unwrap();
+    // Every answer names the live customer: the new customer was merged into A by the third record.
+    assert!(report.records.iter().all(|r| customer_of(r) == a));
+    let log = t.store.read_all(1, 10).await.unwrap();
+    let seen: Vec<&str> = log.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        seen,
+        [
+            "screen_viewed",
+            "screen_viewed",
+            "custom",
+            "customer_merged",
+            "customer_merged_into"
+        ],
+        "positions follow the records, across streams"
+    );
+    assert_ne!(
+        log[1].stream_id,
+        a.stream_id(),
+        "the second record started its own customer"
+    );
+    assert_eq!(
+        log[4].stream_id, log[1].stream_id,
+        "and that customer closes after it"
+    );
+}
+
 crate::on_both_stores!(
     the_same_phone_in_pos_and_app_is_one_customer,
     a_family_tablet_shared_by_two_phones_is_two_customers,
@@ -461,4 +512,5 @@ crate::on_both_stores!(
     refused_records_are_quarantined_and_the_rest_stored,
     parallel_batches_merging_the_same_customers_lose_nothing,
     the_demo_data_set_is_unified_exactly_as_its_people,
+    the_log_keeps_the_order_of_a_batchs_records_across_customers,
 );

@@ -247,6 +247,9 @@ impl<'r> Resolver<'r> {
     }
 }
 
+/// The longest chain of merges followed when resolving a customer.
+const MAX_MERGE_CHAIN: usize = 1_000;
+
 /// An identity graph in memory: who holds which identifier, and which customers were merged
 /// into which. The batch resolver loads the part of the stored graph a batch touches into one,
 /// and tests use it as the whole graph.
@@ -297,8 +300,13 @@ impl IdentityGraph {
     /// (following merges of merges).
     pub fn resolve_customer(&self, customer: CustomerId) -> CustomerId {
         let mut current = customer;
-        while let Some(next) = self.merged_into.get(&current) {
-            current = *next;
+        // Merges never make a cycle (an absorbed customer is never a survivor again); the cap
+        // keeps a corrupted graph from hanging the caller.
+        for _ in 0..MAX_MERGE_CHAIN {
+            match self.merged_into.get(&current) {
+                Some(next) => current = *next,
+                None => break,
+            }
         }
         current
     }

@@ -105,7 +105,7 @@ fn from_micros(value: i64, position: i64) -> Result<DateTime<Utc>> {
         .ok_or_else(|| corrupt(position, format!("timestamp {value} is out of range")))
 }
 
-fn uuid_column(stmt: &Statement<'_>, index: i32, position: i64) -> Result<Option<Uuid>> {
+fn uuid_column(stmt: &mut Statement<'_>, index: i32, position: i64) -> Result<Option<Uuid>> {
     match stmt.column_blob(index) {
         None => Ok(None),
         Some(bytes) => Uuid::from_slice(bytes)
@@ -114,7 +114,7 @@ fn uuid_column(stmt: &Statement<'_>, index: i32, position: i64) -> Result<Option
     }
 }
 
-fn text_column(stmt: &Statement<'_>, index: i32, position: i64) -> Result<Option<String>> {
+fn text_column(stmt: &mut Statement<'_>, index: i32, position: i64) -> Result<Option<String>> {
     if stmt.is_null(index) {
         return Ok(None);
     }
@@ -123,7 +123,7 @@ fn text_column(stmt: &Statement<'_>, index: i32, position: i64) -> Result<Option
         .ok_or_else(|| corrupt(position, format!("column {index} is not UTF-8 text")))
 }
 
-fn required_text(stmt: &Statement<'_>, index: i32, position: i64) -> Result<String> {
+fn required_text(stmt: &mut Statement<'_>, index: i32, position: i64) -> Result<String> {
     text_column(stmt, index, position)?
         .ok_or_else(|| corrupt(position, format!("column {index} is NULL")))
 }
@@ -133,7 +133,7 @@ fn stream_id(text: String, position: i64) -> Result<StreamId> {
 }
 
 /// Decodes the current row of a [`SELECT_EVENTS`] statement.
-fn decode_event(stmt: &Statement<'_>) -> Result<RecordedEvent> {
+fn decode_event(stmt: &mut Statement<'_>) -> Result<RecordedEvent> {
     let position = stmt.column_i64(0);
     let schema_version = stmt.column_i64(5);
     Ok(RecordedEvent {
@@ -175,7 +175,7 @@ fn select_events(
     bind(&mut stmt)?;
     let mut events = Vec::with_capacity(capacity);
     while stmt.step()? {
-        events.push(decode_event(&stmt)?);
+        events.push(decode_event(&mut stmt)?);
     }
     Ok(events)
 }
@@ -192,7 +192,7 @@ fn find_events(db: &RawDb<'_>, ids: &[EventId]) -> Result<Vec<EventRef>> {
             found.push(EventRef {
                 event_id: *id,
                 position: to_u64(position, position, "position")?,
-                stream_id: stream_id(required_text(&stmt, 1, position)?, position)?,
+                stream_id: stream_id(required_text(&mut stmt, 1, position)?, position)?,
                 stream_version: to_u64(stmt.column_i64(2), position, "stream version")?,
             });
         }
@@ -235,13 +235,17 @@ fn head(db: &RawDb<'_>) -> Result<Position> {
 }
 
 /// Checks, plans and writes one commit inside the caller's transaction.
-fn write_commit(db: &RawDb<'_>, appends: &[StreamAppend]) -> Result<AppendOutcome> {
+fn write_commit(
+    db: &RawDb<'_>,
+    appends: &[StreamAppend],
+    order: Option<&[usize]>,
+) -> Result<AppendOutcome> {
     let stored: HashMap<EventId, EventRef> = find_events(db, &plan::event_ids(appends))?
         .into_iter()
         .map(|r| (r.event_id, r))
         .collect();
     let states = stream_states(db, appends)?;
-    let mut plan = plan::plan(appends, &stored, &states, head(db)?)?;
+    let mut plan = plan::plan(appends, &stored, &states, head(db)?, order)?;
     if plan.rows.is_empty() {
         return Ok(plan.outcome);
     }
@@ -328,7 +332,7 @@ impl SqliteLog {
         let outcome = {
             let mut handle = tx.lock_handle().await?;
             let db = RawDb::new(&mut handle);
-            blocking(|| write_commit(&db, appends))?
+            blocking(|| write_commit(&db, appends, None))?
         };
         if outcome.streams.iter().any(|s| {
             s.events
@@ -448,7 +452,7 @@ struct QuarantineRow {
     record: String,
 }
 
-fn customer_column(stmt: &Statement<'_>, index: i32) -> Result<CustomerId> {
+fn customer_column(stmt: &mut Statement<'_>, index: i32) -> Result<CustomerId> {
     uuid_column(stmt, index, 0)?
         .map(CustomerId::from_uuid)
         .ok_or_else(|| corrupt(0, "identity index: customer id is NULL"))
@@ -464,7 +468,7 @@ fn load_graph(db: &RawDb<'_>, keys: &[Identifier]) -> Result<IdentityGraph> {
         owner.bind_text(1, Some(key.kind.as_str()))?;
         owner.bind_text(2, Some(&key.value))?;
         if owner.step()? {
-            holders.insert(customer_column(&owner, 0)?);
+            holders.insert(customer_column(&mut owner, 0)?);
         }
     }
     let mut held =
@@ -474,12 +478,12 @@ fn load_graph(db: &RawDb<'_>, keys: &[Identifier]) -> Result<IdentityGraph> {
         held.reset()?;
         held.bind_blob(1, Some(customer.as_uuid().as_bytes()))?;
         while held.step()? {
-            let kind = IdentifierKind::new(required_text(&held, 0, 0)?)
+            let kind = IdentifierKind::new(required_text(&mut held, 0, 0)?)
                 .map_err(|e| corrupt(0, format!("identity index: {e}")))?;
             rows.push((
                 Identifier {
                     kind,
-                    value: required_text(&held, 1, 0)?,
+                    value: required_text(&mut held, 1, 0)?,
                 },
                 customer,
             ));
@@ -543,7 +547,7 @@ impl SqliteLog {
                 let commit = decide(IdentitySnapshot { stored, graph })?;
                 plan::validate(&commit.appends)?;
                 write_identity_changes(&db, &commit.changes)?;
-                let outcome = write_commit(&db, &commit.appends)?;
+                let outcome = write_commit(&db, &commit.appends, commit.order.as_deref())?;
                 Ok((outcome, commit.value))
             })?
         };

@@ -197,9 +197,10 @@ impl Statement<'_> {
     }
 
     /// Column `index` of the current row as text, `None` if NULL or not UTF-8.
-    pub fn column_text(&self, index: c_int) -> Option<&str> {
+    pub fn column_text(&mut self, index: c_int) -> Option<&str> {
         // SAFETY: a row is current. The pointer SQLite returns stays valid until the next
-        // step, reset or finalize, all of which need `&mut self`, so the borrow cannot outlive it.
+        // step, reset, finalize or type conversion of this column, all of which need
+        // `&mut self`, so the borrow cannot outlive it.
         unsafe {
             let ptr = ffi::sqlite3_column_text(self.stmt.as_ptr(), index);
             if ptr.is_null() {
@@ -211,7 +212,7 @@ impl Statement<'_> {
     }
 
     /// Column `index` of the current row as bytes, `None` if NULL.
-    pub fn column_blob(&self, index: c_int) -> Option<&[u8]> {
+    pub fn column_blob(&mut self, index: c_int) -> Option<&[u8]> {
         // SAFETY: as for `column_text`.
         unsafe {
             let ptr = ffi::sqlite3_column_blob(self.stmt.as_ptr(), index);
