@@ -5,7 +5,8 @@
 //!    the quarantine with the field at fault and the record as received;
 //! 2. under the log's write lock, records already stored are answered as duplicates, and the
 //!    others are resolved one after the other against the identity graph (merges included);
-//! 3. the touchpoints, merge events and identity index changes are written in one transaction.
+//! 3. the touchpoints, merge events, identity index changes and refused records are written in
+//!    one transaction, with positions in the order of the records.
 //!
 //! Nothing accepted is lost: a batch is stored whole or not at all, and every record gets an
 //! answer.
@@ -402,7 +403,6 @@ impl Ingestor {
                 Parsed::Valid(..) => None,
             })
             .collect();
-        let quarantine_ids = self.store.quarantine(&quarantined).await?;
 
         let mut event_ids: Vec<EventId> = Vec::with_capacity(parsed.len());
         let mut keys: Vec<Identifier> = Vec::new();
@@ -416,9 +416,9 @@ impl Ingestor {
         keys.dedup();
 
         let correlation = Uuid::now_v7();
-        let (outcome, planned) = self
+        let (outcome, quarantine_ids, planned) = self
             .store
-            .commit_identity(&event_ids, &keys, |snapshot| {
+            .commit_identity(&event_ids, &keys, &quarantined, |snapshot| {
                 self.decide(&parsed, snapshot, correlation)
             })
             .await?;

@@ -284,19 +284,27 @@ impl EventStore {
     }
 
     /// Reads the stored events among `event_ids` and the identity graph around `keys` under the
-    /// log's write lock, lets `decide` choose what to write, and writes it (events and identity
-    /// index changes) in one transaction. Concurrent identity commits take turns, so every
+    /// log's write lock, lets `decide` choose what to write, and writes it (events, identity
+    /// index changes, and the `quarantine` records refused on the way) in one transaction;
+    /// returns the quarantine numbers too. Concurrent identity commits take turns, so every
     /// decision sees the graph as the previous one left it.
     #[tracing::instrument(name = "store.commit_identity", skip_all, fields(events = event_ids.len(), keys = keys.len()))]
     pub async fn commit_identity<T>(
         &self,
         event_ids: &[EventId],
         keys: &[Identifier],
+        quarantine: &[QuarantinedRecord],
         decide: impl FnOnce(IdentitySnapshot) -> Result<IdentityCommit<T>>,
-    ) -> Result<(AppendOutcome, T)> {
-        let (outcome, value) = match &self.backend {
-            Backend::Sqlite(b) => b.commit_identity(event_ids, keys, decide).await?,
-            Backend::Postgres(b) => b.commit_identity(event_ids, keys, decide).await?,
+    ) -> Result<(AppendOutcome, Vec<u64>, T)> {
+        let (outcome, quarantined, value) = match &self.backend {
+            Backend::Sqlite(b) => {
+                b.commit_identity(event_ids, keys, quarantine, decide)
+                    .await?
+            }
+            Backend::Postgres(b) => {
+                b.commit_identity(event_ids, keys, quarantine, decide)
+                    .await?
+            }
         };
         self.head.send_if_modified(|head| {
             let moved = outcome.head > *head;
@@ -305,7 +313,7 @@ impl EventStore {
             }
             moved
         });
-        Ok((outcome, value))
+        Ok((outcome, quarantined, value))
     }
 
     /// Keeps refused records with their reasons; returns their quarantine numbers.

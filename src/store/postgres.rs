@@ -117,10 +117,12 @@ impl PostgresLog {
         &self,
         event_ids: &[EventId],
         keys: &[Identifier],
+        quarantine: &[QuarantinedRecord],
         decide: impl FnOnce(IdentitySnapshot) -> Result<IdentityCommit<T>>,
-    ) -> Result<(AppendOutcome, T)> {
+    ) -> Result<(AppendOutcome, Vec<u64>, T)> {
         let mut tx = self.pool.begin().await?;
         let head = lock_head(&mut tx).await?;
+        let quarantined = insert_quarantine(&mut tx, quarantine).await?;
         let stored = find_in(&mut tx, event_ids)
             .await?
             .into_iter()
@@ -133,7 +135,7 @@ impl PostgresLog {
         let outcome =
             write_appends(&mut tx, &commit.appends, head, commit.order.as_deref()).await?;
         tx.commit().await?;
-        Ok((outcome, commit.value))
+        Ok((outcome, quarantined, commit.value))
     }
 
     pub(crate) async fn find(&self, ids: &[EventId]) -> Result<Vec<EventRef>> {
@@ -418,6 +420,42 @@ async fn load_states(
     Ok(states)
 }
 
+/// Inserts refused records into the quarantine; returns their numbers, in order.
+async fn insert_quarantine(
+    conn: &mut PgConnection,
+    records: &[QuarantinedRecord],
+) -> Result<Vec<u64>> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let at: Vec<DateTime<Utc>> = records.iter().map(|r| r.received_at).collect();
+    let sources: Vec<Option<&str>> = records.iter().map(|r| r.source.as_deref()).collect();
+    let codes: Vec<&str> = records.iter().map(|r| r.code.as_str()).collect();
+    let fields: Vec<&str> = records.iter().map(|r| r.field.as_str()).collect();
+    let reasons: Vec<&str> = records.iter().map(|r| r.reason.as_str()).collect();
+    let raw: Vec<&str> = records.iter().map(|r| r.record.as_str()).collect();
+    // Rows are inserted in input order, so their identity numbers ascend with it; RETURNING
+    // does not promise an order, hence the sort.
+    let mut ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO quarantine (received_at, source, code, field, reason, record) \
+         SELECT a, s, c, f, r, x FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], \
+         $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS u(a, s, c, f, r, x, n) \
+         ORDER BY n RETURNING id",
+    )
+    .bind(&at)
+    .bind(&sources)
+    .bind(&codes)
+    .bind(&fields)
+    .bind(&reasons)
+    .bind(&raw)
+    .fetch_all(&mut *conn)
+    .await?;
+    ids.sort_unstable();
+    ids.into_iter()
+        .map(|id| to_u64(id, 0, "quarantine id"))
+        .collect()
+}
+
 /// The holders of `keys` and every pseudonym they hold.
 async fn load_graph(conn: &mut PgConnection, keys: &[Identifier]) -> Result<IdentityGraph> {
     let kinds: Vec<&str> = keys.iter().map(|k| k.kind.as_str()).collect();
@@ -511,31 +549,8 @@ async fn write_identity_changes(conn: &mut PgConnection, changes: &IdentityChang
 
 impl PostgresLog {
     pub(crate) async fn quarantine(&self, records: &[QuarantinedRecord]) -> Result<Vec<u64>> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let at: Vec<DateTime<Utc>> = records.iter().map(|r| r.received_at).collect();
-        let sources: Vec<Option<&str>> = records.iter().map(|r| r.source.as_deref()).collect();
-        let codes: Vec<&str> = records.iter().map(|r| r.code.as_str()).collect();
-        let fields: Vec<&str> = records.iter().map(|r| r.field.as_str()).collect();
-        let reasons: Vec<&str> = records.iter().map(|r| r.reason.as_str()).collect();
-        let raw: Vec<&str> = records.iter().map(|r| r.record.as_str()).collect();
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO quarantine (received_at, source, code, field, reason, record) \
-             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], \
-             $5::text[], $6::text[]) RETURNING id",
-        )
-        .bind(&at)
-        .bind(&sources)
-        .bind(&codes)
-        .bind(&fields)
-        .bind(&reasons)
-        .bind(&raw)
-        .fetch_all(&self.pool)
-        .await?;
-        ids.into_iter()
-            .map(|id| to_u64(id, 0, "quarantine id"))
-            .collect()
+        let mut conn = self.pool.acquire().await?;
+        insert_quarantine(&mut conn, records).await
     }
 
     pub(crate) async fn quarantined(

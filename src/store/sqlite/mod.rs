@@ -440,6 +440,30 @@ impl SqliteLog {
     }
 }
 
+/// Inserts refused records into the quarantine; returns their numbers, in order.
+fn insert_quarantine(db: &RawDb<'_>, records: &[QuarantinedRecord]) -> Result<Vec<u64>> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut insert = db.prepare(
+        "INSERT INTO quarantine (received_at, source, code, field, reason, record) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut ids = Vec::with_capacity(records.len());
+    for r in records {
+        insert.reset()?;
+        insert.bind_i64(1, r.received_at.timestamp_micros())?;
+        insert.bind_text(2, r.source.as_deref())?;
+        insert.bind_text(3, Some(&r.code))?;
+        insert.bind_text(4, Some(&r.field))?;
+        insert.bind_text(5, Some(&r.reason))?;
+        insert.bind_text(6, Some(&r.record))?;
+        insert.step()?;
+        ids.push(to_u64(db.last_insert_rowid(), 0, "quarantine id")?);
+    }
+    Ok(ids)
+}
+
 /// A row of the quarantine table as SQLite stores it.
 #[derive(sqlx::FromRow)]
 struct QuarantineRow {
@@ -532,13 +556,15 @@ impl SqliteLog {
         &self,
         event_ids: &[EventId],
         keys: &[Identifier],
+        quarantine: &[QuarantinedRecord],
         decide: impl FnOnce(IdentitySnapshot) -> Result<IdentityCommit<T>>,
-    ) -> Result<(AppendOutcome, T)> {
+    ) -> Result<(AppendOutcome, Vec<u64>, T)> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let result = {
             let mut handle = tx.lock_handle().await?;
             let db = RawDb::new(&mut handle);
-            blocking(|| -> Result<(AppendOutcome, T)> {
+            blocking(|| -> Result<(AppendOutcome, Vec<u64>, T)> {
+                let quarantined = insert_quarantine(&db, quarantine)?;
                 let stored = find_events(&db, event_ids)?
                     .into_iter()
                     .map(|r| (r.event_id, r))
@@ -548,7 +574,7 @@ impl SqliteLog {
                 plan::validate(&commit.appends)?;
                 write_identity_changes(&db, &commit.changes)?;
                 let outcome = write_commit(&db, &commit.appends, commit.order.as_deref())?;
-                Ok((outcome, commit.value))
+                Ok((outcome, quarantined, commit.value))
             })?
         };
         tx.commit().await?;
@@ -560,26 +586,7 @@ impl SqliteLog {
         let ids = {
             let mut handle = tx.lock_handle().await?;
             let db = RawDb::new(&mut handle);
-            blocking(|| -> Result<Vec<u64>> {
-                let mut insert = db.prepare(
-                    "INSERT INTO quarantine (received_at, source, code, field, reason, record) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                let mut ids = Vec::with_capacity(records.len());
-                for r in records {
-                    insert.reset()?;
-                    insert.bind_i64(1, r.received_at.timestamp_micros())?;
-                    insert.bind_text(2, r.source.as_deref())?;
-                    insert.bind_text(3, Some(&r.code))?;
-                    insert.bind_text(4, Some(&r.field))?;
-                    insert.bind_text(5, Some(&r.reason))?;
-                    insert.bind_text(6, Some(&r.record))?;
-                    insert.step()?;
-                    let id = db.last_insert_rowid();
-                    ids.push(to_u64(id, 0, "quarantine id")?);
-                }
-                Ok(ids)
-            })?
+            blocking(|| insert_quarantine(&db, records))?
         };
         tx.commit().await?;
         Ok(ids)
