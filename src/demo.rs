@@ -644,10 +644,15 @@ pub async fn run_demo(
                 .map(|r| crate::ingest::Incoming::json(r.record.to_string()))
                 .collect();
             let prepared = ingestor.prepare(incoming);
-            settle(pipeline.submit(people, prepared).await?);
+            settle(
+                pipeline
+                    .submit(people, prepared)
+                    .await
+                    .map_err(|(_, e)| e)?,
+            );
         }
     }
-    settle(pipeline.finish().await?);
+    settle(pipeline.finish().await.map_err(|(_, e)| e)?);
     bar.finish_and_clear();
     let aliases = ingestor.store().aliases().await?;
     for (_, customer) in &mut truth {

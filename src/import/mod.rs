@@ -147,15 +147,11 @@ impl Batcher<'_> {
             })
             .collect();
         let prepared = self.ingestor.prepare(incoming);
-        let first_line = lines.first().copied().unwrap_or_default();
         let done = self
             .pipeline
             .submit(lines, prepared)
             .await
-            .map_err(|source| ImportError::Ingest {
-                line: first_line,
-                source,
-            })?;
+            .map_err(failed_batch)?;
         if let Some((lines, report)) = done {
             self.count(&lines, &report);
         }
@@ -164,11 +160,7 @@ impl Batcher<'_> {
 
     /// Waits for the commit in flight and counts its answers.
     async fn settle(&mut self) -> Result<(), ImportError> {
-        let done = self
-            .pipeline
-            .finish()
-            .await
-            .map_err(|source| ImportError::Ingest { line: 0, source })?;
+        let done = self.pipeline.finish().await.map_err(failed_batch)?;
         if let Some((lines, report)) = done {
             self.count(&lines, &report);
         }
@@ -195,6 +187,14 @@ impl Batcher<'_> {
                 }
             }
         }
+    }
+}
+
+/// The error of a batch that could not be stored, named by its first line.
+fn failed_batch((lines, source): (Vec<u64>, IngestError)) -> ImportError {
+    ImportError::Ingest {
+        line: lines.first().copied().unwrap_or_default(),
+        source,
     }
 }
 

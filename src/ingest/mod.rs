@@ -67,12 +67,13 @@ impl<T> CommitPipeline<T> {
     }
 
     /// Starts committing `batch` once the batch before it is stored, and returns that one's
-    /// report.
+    /// report. If the batch before failed, its tag comes back with the error and `batch` is
+    /// not submitted.
     pub async fn submit(
         &mut self,
         tag: T,
         batch: PreparedBatch,
-    ) -> Result<Option<(T, IngestReport)>, IngestError> {
+    ) -> Result<Option<(T, IngestReport)>, (T, IngestError)> {
         let previous = self.finish().await?;
         let ingestor = self.ingestor.clone();
         self.in_flight = Some((
@@ -82,15 +83,16 @@ impl<T> CommitPipeline<T> {
         Ok(previous)
     }
 
-    /// Waits for the batch in flight, if any, and returns its report.
-    pub async fn finish(&mut self) -> Result<Option<(T, IngestReport)>, IngestError> {
+    /// Waits for the batch in flight, if any, and returns its report, or its tag and error.
+    pub async fn finish(&mut self) -> Result<Option<(T, IngestReport)>, (T, IngestError)> {
         let Some((tag, commit)) = self.in_flight.take() else {
             return Ok(None);
         };
-        let report = commit
-            .await
-            .map_err(|e| IngestError::Aborted(e.to_string()))??;
-        Ok(Some((tag, report)))
+        match commit.await {
+            Ok(Ok(report)) => Ok(Some((tag, report))),
+            Ok(Err(e)) => Err((tag, e)),
+            Err(e) => Err((tag, IngestError::Aborted(e.to_string()))),
+        }
     }
 }
 
