@@ -67,6 +67,15 @@ pub enum Command {
         /// loopback or private address.
         #[arg(long, env = "PATRON_ADDRESS", default_value = "127.0.0.1:8080")]
         address: String,
+        /// A write key accepted by the Segment-shaped endpoints (/v1/batch, /v1/track ...);
+        /// repeat for several. Without one, those endpoints refuse every request.
+        #[arg(
+            long = "write-key",
+            env = "PATRON_WRITE_KEYS",
+            value_delimiter = ',',
+            hide_env_values = true
+        )]
+        write_keys: Vec<String>,
     },
     /// Import a CSV or NDJSON file of touchpoints: validated, resolved to customers and stored.
     /// Refused records go to the quarantine; importing the same file again stores nothing twice.
@@ -194,9 +203,12 @@ impl Cli {
     pub async fn run(self) -> Result<()> {
         match self.command {
             Command::Status { json } => status(&self.database_url, json).await,
-            Command::Serve { ref address } => {
+            Command::Serve {
+                ref address,
+                ref write_keys,
+            } => {
                 let ingestor = self.ingestor().await?.with_actor("http");
-                let app = Application::build(ingestor, address)
+                let app = Application::build_with_write_keys(ingestor, address, write_keys.clone())
                     .with_context(|| format!("cannot listen on {address}"))?;
                 tracing::info!(port = app.port(), "serving on {address}");
                 eprintln!("listening on http://{address} (Ctrl-C to stop)");

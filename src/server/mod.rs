@@ -7,6 +7,7 @@
 
 mod events;
 mod health;
+mod segment;
 
 use std::net::TcpListener;
 
@@ -29,21 +30,63 @@ pub struct Application {
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub ingestor: Ingestor,
+    /// Write keys accepted by the Segment-shaped endpoints.
+    pub write_keys: Vec<String>,
 }
 
 impl Application {
     /// Binds `address` (for example `127.0.0.1:8080`, or `127.0.0.1:0` for a free port) and
     /// prepares the server.
     pub fn build(ingestor: Ingestor, address: &str) -> std::io::Result<Self> {
+        Self::build_with_write_keys(ingestor, address, Vec::new())
+    }
+
+    /// Like [`Application::build`], accepting `write_keys` on the Segment-shaped endpoints.
+    pub fn build_with_write_keys(
+        ingestor: Ingestor,
+        address: &str,
+        write_keys: Vec<String>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address)?;
         let port = listener.local_addr()?.port();
-        let state = Data::new(AppState { ingestor });
+        let state = Data::new(AppState {
+            ingestor,
+            write_keys,
+        });
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())
                 .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
                 .route("/v1/events", web::post().to(events::post_events))
+                .route(
+                    "/v1/batch",
+                    web::post().to(|s, r, b| segment::handle("batch", s, r, b)),
+                )
+                .route(
+                    "/v1/identify",
+                    web::post().to(|s, r, b| segment::handle("identify", s, r, b)),
+                )
+                .route(
+                    "/v1/track",
+                    web::post().to(|s, r, b| segment::handle("track", s, r, b)),
+                )
+                .route(
+                    "/v1/page",
+                    web::post().to(|s, r, b| segment::handle("page", s, r, b)),
+                )
+                .route(
+                    "/v1/screen",
+                    web::post().to(|s, r, b| segment::handle("screen", s, r, b)),
+                )
+                .route(
+                    "/v1/group",
+                    web::post().to(|s, r, b| segment::handle("group", s, r, b)),
+                )
+                .route(
+                    "/v1/alias",
+                    web::post().to(|s, r, b| segment::handle("alias", s, r, b)),
+                )
                 .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(health::readyz))
         })

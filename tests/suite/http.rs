@@ -142,8 +142,143 @@ async fn health_and_readiness_answer(t: &TestStore) {
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "ready");
 }
 
+mod segment {
+    use super::*;
+
+    const KEY: &str = "wk_test_123";
+
+    fn spawn_segment_app(t: &TestStore) -> (TestApp, Ingestor) {
+        let ingestor = Ingestor::new(
+            t.store.clone(),
+            IdentityRules::default(),
+            b"test identity key",
+        );
+        let app =
+            Application::build_with_write_keys(ingestor.clone(), "127.0.0.1:0", vec![KEY.into()])
+                .expect("bind a free port");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        (
+            TestApp {
+                address,
+                client: reqwest::Client::new(),
+            },
+            ingestor,
+        )
+    }
+
+    async fn send(app: &TestApp, path: &str, key: &str, body: Value) -> reqwest::Response {
+        app.client
+            .post(format!("{}{path}", app.address))
+            .basic_auth(key, Some(""))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// What the Segment and RudderStack SDKs send: an anonymous visitor browses, logs in
+    /// (identify with userId and traits), and the alias ties the two ids.
+    pub(super) async fn sdk_messages_resolve_to_one_customer(t: &TestStore) {
+        let (app, ingestor) = spawn_segment_app(t);
+        let page = json!({
+            "type": "page", "messageId": "ajs-next-1", "anonymousId": "anon-42",
+            "timestamp": "2026-03-08T01:30:15.000Z", "name": "Home",
+            "properties": {"url": "https://shop.example.cn/", "title": "Home"},
+            "context": {"library": {"name": "analytics-next", "version": "1.70.0"}}
+        });
+        let r = send(&app, "/v1/page", KEY, page.clone()).await;
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["success"], true);
+        assert_eq!(answer["accepted"], 1);
+        let batch = json!({"batch": [
+            {"type": "identify", "messageId": "ajs-next-2", "userId": "u-1001", "anonymousId": "anon-42",
+             "timestamp": "2026-03-08T01:31:00Z",
+             "traits": {"email": "Li.Na@Example.cn", "phone": "139 1234 0001", "name": "李娜", "address": {"city": "Shanghai"}}},
+            {"type": "track", "messageId": "ajs-next-3", "userId": "u-1001", "event": "Product Added",
+             "timestamp": "2026-03-08T01:32:00Z", "properties": {"sku": "SKU-1", "price": 129}},
+            {"type": "screen", "messageId": "ios-1", "userId": "u-1001", "name": "Cart",
+             "context": {"device": {"id": "IDFV-77"}, "library": {"name": "analytics-ios"}}},
+            {"type": "alias", "messageId": "ajs-next-4", "userId": "u-1001", "previousId": "anon-7"},
+            {"type": "track", "messageId": "ajs-next-5", "anonymousId": "anon-9"}
+        ]});
+        let r = send(&app, "/v1/batch", KEY, batch).await;
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(
+            (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+            (Some(4), Some(1))
+        );
+        assert_eq!(
+            answer["records"][4]["field"], "event",
+            "a track without its event name"
+        );
+
+        let customer = ingestor
+            .customer_by_identifier("anonymous_id", "anon-42")
+            .await
+            .unwrap();
+        assert!(customer.is_some());
+        for (kind, value) in [
+            ("login_id", "u-1001"),
+            ("email", "li.na@example.cn"),
+            ("phone", "13912340001"),
+            ("device_id", "idfv-77"),
+            ("anonymous_id", "anon-7"),
+        ] {
+            assert_eq!(
+                ingestor.customer_by_identifier(kind, value).await.unwrap(),
+                customer,
+                "{kind}"
+            );
+        }
+        // The SDK retries: the same messageId is stored once.
+        let again: Value = send(&app, "/v1/page", KEY, page)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(again["duplicates"], 1);
+    }
+
+    pub(super) async fn a_wrong_or_missing_write_key_is_refused(t: &TestStore) {
+        let (app, _) = spawn_segment_app(t);
+        let message = json!({"type": "track", "messageId": "m1", "userId": "u", "event": "x"});
+        let r = send(&app, "/v1/track", "not-the-key", message.clone()).await;
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "UNKNOWN_WRITE_KEY"
+        );
+        let r = app
+            .client
+            .post(format!("{}/v1/track", app.address))
+            .json(&message)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "WRITE_KEY_REQUIRED"
+        );
+        assert_eq!(t.store.stats().await.unwrap().events, 0);
+    }
+}
+
+async fn sdk_messages_resolve_to_one_customer(t: &TestStore) {
+    segment::sdk_messages_resolve_to_one_customer(t).await;
+}
+
+async fn a_wrong_or_missing_write_key_is_refused(t: &TestStore) {
+    segment::a_wrong_or_missing_write_key_is_refused(t).await;
+}
+
 crate::on_both_stores!(
     a_json_batch_is_answered_record_by_record,
     bad_bodies_get_a_stable_code,
     health_and_readiness_answer,
+    sdk_messages_resolve_to_one_customer,
+    a_wrong_or_missing_write_key_is_refused,
 );

@@ -1,0 +1,306 @@
+//! The Segment HTTP Tracking API shape (`/v1/batch`, `/v1/identify`, `/v1/track`, `/v1/page`,
+//! `/v1/screen`, `/v1/group`, `/v1/alias`), so that the open-source Segment and RudderStack SDKs
+//! send to Patron by changing only their host.
+//!
+//! The write key is the basic-auth user name. Each message becomes a Patron record:
+//! `messageId` is the idempotency key; `userId` a `login_id`, `anonymousId` an `anonymous_id`,
+//! `context.device.id` and `context.device.advertisingId` `device_id`s, and the `email` and
+//! `phone` of `traits` and `context.traits` identifiers of those kinds. `identify` records traits,
+//! `track` a custom event named by `event`, `page` a page view, `screen` a screen view, `group`
+//! a custom `group` event, and `alias` links `previousId` (as an anonymous id) to `userId`.
+
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::http::StatusCode;
+use actix_web::web::{Bytes, Data};
+use actix_web::{HttpRequest, HttpResponse};
+use base64::Engine;
+use chrono::Utc;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::AppState;
+use crate::ingest::Incoming;
+use patron_domain::touchpoint::{OneOrMany, RawTouchpoint, Rejection, RejectionCode};
+
+/// The namespace of event ids made from `messageId`s that are not UUIDs.
+const MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x2f4b_9a61_0c3d_4e8f_a1b2_c3d4_e5f6_0718);
+
+fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .json(json!({"success": false, "error": {"code": code, "message": message}}))
+}
+
+/// The write key of a request: the user name of its basic authorization.
+fn write_key(request: &HttpRequest) -> Option<String> {
+    let header = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let encoded = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(text.split(':').next().unwrap_or_default().to_owned())
+}
+
+fn text<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut v = value;
+    for key in path {
+        v = v.get(key)?;
+    }
+    v.as_str().filter(|s| !s.trim().is_empty())
+}
+
+fn channel(kind: &str, message: &Value) -> &'static str {
+    let library = text(message, &["context", "library", "name"])
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match kind {
+        "screen" => "app",
+        "page" => "web",
+        _ if [
+            "ios",
+            "android",
+            "react-native",
+            "flutter",
+            "kotlin",
+            "swift",
+        ]
+        .iter()
+        .any(|l| library.contains(l)) =>
+        {
+            "app"
+        }
+        _ if ["analytics.js", "analytics-next", "javascript", "web"]
+            .iter()
+            .any(|l| library.contains(l)) =>
+        {
+            "web"
+        }
+        _ => "other",
+    }
+}
+
+/// Turns one Segment message of type `kind` into a Patron record.
+pub(crate) fn to_record(kind: &str, message: &Value) -> Result<RawTouchpoint, Rejection> {
+    let reject = |field: &str, code, reason: &str| Rejection {
+        field: field.to_owned(),
+        reason: reason.to_owned(),
+        code,
+    };
+    if !message.is_object() {
+        return Err(reject(
+            "message",
+            RejectionCode::Malformed,
+            "a message is a JSON object",
+        ));
+    }
+    let message_id = text(message, &["messageId"])
+        .ok_or_else(|| reject("messageId", RejectionCode::MissingField, "is required"))?;
+    let event_id = Uuid::parse_str(message_id)
+        .unwrap_or_else(|_| Uuid::new_v5(&MESSAGE_NAMESPACE, message_id.as_bytes()));
+    let occurred_at = text(message, &["timestamp"])
+        .or_else(|| text(message, &["originalTimestamp"]))
+        .map_or_else(|| Utc::now().to_rfc3339(), str::to_owned);
+
+    let mut identifiers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut add = |kind: &str, value: Option<&str>| {
+        if let Some(v) = value {
+            let values = identifiers.entry(kind.to_owned()).or_default();
+            if !values.iter().any(|x| x == v) {
+                values.push(v.to_owned());
+            }
+        }
+    };
+    add("login_id", text(message, &["userId"]));
+    add("anonymous_id", text(message, &["anonymousId"]));
+    add("device_id", text(message, &["context", "device", "id"]));
+    add(
+        "device_id",
+        text(message, &["context", "device", "advertisingId"]),
+    );
+    for traits in [&["traits"][..], &["context", "traits"][..]] {
+        let mut path = traits.to_vec();
+        path.push("email");
+        add("email", text(message, &path));
+        path.pop();
+        path.push("phone");
+        add("phone", text(message, &path));
+    }
+    if kind == "alias" {
+        add("anonymous_id", text(message, &["previousId"]));
+    }
+
+    let properties = message
+        .get("properties")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut fields = Map::new();
+    let event_type = match kind {
+        "identify" => {
+            let traits = message.get("traits").cloned().unwrap_or_else(|| json!({}));
+            let mut t = Map::new();
+            for key in ["name", "gender", "birthday"] {
+                if let Some(v) = traits.get(key) {
+                    t.insert(key.to_owned(), v.clone());
+                }
+            }
+            if let Some(city) = traits
+                .get("address")
+                .and_then(|a| a.get("city"))
+                .or_else(|| traits.get("city"))
+            {
+                t.insert("city".into(), city.clone());
+            }
+            fields.insert("traits".into(), Value::Object(t));
+            "traits_updated"
+        }
+        "track" => {
+            let name = text(message, &["event"])
+                .ok_or_else(|| reject("event", RejectionCode::MissingField, "is required"))?;
+            fields.insert("name".into(), json!(name));
+            "custom"
+        }
+        "page" => {
+            let url = properties
+                .get("url")
+                .and_then(Value::as_str)
+                .or_else(|| text(message, &["name"]))
+                .unwrap_or("unknown");
+            fields.insert("url".into(), json!(url));
+            "page_viewed"
+        }
+        "screen" => {
+            fields.insert(
+                "screen".into(),
+                json!(text(message, &["name"]).unwrap_or("unknown")),
+            );
+            "screen_viewed"
+        }
+        "group" => {
+            fields.insert("name".into(), json!("group"));
+            if let Some(g) = text(message, &["groupId"]) {
+                fields.insert("group_id".into(), json!(g));
+            }
+            "custom"
+        }
+        "alias" => {
+            fields.insert("name".into(), json!("alias"));
+            "custom"
+        }
+        other => {
+            return Err(reject(
+                "type",
+                RejectionCode::UnknownEventType,
+                &format!("{other:?} is not a Segment message type"),
+            ))
+        }
+    };
+    for (k, v) in properties {
+        fields.entry(k).or_insert(v);
+    }
+    Ok(RawTouchpoint {
+        event_id: Some(event_id.to_string()),
+        event_type: Some(event_type.to_owned()),
+        channel: Some(channel(kind, message).to_owned()),
+        source: Some("segment".to_owned()),
+        occurred_at: Some(occurred_at),
+        identifiers: identifiers
+            .into_iter()
+            .map(|(k, v)| (k, OneOrMany::Many(v)))
+            .collect(),
+        fields,
+    })
+}
+
+/// Handles one of the Segment endpoints; `kind` is `batch` or a message type.
+pub(crate) async fn handle(
+    kind: &'static str,
+    state: Data<AppState>,
+    request: HttpRequest,
+    body: Bytes,
+) -> HttpResponse {
+    let Some(key) = write_key(&request) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "WRITE_KEY_REQUIRED",
+            "send the write key as the basic-auth user name",
+        );
+    };
+    if state.write_keys.is_empty() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "NO_WRITE_KEYS",
+            "this server has no write keys: start it with --write-key",
+        );
+    }
+    if !state.write_keys.iter().any(|k| k == &key) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "UNKNOWN_WRITE_KEY",
+            "the write key is not one of this server's",
+        );
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_BODY",
+            "the body is not JSON",
+        );
+    };
+    let messages: Vec<(String, Value)> = if kind == "batch" {
+        let Some(batch) = body.get("batch").and_then(Value::as_array) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "MALFORMED_BODY",
+                "a batch has a `batch` array",
+            );
+        };
+        batch
+            .iter()
+            .map(|m| {
+                (
+                    m.get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    m.clone(),
+                )
+            })
+            .collect()
+    } else {
+        vec![(kind.to_owned(), body)]
+    };
+    if messages.len() > super::MAX_RECORDS {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TOO_MANY_RECORDS",
+            "too many messages in one batch",
+        );
+    }
+    let incoming: Vec<Incoming> = messages
+        .iter()
+        .map(|(t, m)| Incoming {
+            received: m.to_string(),
+            parsed: to_record(t, m),
+        })
+        .collect();
+    match state.ingestor.ingest(incoming).await {
+        Ok(report) => HttpResponse::Ok().json(json!({
+            "success": true,
+            "accepted": report.accepted,
+            "duplicates": report.duplicates,
+            "rejected": report.rejected,
+            "records": report.records,
+        })),
+        Err(e) => {
+            tracing::error!(error = %e, "a Segment batch could not be stored");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.code(),
+                "the batch was not stored; send it again",
+            )
+        }
+    }
+}
