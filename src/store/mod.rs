@@ -286,7 +286,8 @@ impl EventStore {
     /// Reads the stored events among `event_ids` and the identity graph around `keys` under the
     /// log's write lock, lets `decide` choose what to write, and writes it (events, identity
     /// index changes, and the `quarantine` records refused on the way) in one transaction;
-    /// returns the quarantine numbers too. Concurrent identity commits take turns, so every
+    /// returns the quarantine numbers too. Events whose ids are not among `event_ids` must be
+    /// new (such as merge events made by `decide`); a stored one among them fails the commit. Concurrent identity commits take turns, so every
     /// decision sees the graph as the previous one left it.
     #[tracing::instrument(name = "store.commit_identity", skip_all, fields(events = event_ids.len(), keys = keys.len()))]
     pub async fn commit_identity<T>(

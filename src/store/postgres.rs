@@ -106,7 +106,7 @@ impl PostgresLog {
     pub(crate) async fn append(&self, appends: &[StreamAppend]) -> Result<AppendOutcome> {
         let mut tx = self.pool.begin().await?;
         let head = lock_head(&mut tx).await?;
-        let outcome = write_appends(&mut tx, appends, head, None).await?;
+        let outcome = write_appends(&mut tx, appends, head, None, None).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -123,17 +123,26 @@ impl PostgresLog {
         let mut tx = self.pool.begin().await?;
         let head = lock_head(&mut tx).await?;
         let quarantined = insert_quarantine(&mut tx, quarantine).await?;
-        let stored = find_in(&mut tx, event_ids)
+        let stored: HashMap<EventId, EventRef> = find_in(&mut tx, event_ids)
             .await?
             .into_iter()
             .map(|r| (r.event_id, r))
             .collect();
         let graph = load_graph(&mut tx, keys).await?;
-        let commit = decide(IdentitySnapshot { stored, graph })?;
+        let commit = decide(IdentitySnapshot {
+            stored: stored.clone(),
+            graph,
+        })?;
         plan::validate(&commit.appends)?;
         write_identity_changes(&mut tx, &commit.changes).await?;
-        let outcome =
-            write_appends(&mut tx, &commit.appends, head, commit.order.as_deref()).await?;
+        let outcome = write_appends(
+            &mut tx,
+            &commit.appends,
+            head,
+            commit.order.as_deref(),
+            Some(&stored),
+        )
+        .await?;
         tx.commit().await?;
         Ok((outcome, quarantined, commit.value))
     }
@@ -250,20 +259,29 @@ async fn lock_head(tx: &mut PgConnection) -> Result<Position> {
 }
 
 /// Checks and writes a commit's events in the caller's transaction, which holds the write lock
-/// and knows the `head` position.
+/// and knows the `head` position. `known`, when given, says which of the commit's event ids are
+/// stored already (read under the same lock), which spares looking them up again.
 async fn write_appends(
     tx: &mut PgConnection,
     appends: &[StreamAppend],
     head: Position,
     order: Option<&[usize]>,
+    known: Option<&HashMap<EventId, EventRef>>,
 ) -> Result<AppendOutcome> {
-    let stored: HashMap<EventId, EventRef> = find_in(&mut *tx, &plan::event_ids(appends))
-        .await?
-        .into_iter()
-        .map(|r| (r.event_id, r))
-        .collect();
+    let looked_up: HashMap<EventId, EventRef>;
+    let stored = match known {
+        Some(known) => known,
+        None => {
+            looked_up = find_in(&mut *tx, &plan::event_ids(appends))
+                .await?
+                .into_iter()
+                .map(|r| (r.event_id, r))
+                .collect();
+            &looked_up
+        }
+    };
     let states = load_states(&mut *tx, appends).await?;
-    let mut plan = plan::plan(appends, &stored, &states, head, order)?;
+    let mut plan = plan::plan(appends, stored, &states, head, order)?;
     if plan.rows.is_empty() {
         return Ok(plan.outcome);
     }

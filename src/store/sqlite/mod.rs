@@ -235,17 +235,28 @@ fn head(db: &RawDb<'_>) -> Result<Position> {
 }
 
 /// Checks, plans and writes one commit inside the caller's transaction.
+/// Checks, plans and writes one commit inside the caller's transaction. `known`, when given,
+/// says which of the commit's event ids are stored already (read under the same lock), which
+/// spares looking them up again.
 fn write_commit(
     db: &RawDb<'_>,
     appends: &[StreamAppend],
     order: Option<&[usize]>,
+    known: Option<&HashMap<EventId, EventRef>>,
 ) -> Result<AppendOutcome> {
-    let stored: HashMap<EventId, EventRef> = find_events(db, &plan::event_ids(appends))?
-        .into_iter()
-        .map(|r| (r.event_id, r))
-        .collect();
+    let looked_up: HashMap<EventId, EventRef>;
+    let stored = match known {
+        Some(known) => known,
+        None => {
+            looked_up = find_events(db, &plan::event_ids(appends))?
+                .into_iter()
+                .map(|r| (r.event_id, r))
+                .collect();
+            &looked_up
+        }
+    };
     let states = stream_states(db, appends)?;
-    let mut plan = plan::plan(appends, &stored, &states, head(db)?, order)?;
+    let mut plan = plan::plan(appends, stored, &states, head(db)?, order)?;
     if plan.rows.is_empty() {
         return Ok(plan.outcome);
     }
@@ -332,7 +343,7 @@ impl SqliteLog {
         let outcome = {
             let mut handle = tx.lock_handle().await?;
             let db = RawDb::new(&mut handle);
-            blocking(|| write_commit(&db, appends, None))?
+            blocking(|| write_commit(&db, appends, None, None))?
         };
         if outcome.streams.iter().any(|s| {
             s.events
@@ -565,15 +576,19 @@ impl SqliteLog {
             let db = RawDb::new(&mut handle);
             blocking(|| -> Result<(AppendOutcome, Vec<u64>, T)> {
                 let quarantined = insert_quarantine(&db, quarantine)?;
-                let stored = find_events(&db, event_ids)?
+                let stored: HashMap<EventId, EventRef> = find_events(&db, event_ids)?
                     .into_iter()
                     .map(|r| (r.event_id, r))
                     .collect();
                 let graph = load_graph(&db, keys)?;
-                let commit = decide(IdentitySnapshot { stored, graph })?;
+                let commit = decide(IdentitySnapshot {
+                    stored: stored.clone(),
+                    graph,
+                })?;
                 plan::validate(&commit.appends)?;
                 write_identity_changes(&db, &commit.changes)?;
-                let outcome = write_commit(&db, &commit.appends, commit.order.as_deref())?;
+                let outcome =
+                    write_commit(&db, &commit.appends, commit.order.as_deref(), Some(&stored))?;
                 Ok((outcome, quarantined, commit.value))
             })?
         };
