@@ -148,3 +148,44 @@ fn a_csv_without_a_mapping_is_refused_with_advice() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --mapping"));
 }
+
+#[test]
+fn a_demo_file_written_as_ndjson_imports_and_reimports_as_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("patron.db").display());
+    let file = dir.path().join("demo.ndjson");
+    let file = file.to_str().unwrap();
+    let written = patron(&["demo", "--people", "40", "--write", file], &url);
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let lines = std::fs::read_to_string(file).unwrap().lines().count() as u64;
+    assert!(
+        lines > 40 * 4,
+        "every person has introductions and touchpoints: {lines}"
+    );
+
+    let first = patron(&["import", file, "--batch", "100", "--json"], &url);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(first["records"].as_u64(), Some(lines));
+    let (accepted, rejected) = (
+        first["accepted"].as_u64().unwrap(),
+        first["rejected"].as_u64().unwrap(),
+    );
+    assert_eq!(accepted + rejected, lines);
+
+    let again = patron(&["import", file, "--json"], &url);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["duplicates"].as_u64(), Some(accepted));
+    assert_eq!(again["accepted"].as_u64(), Some(0));
+    let status = patron(&["status", "--json"], &url);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["customers"], 40, "one customer per person");
+}

@@ -273,43 +273,15 @@ pub async fn import_file(
             ))
         }
         (Format::Ndjson, None) => {
-            let mut reader = BufReader::new(file);
-            let mut line = String::new();
-            let mut number = 0u64;
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).map_err(read_err)?;
-                if n == 0 {
-                    break;
-                }
-                number += 1;
-                bar.inc(n as u64);
-                let text = line.trim_end_matches(['\n', '\r']);
-                if text.trim().is_empty() {
-                    continue;
-                }
-                batcher
-                    .push(number, Incoming::json(text.to_owned()))
-                    .await?;
+            let mut lines = Lines::new(file);
+            while let Some((number, text)) = lines.next(&bar).map_err(read_err)? {
+                batcher.push(number, Incoming::json(text)).await?;
             }
         }
         (Format::Ndjson, Some(mapping)) => {
-            let mut reader = BufReader::new(file);
             let mut group = Group::default();
-            let mut line = String::new();
-            let mut number = 0u64;
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).map_err(read_err)?;
-                if n == 0 {
-                    break;
-                }
-                number += 1;
-                bar.inc(n as u64);
-                let text = line.trim_end_matches(['\n', '\r']).to_owned();
-                if text.trim().is_empty() {
-                    continue;
-                }
+            let mut lines = Lines::new(file);
+            while let Some((number, text)) = lines.next(&bar).map_err(read_err)? {
                 match row_of_json(&text) {
                     Ok(row) => group.add(mapping, &mut batcher, number, row, text).await?,
                     Err(rejection) => {
@@ -388,6 +360,39 @@ pub async fn import_file(
     summary.seconds = started.elapsed().as_secs_f64();
     summary.records_per_s = summary.records as f64 / summary.seconds.max(1e-9);
     Ok(summary)
+}
+
+/// The non-blank lines of a file with their numbers, counted on a progress bar.
+struct Lines {
+    reader: BufReader<File>,
+    buffer: String,
+    number: u64,
+}
+
+impl Lines {
+    fn new(file: File) -> Self {
+        Self {
+            reader: BufReader::new(file),
+            buffer: String::new(),
+            number: 0,
+        }
+    }
+
+    fn next(&mut self, bar: &ProgressBar) -> std::io::Result<Option<(u64, String)>> {
+        loop {
+            self.buffer.clear();
+            let n = self.reader.read_line(&mut self.buffer)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.number += 1;
+            bar.inc(n as u64);
+            let text = self.buffer.trim_end_matches(['\n', '\r']);
+            if !text.trim().is_empty() {
+                return Ok(Some((self.number, text.to_owned())));
+            }
+        }
+    }
 }
 
 /// Consecutive rows that make one record (the lines of one order).

@@ -273,13 +273,7 @@ impl EventStore {
             Backend::Sqlite(b) => b.append(&appends).await?,
             Backend::Postgres(b) => b.append(&appends).await?,
         };
-        self.head.send_if_modified(|head| {
-            let moved = outcome.head > *head;
-            if moved {
-                *head = outcome.head;
-            }
-            moved
-        });
+        self.advance_head(outcome.head);
         Ok(outcome)
     }
 
@@ -287,8 +281,9 @@ impl EventStore {
     /// log's write lock, lets `decide` choose what to write, and writes it (events, identity
     /// index changes, and the `quarantine` records refused on the way) in one transaction;
     /// returns the quarantine numbers too. Events whose ids are not among `event_ids` must be
-    /// new (such as merge events made by `decide`); a stored one among them fails the commit. Concurrent identity commits take turns, so every
-    /// decision sees the graph as the previous one left it.
+    /// new (such as merge events made by `decide`); a stored one among them fails the commit.
+    /// Concurrent identity commits take turns, so every decision sees the graph as the previous
+    /// one left it.
     #[tracing::instrument(name = "store.commit_identity", skip_all, fields(events = event_ids.len(), keys = keys.len()))]
     pub async fn commit_identity<T>(
         &self,
@@ -307,13 +302,7 @@ impl EventStore {
                     .await?
             }
         };
-        self.head.send_if_modified(|head| {
-            let moved = outcome.head > *head;
-            if moved {
-                *head = outcome.head;
-            }
-            moved
-        });
+        self.advance_head(outcome.head);
         Ok((outcome, quarantined, value))
     }
 
@@ -486,6 +475,17 @@ impl EventStore {
             .into_iter()
             .map(|e| self.upcasters.apply(e).map_err(StoreError::from))
             .collect()
+    }
+
+    /// Tells subscriptions of this process that the log reached `position`.
+    fn advance_head(&self, position: Position) {
+        self.head.send_if_modified(|head| {
+            let moved = position > *head;
+            if moved {
+                *head = position;
+            }
+            moved
+        });
     }
 
     fn head_watch(&self) -> watch::Receiver<Position> {
