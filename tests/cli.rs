@@ -126,11 +126,13 @@ fn importing_the_example_pos_export_twice_stores_it_once() {
     assert_eq!(status["customers"], 3);
 
     let quarantine = patron(&["quarantine"], &url);
-    let first_line = String::from_utf8_lossy(&quarantine.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let listed = String::from_utf8_lossy(&quarantine.stdout).to_string();
+    assert_eq!(
+        listed.lines().count(),
+        1,
+        "a row refused twice is kept once: {listed}"
+    );
+    let first_line = listed.lines().next().unwrap_or_default().to_owned();
     let kept: serde_json::Value = serde_json::from_str(&first_line).unwrap();
     assert_eq!(kept["code"], "invalid_identifier");
     assert!(

@@ -23,7 +23,8 @@ CREATE TABLE quarantine (
     code        TEXT NOT NULL,
     field       TEXT NOT NULL,
     reason      TEXT NOT NULL,
-    record      TEXT NOT NULL
+    record      TEXT NOT NULL,
+    record_key  TEXT NOT NULL UNIQUE  -- hash of source and record: a record refused again is kept once
 );
 CREATE INDEX quarantine_received_at ON quarantine (received_at);
 

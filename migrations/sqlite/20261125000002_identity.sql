@@ -23,7 +23,8 @@ CREATE TABLE quarantine (
     code        TEXT NOT NULL,            -- a stable rejection code
     field       TEXT NOT NULL,            -- the field at fault
     reason      TEXT NOT NULL,
-    record      TEXT NOT NULL             -- the record as received
+    record      TEXT NOT NULL,            -- the record as received
+    record_key  TEXT NOT NULL UNIQUE      -- hash of source and record: a record refused again is kept once
 );
 CREATE INDEX quarantine_received_at ON quarantine (received_at);
 

@@ -92,6 +92,18 @@ pub struct QuarantinedRecord {
     pub record: String,
 }
 
+impl QuarantinedRecord {
+    /// The key under which the record is kept once: a hash of its source and its text.
+    pub fn record_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.source.as_deref().unwrap_or_default().as_bytes());
+        hash.update([0]);
+        hash.update(self.record.as_bytes());
+        hex::encode(hash.finalize())
+    }
+}
+
 /// Builds the graph of loaded index rows.
 pub(crate) fn graph_of(rows: Vec<(Identifier, CustomerId)>) -> IdentityGraph {
     let mut graph = IdentityGraph::new();

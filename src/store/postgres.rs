@@ -438,7 +438,8 @@ async fn load_states(
     Ok(states)
 }
 
-/// Inserts refused records into the quarantine; returns their numbers, in order.
+/// Inserts refused records into the quarantine; returns their numbers, in order. A record
+/// refused before (same source and text) keeps its number and is not stored again.
 async fn insert_quarantine(
     conn: &mut PgConnection,
     records: &[QuarantinedRecord],
@@ -452,13 +453,12 @@ async fn insert_quarantine(
     let fields: Vec<&str> = records.iter().map(|r| r.field.as_str()).collect();
     let reasons: Vec<&str> = records.iter().map(|r| r.reason.as_str()).collect();
     let raw: Vec<&str> = records.iter().map(|r| r.record.as_str()).collect();
-    // Rows are inserted in input order, so their identity numbers ascend with it; RETURNING
-    // does not promise an order, hence the sort.
-    let mut ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO quarantine (received_at, source, code, field, reason, record) \
-         SELECT a, s, c, f, r, x FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], \
-         $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS u(a, s, c, f, r, x, n) \
-         ORDER BY n RETURNING id",
+    let keys: Vec<String> = records.iter().map(QuarantinedRecord::record_key).collect();
+    sqlx::query(
+        "INSERT INTO quarantine (received_at, source, code, field, reason, record, record_key) \
+         SELECT a, s, c, f, r, x, k FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], \
+         $4::text[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY \
+         AS u(a, s, c, f, r, x, k, n) ORDER BY n ON CONFLICT (record_key) DO NOTHING",
     )
     .bind(&at)
     .bind(&sources)
@@ -466,11 +466,23 @@ async fn insert_quarantine(
     .bind(&fields)
     .bind(&reasons)
     .bind(&raw)
-    .fetch_all(&mut *conn)
+    .bind(&keys)
+    .execute(&mut *conn)
     .await?;
-    ids.sort_unstable();
-    ids.into_iter()
-        .map(|id| to_u64(id, 0, "quarantine id"))
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, record_key FROM quarantine WHERE record_key = ANY($1)")
+            .bind(&keys)
+            .fetch_all(&mut *conn)
+            .await?;
+    let ids: HashMap<String, i64> = rows.into_iter().map(|(id, key)| (key, id)).collect();
+    keys.iter()
+        .map(|key| {
+            let id = ids.get(key).copied().ok_or_else(|| StoreError::Corrupt {
+                position: 0,
+                reason: "a quarantined record vanished during its insert".into(),
+            })?;
+            to_u64(id, 0, "quarantine id")
+        })
         .collect()
 }
 

@@ -316,6 +316,21 @@ async fn a_batch_sent_twice_is_stored_once(t: &TestStore) {
     }
     assert_eq!(t.store.head().await.unwrap(), head);
     assert_eq!(t.store.identity_counts().await.unwrap(), counts);
+    // A refused record sent again keeps its place in the quarantine.
+    let bad = record("store_visited", "store", json!({"phone": "12345"})).to_string();
+    let one = ing.ingest_json(std::slice::from_ref(&bad)).await.unwrap();
+    let two = ing.ingest_json(&[bad.clone(), bad]).await.unwrap();
+    let ids: Vec<u64> = one
+        .records
+        .iter()
+        .chain(&two.records)
+        .map(|r| match r {
+            RecordOutcome::Rejected { quarantine_id, .. } => *quarantine_id,
+            other => panic!("expected a rejection, got {other:?}"),
+        })
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert_eq!(t.store.quarantined(0, 10).await.unwrap().len(), 1);
     // The same record twice in one batch is stored once too.
     let again = record("store_visited", "store", json!({"phone": "13912340009"}));
     let report = ing

@@ -451,17 +451,20 @@ impl SqliteLog {
     }
 }
 
-/// Inserts refused records into the quarantine; returns their numbers, in order.
+/// Inserts refused records into the quarantine; returns their numbers, in order. A record
+/// refused before (same source and text) keeps its number and is not stored again.
 fn insert_quarantine(db: &RawDb<'_>, records: &[QuarantinedRecord]) -> Result<Vec<u64>> {
     if records.is_empty() {
         return Ok(Vec::new());
     }
     let mut insert = db.prepare(
-        "INSERT INTO quarantine (received_at, source, code, field, reason, record) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO quarantine (received_at, source, code, field, reason, record, record_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (record_key) DO NOTHING",
     )?;
+    let mut existing = db.prepare("SELECT id FROM quarantine WHERE record_key = ?1")?;
     let mut ids = Vec::with_capacity(records.len());
     for r in records {
+        let key = r.record_key();
         insert.reset()?;
         insert.bind_i64(1, r.received_at.timestamp_micros())?;
         insert.bind_text(2, r.source.as_deref())?;
@@ -469,8 +472,22 @@ fn insert_quarantine(db: &RawDb<'_>, records: &[QuarantinedRecord]) -> Result<Ve
         insert.bind_text(4, Some(&r.field))?;
         insert.bind_text(5, Some(&r.reason))?;
         insert.bind_text(6, Some(&r.record))?;
+        insert.bind_text(7, Some(&key))?;
         insert.step()?;
-        ids.push(to_u64(db.last_insert_rowid(), 0, "quarantine id")?);
+        let id = if db.changes() > 0 {
+            db.last_insert_rowid()
+        } else {
+            existing.reset()?;
+            existing.bind_text(1, Some(&key))?;
+            if !existing.step()? {
+                return Err(corrupt(
+                    0,
+                    "a quarantined record vanished during its insert",
+                ));
+            }
+            existing.column_i64(0)
+        };
+        ids.push(to_u64(id, 0, "quarantine id")?);
     }
     Ok(ids)
 }

@@ -95,6 +95,12 @@ impl<'c> RawDb<'c> {
         Ok(Statement { stmt, db: self })
     }
 
+    /// How many rows the last statement inserted, updated or deleted.
+    pub fn changes(&self) -> i64 {
+        // SAFETY: the handle is open and locked for us.
+        unsafe { ffi::sqlite3_changes64(self.db.as_ptr()) }
+    }
+
     /// The rowid of the last row inserted on this connection.
     pub fn last_insert_rowid(&self) -> i64 {
         // SAFETY: the handle is open and locked for us.
