@@ -92,7 +92,7 @@ pub struct Mapping {
 #[derive(Debug, Error)]
 pub enum MappingError {
     /// The file cannot be read.
-    #[error("cannot read the mapping {path}: {source}")]
+    #[error("cannot read the mapping {path}")]
     Read {
         /// The file.
         path: String,

@@ -25,7 +25,7 @@ const LISTED_REJECTIONS: usize = 20;
 #[derive(Debug, Error)]
 pub enum ImportError {
     /// The file cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: String,
@@ -33,7 +33,7 @@ pub enum ImportError {
         source: std::io::Error,
     },
     /// The CSV cannot be parsed at all.
-    #[error("{path} is not readable CSV: {source}")]
+    #[error("{path} is not readable CSV")]
     Csv {
         /// The file.
         path: String,

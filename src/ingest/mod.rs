@@ -11,7 +11,7 @@
 //! Nothing accepted is lost: a batch is stored whole or not at all, and every record gets an
 //! answer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -481,7 +481,7 @@ impl Ingestor {
         let mut appends = Appends::default();
         let mut changes = IdentityChanges::default();
         let mut decisions = Decisions::default();
-        let mut seen: HashMap<EventId, ()> = HashMap::new();
+        let mut seen: HashSet<EventId> = HashSet::new();
         for (index, record) in parsed.iter().enumerate() {
             let (touchpoint, keys) = match record {
                 Parsed::Rejected(..) => {
@@ -496,7 +496,7 @@ impl Ingestor {
                     .push(Planned::Duplicate(touchpoint.event_id, original.position));
                 continue;
             }
-            if seen.insert(touchpoint.event_id, ()).is_some() {
+            if !seen.insert(touchpoint.event_id) {
                 decisions
                     .records
                     .push(Planned::DuplicateInBatch(touchpoint.event_id));

@@ -306,15 +306,6 @@ impl EventStore {
         Ok((outcome, quarantined, value))
     }
 
-    /// Keeps refused records with their reasons; returns their quarantine numbers.
-    #[tracing::instrument(name = "store.quarantine", skip_all, fields(records = records.len()))]
-    pub async fn quarantine(&self, records: &[QuarantinedRecord]) -> Result<Vec<u64>> {
-        match &self.backend {
-            Backend::Sqlite(b) => b.quarantine(records).await,
-            Backend::Postgres(b) => b.quarantine(records).await,
-        }
-    }
-
     /// Up to `max` quarantined records numbered after `after_id`, oldest first.
     pub async fn quarantined(&self, after_id: u64, max: usize) -> Result<Vec<QuarantinedRecord>> {
         match &self.backend {

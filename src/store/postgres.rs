@@ -578,11 +578,6 @@ async fn write_identity_changes(conn: &mut PgConnection, changes: &IdentityChang
 }
 
 impl PostgresLog {
-    pub(crate) async fn quarantine(&self, records: &[QuarantinedRecord]) -> Result<Vec<u64>> {
-        let mut conn = self.pool.acquire().await?;
-        insert_quarantine(&mut conn, records).await
-    }
-
     pub(crate) async fn quarantined(
         &self,
         after_id: u64,

@@ -613,17 +613,6 @@ impl SqliteLog {
         Ok(result)
     }
 
-    pub(crate) async fn quarantine(&self, records: &[QuarantinedRecord]) -> Result<Vec<u64>> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let ids = {
-            let mut handle = tx.lock_handle().await?;
-            let db = RawDb::new(&mut handle);
-            blocking(|| insert_quarantine(&db, records))?
-        };
-        tx.commit().await?;
-        Ok(ids)
-    }
-
     pub(crate) async fn quarantined(
         &self,
         after_id: u64,
