@@ -237,6 +237,12 @@ impl NewEvent {
         Ok(Self::checked(event_type, payload))
     }
 
+    /// An event whose payload this crate encoded with serde_json, so valid JSON by construction.
+    pub(crate) fn encoded(event_type: String, payload: String) -> Result<Self, EnvelopeError> {
+        check_event_type(&event_type)?;
+        Ok(Self::checked(event_type, payload))
+    }
+
     fn checked(event_type: String, payload: String) -> Self {
         Self {
             event_id: EventId::new(),

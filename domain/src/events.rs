@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::customer::CustomerId;
-use crate::event_log::EventId;
+use crate::event_log::{EnvelopeError, EventId, NewEvent};
 use crate::identifier::Identifier;
 use crate::identity::{Resolution, Skipped};
 use crate::touchpoint::{Action, Channel, Touchpoint};
@@ -48,47 +48,77 @@ pub struct TouchpointRecorded {
     pub resolution: ResolutionRecord,
 }
 
-/// The stored form of a touchpoint, borrowed from it for encoding: it serializes exactly as
-/// [`TouchpointRecorded`] deserializes.
-#[derive(Debug, Serialize)]
-pub struct TouchpointRecordedView<'a> {
+/// The fields of [`TouchpointRecorded`] before its resolution, borrowed for encoding.
+#[derive(Serialize)]
+struct Body<'a> {
     channel: Channel,
     source: &'a str,
     identifiers: &'a [Identifier],
     action: &'a Action,
     #[serde(skip_serializing_if = "Map::is_empty")]
     properties: &'a Map<String, Value>,
-    resolution: ResolutionRecord,
 }
 
-impl TouchpointRecorded {
-    /// The stored form of a touchpoint and its resolution, for encoding. `resolution` was
-    /// decided on pseudonyms; `reveal` maps them back to the touchpoint's identifiers.
-    pub fn view<'a>(
-        touchpoint: &'a Touchpoint,
-        resolution: &Resolution,
-        reveal: impl Fn(&Identifier) -> Identifier,
-    ) -> TouchpointRecordedView<'a> {
-        TouchpointRecordedView {
+/// A touchpoint's stored form, encoded up to its resolution. Encoding is most of the work of
+/// storing a touchpoint and needs no database, so it happens before the write lock is taken;
+/// under the lock only the small [`ResolutionRecord`] is added.
+#[derive(Clone, Debug)]
+pub struct EncodedTouchpoint {
+    /// A JSON object's text without its closing brace; it always holds at least one member.
+    open: String,
+}
+
+impl EncodedTouchpoint {
+    /// Encodes everything of `touchpoint` that is stored, except how it was resolved.
+    pub fn new(touchpoint: &Touchpoint) -> Result<Self, serde_json::Error> {
+        let mut open = serde_json::to_string(&Body {
             channel: touchpoint.channel,
             source: &touchpoint.source,
             identifiers: &touchpoint.identifiers,
             action: &touchpoint.action,
             properties: &touchpoint.properties,
-            resolution: ResolutionRecord {
-                created: resolution.created,
-                linked: resolution.links.iter().map(&reveal).collect(),
-                skipped: resolution
-                    .skipped
-                    .iter()
-                    .map(|s| Skipped {
-                        identifier: reveal(&s.identifier),
-                        reason: s.reason.clone(),
-                    })
-                    .collect(),
-                merged: resolution.merges.iter().map(|m| m.absorbed).collect(),
-                rules_version: resolution.rules_version,
-            },
+        })?;
+        // A struct serializes as `{...}`; dropping the brace leaves room for one more member.
+        open.pop();
+        Ok(Self { open })
+    }
+
+    /// The stored event: the touchpoint with its resolution, under the action's event type.
+    pub fn into_event(
+        self,
+        event_type: &str,
+        resolution: &ResolutionRecord,
+    ) -> Result<NewEvent, EnvelopeError> {
+        let mut payload = self.open;
+        payload.push_str(",\"resolution\":");
+        let tail =
+            serde_json::to_string(resolution).map_err(|e| EnvelopeError::InvalidPayload {
+                event_type: event_type.to_owned(),
+                reason: e.to_string(),
+            })?;
+        payload.push_str(&tail);
+        payload.push('}');
+        NewEvent::encoded(event_type.to_owned(), payload)
+    }
+}
+
+impl ResolutionRecord {
+    /// The record of `resolution`, decided on pseudonyms; `reveal` maps them back to the
+    /// touchpoint's identifiers.
+    pub fn of(resolution: &Resolution, reveal: impl Fn(&Identifier) -> Identifier) -> Self {
+        Self {
+            created: resolution.created,
+            linked: resolution.links.iter().map(&reveal).collect(),
+            skipped: resolution
+                .skipped
+                .iter()
+                .map(|s| Skipped {
+                    identifier: reveal(&s.identifier),
+                    reason: s.reason.clone(),
+                })
+                .collect(),
+            merged: resolution.merges.iter().map(|m| m.absorbed).collect(),
+            rules_version: resolution.rules_version,
         }
     }
 }
@@ -127,7 +157,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn the_encoded_view_reads_back_as_the_stored_event() {
+    fn an_encoded_touchpoint_reads_back_as_the_stored_event() {
         let rules = IdentityRules::default();
         let raw: RawTouchpoint = serde_json::from_value(json!({
             "event_id": "0192f0c4-7c1e-7a33-9d5e-1b2c3d4e5f60", "type": "store_visited",
@@ -149,13 +179,15 @@ mod tests {
             }],
             rules_version: 3,
         };
-        let text = serde_json::to_string(&TouchpointRecorded::view(
-            &touchpoint,
-            &resolution,
-            Clone::clone,
-        ))
-        .unwrap();
-        let stored: TouchpointRecorded = serde_json::from_str(&text).unwrap();
+        let event = EncodedTouchpoint::new(&touchpoint)
+            .unwrap()
+            .into_event(
+                touchpoint.action.event_type(),
+                &ResolutionRecord::of(&resolution, Clone::clone),
+            )
+            .unwrap();
+        assert_eq!(event.event_type(), "store_visited");
+        let stored: TouchpointRecorded = serde_json::from_str(event.payload()).unwrap();
         assert_eq!(stored.channel, touchpoint.channel);
         assert_eq!(stored.source, "wifi");
         assert_eq!(stored.identifiers, touchpoint.identifiers);

@@ -353,6 +353,22 @@ pub enum RejectionCode {
     InvalidEventId,
 }
 
+impl RejectionCode {
+    /// The code as it is serialized: `missing_field`, `malformed`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingField => "missing_field",
+            Self::Malformed => "malformed",
+            Self::UnknownEventType => "unknown_event_type",
+            Self::UnknownChannel => "unknown_channel",
+            Self::InvalidIdentifier => "invalid_identifier",
+            Self::InvalidTime => "invalid_time",
+            Self::InvalidAmount => "invalid_amount",
+            Self::InvalidEventId => "invalid_event_id",
+        }
+    }
+}
+
 fn reject(field: impl Into<String>, code: RejectionCode, reason: impl Into<String>) -> Rejection {
     Rejection {
         field: field.into(),
@@ -624,6 +640,23 @@ mod tests {
 
     fn raw(value: Value) -> RawTouchpoint {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn rejection_codes_read_as_they_serialize() {
+        use RejectionCode::*;
+        for code in [
+            MissingField,
+            Malformed,
+            UnknownEventType,
+            UnknownChannel,
+            InvalidIdentifier,
+            InvalidTime,
+            InvalidAmount,
+            InvalidEventId,
+        ] {
+            assert_eq!(json!(code), json!(code.as_str()));
+        }
     }
 
     fn order() -> Value {

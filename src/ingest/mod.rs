@@ -8,6 +8,9 @@
 //! 3. the touchpoints, merge events, identity index changes and refused records are written in
 //!    one transaction, with positions in the order of the records.
 //!
+//! [`commit::CommitPipeline`] overlaps preparing a batch with committing the one before (imports);
+//! [`commit::CommitQueue`] commits the batches of concurrent callers together (the HTTP server).
+//!
 //! Nothing accepted is lost: a batch is stored whole or not at all, and every record gets an
 //! answer.
 
@@ -17,7 +20,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
 use patron_domain::events::{
-    CustomerMerged, CustomerMergedInto, TouchpointRecorded, CUSTOMER_MERGED, CUSTOMER_MERGED_INTO,
+    CustomerMerged, CustomerMergedInto, EncodedTouchpoint, ResolutionRecord, CUSTOMER_MERGED,
+    CUSTOMER_MERGED_INTO,
 };
 use patron_domain::identifier::Identifier;
 use patron_domain::identity::{IdentityRules, IdentityView, Resolver};
@@ -28,8 +32,11 @@ use patron_domain::{
 };
 use serde::Serialize;
 use thiserror::Error;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
+
+mod commit;
+
+pub use commit::{CommitPipeline, CommitQueue};
 
 use crate::store::{
     EventOutcome, EventStore, IdentityChanges, IdentityCommit, QuarantinedRecord, StoreError,
@@ -47,53 +54,15 @@ pub enum IngestError {
     /// The task committing a batch stopped unexpectedly; that batch was not stored.
     #[error("the commit task stopped: {0}")]
     Aborted(String),
-}
-
-/// Commits prepared batches one after the other in a task of their own, so that the caller can
-/// read and prepare the next batch meanwhile. Each batch carries a tag (line numbers, ground
-/// truth) handed back with its report.
-pub struct CommitPipeline<T> {
-    ingestor: Ingestor,
-    in_flight: Option<(T, JoinHandle<Result<IngestReport, IngestError>>)>,
-}
-
-impl<T> CommitPipeline<T> {
-    /// A pipeline committing through `ingestor`.
-    pub fn new(ingestor: Ingestor) -> Self {
-        Self {
-            ingestor,
-            in_flight: None,
-        }
-    }
-
-    /// Starts committing `batch` once the batch before it is stored, and returns that one's
-    /// report. If the batch before failed, its tag comes back with the error and `batch` is
-    /// not submitted.
-    pub async fn submit(
-        &mut self,
-        tag: T,
-        batch: PreparedBatch,
-    ) -> Result<Option<(T, IngestReport)>, (T, IngestError)> {
-        let previous = self.finish().await?;
-        let ingestor = self.ingestor.clone();
-        self.in_flight = Some((
-            tag,
-            tokio::spawn(async move { ingestor.commit(batch).await }),
-        ));
-        Ok(previous)
-    }
-
-    /// Waits for the batch in flight, if any, and returns its report, or its tag and error.
-    pub async fn finish(&mut self) -> Result<Option<(T, IngestReport)>, (T, IngestError)> {
-        let Some((tag, commit)) = self.in_flight.take() else {
-            return Ok(None);
-        };
-        match commit.await {
-            Ok(Ok(report)) => Ok(Some((tag, report))),
-            Ok(Err(e)) => Err((tag, e)),
-            Err(e) => Err((tag, IngestError::Aborted(e.to_string()))),
-        }
-    }
+    /// The batch was committed together with other callers' batches, and that commit failed;
+    /// nothing of the batch was written.
+    #[error("the batch was not stored: {reason}")]
+    Grouped {
+        /// The stable code of the failure.
+        code: &'static str,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl IngestError {
@@ -102,6 +71,7 @@ impl IngestError {
         match self {
             Self::Store(e) => e.code(),
             Self::Aborted(_) => "COMMIT_ABORTED",
+            Self::Grouped { code, .. } => code,
         }
     }
 }
@@ -199,8 +169,18 @@ impl Incoming {
 /// A record of a batch, checked: a touchpoint with the pseudonyms of its identifiers (in the
 /// same order), or why it was refused.
 enum Parsed {
-    Valid(Box<Touchpoint>, Vec<Identifier>),
+    Valid(Box<Ready>),
     Rejected(Rejection, Option<String>),
+}
+
+/// A valid touchpoint with what storing it needs that can be worked out before the write lock.
+struct Ready {
+    touchpoint: Touchpoint,
+    /// Pseudonyms of the touchpoint's identifiers, in the same order.
+    keys: Vec<Identifier>,
+    /// The stored form up to its resolution; taken when the event is built.
+    body: Option<EncodedTouchpoint>,
+    metadata: Metadata,
 }
 
 /// A batch validated and pseudonymized, ready to [`Ingestor::commit`]. Preparing is CPU work
@@ -225,7 +205,7 @@ impl PreparedBatch {
 
 /// What the decision made for a record, before positions are known.
 enum Planned {
-    Stored(EventId, CustomerId),
+    Stored(EventId, CustomerId, Effects),
     Duplicate(EventId, Position),
     DuplicateInBatch(EventId),
     Rejected(usize),
@@ -349,6 +329,7 @@ impl Ingestor {
     /// Validates and pseudonymizes a batch: the part of ingestion that needs no database.
     pub fn prepare(&self, records: Vec<Incoming>) -> PreparedBatch {
         let now = Utc::now();
+        let correlation = Uuid::now_v7();
         let mut received = Vec::with_capacity(records.len());
         let parsed = records
             .into_iter()
@@ -359,11 +340,7 @@ impl Ingestor {
                     Ok(raw) => {
                         let source = raw.source.clone();
                         match raw.validate(&self.rules, now) {
-                            Ok(t) => {
-                                let keys =
-                                    t.identifiers.iter().map(|i| self.pseudonym(i)).collect();
-                                Parsed::Valid(Box::new(t), keys)
-                            }
+                            Ok(t) => self.ready(t, correlation),
                             Err(rejection) => Parsed::Rejected(rejection, source),
                         }
                     }
@@ -377,15 +354,68 @@ impl Ingestor {
         }
     }
 
+    /// Pseudonymizes and encodes a valid touchpoint.
+    fn ready(&self, touchpoint: Touchpoint, correlation: Uuid) -> Parsed {
+        let body = match EncodedTouchpoint::new(&touchpoint) {
+            Ok(body) => body,
+            Err(e) => {
+                let source = Some(touchpoint.source);
+                let rejection = Rejection {
+                    field: "record".into(),
+                    reason: format!("cannot be encoded: {e}"),
+                    code: RejectionCode::Malformed,
+                };
+                return Parsed::Rejected(rejection, source);
+            }
+        };
+        let keys = touchpoint
+            .identifiers
+            .iter()
+            .map(|i| self.pseudonym(i))
+            .collect();
+        let metadata = Metadata {
+            source: Some(touchpoint.source.clone()),
+            channel: Some(touchpoint.channel.as_str().to_owned()),
+            correlation_id: Some(correlation),
+            causation_id: None,
+            actor: Some(self.actor.clone()),
+            reason: None,
+        };
+        Parsed::Valid(Box::new(Ready {
+            touchpoint,
+            keys,
+            body: Some(body),
+            metadata,
+        }))
+    }
+
     /// Stores a prepared batch: refused records to the quarantine, the others resolved and
     /// appended in one transaction.
-    #[tracing::instrument(name = "ingest.batch", skip_all, fields(records = batch.len()))]
     pub async fn commit(&self, batch: PreparedBatch) -> Result<IngestReport, IngestError> {
-        let PreparedBatch {
-            parsed,
-            received: records,
-            now,
-        } = batch;
+        let mut reports = self.commit_group(vec![batch]).await?;
+        Ok(reports.pop().unwrap_or_default())
+    }
+
+    /// Stores several prepared batches in one transaction, as if they were one batch in the
+    /// order given, and answers each batch with its own report.
+    #[tracing::instrument(
+        name = "ingest.batch",
+        skip_all,
+        fields(batches = batches.len(), records = batches.iter().map(PreparedBatch::len).sum::<usize>())
+    )]
+    pub async fn commit_group(
+        &self,
+        batches: Vec<PreparedBatch>,
+    ) -> Result<Vec<IngestReport>, IngestError> {
+        let sizes: Vec<usize> = batches.iter().map(PreparedBatch::len).collect();
+        let now = batches.first().map_or_else(Utc::now, |b| b.now);
+        let total = sizes.iter().sum();
+        let mut parsed = Vec::with_capacity(total);
+        let mut records = Vec::with_capacity(total);
+        for batch in batches {
+            parsed.extend(batch.parsed);
+            records.extend(batch.received);
+        }
         let quarantined: Vec<QuarantinedRecord> = parsed
             .iter()
             .zip(records)
@@ -394,13 +424,10 @@ impl Ingestor {
                     id: 0,
                     received_at: now,
                     source: source.clone(),
-                    code: serde_json::to_value(r.code)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
+                    code: r.code.as_str().to_owned(),
                     field: r.field.clone(),
                     reason: r.reason.clone(),
-                    record: text.clone(),
+                    record: text,
                 }),
                 Parsed::Valid(..) => None,
             })
@@ -409,19 +436,18 @@ impl Ingestor {
         let mut event_ids: Vec<EventId> = Vec::with_capacity(parsed.len());
         let mut keys: Vec<Identifier> = Vec::new();
         for p in &parsed {
-            if let Parsed::Valid(t, pseudonyms) = p {
-                event_ids.push(t.event_id);
-                keys.extend(pseudonyms.iter().cloned());
+            if let Parsed::Valid(ready) = p {
+                event_ids.push(ready.touchpoint.event_id);
+                keys.extend(ready.keys.iter().cloned());
             }
         }
-        keys.sort();
+        keys.sort_unstable();
         keys.dedup();
 
-        let correlation = Uuid::now_v7();
         let (outcome, quarantine_ids, planned) = self
             .store
             .commit_identity(&event_ids, &keys, &quarantined, |snapshot| {
-                self.decide(&parsed, snapshot, correlation)
+                self.decide(&mut parsed, snapshot)
             })
             .await?;
 
@@ -431,15 +457,30 @@ impl Ingestor {
                 positions.insert(r.event_id, r.position);
             }
         }
-        let mut report = IngestReport::default();
+        let mut reports: Vec<IngestReport> = sizes
+            .iter()
+            .map(|&n| IngestReport {
+                records: Vec::with_capacity(n),
+                ..IngestReport::default()
+            })
+            .collect();
+        let mut part = 0;
         let mut rejected = quarantine_ids.into_iter();
         for plan in planned.records {
+            while part + 1 < reports.len() && reports[part].records.len() == sizes[part] {
+                part += 1;
+            }
+            let report = &mut reports[part];
             let answer = match plan {
-                Planned::Stored(event_id, customer) => RecordOutcome::Accepted {
-                    event_id,
-                    customer,
-                    position: positions.get(&event_id).copied().unwrap_or_default(),
-                },
+                Planned::Stored(event_id, customer, effects) => {
+                    report.merges += effects.merges;
+                    report.new_customers += usize::from(effects.created);
+                    RecordOutcome::Accepted {
+                        event_id,
+                        customer,
+                        position: positions.get(&event_id).copied().unwrap_or_default(),
+                    }
+                }
                 Planned::Duplicate(event_id, position) => {
                     RecordOutcome::Duplicate { event_id, position }
                 }
@@ -464,17 +505,14 @@ impl Ingestor {
             }
             report.records.push(answer);
         }
-        report.merges = planned.merges;
-        report.new_customers = planned.new_customers;
-        Ok(report)
+        Ok(reports)
     }
 
     /// Resolves the batch's touchpoints in order against the graph, under the write lock.
     fn decide(
         &self,
-        parsed: &[Parsed],
+        parsed: &mut [Parsed],
         snapshot: crate::store::IdentitySnapshot,
-        correlation: Uuid,
     ) -> Result<IdentityCommit<Decisions>, StoreError> {
         let mut graph = snapshot.graph;
         let resolver = Resolver::new(&self.pseudonymous_rules);
@@ -482,14 +520,20 @@ impl Ingestor {
         let mut changes = IdentityChanges::default();
         let mut decisions = Decisions::default();
         let mut seen: HashSet<EventId> = HashSet::new();
-        for (index, record) in parsed.iter().enumerate() {
-            let (touchpoint, keys) = match record {
+        for (index, record) in parsed.iter_mut().enumerate() {
+            let ready = match record {
                 Parsed::Rejected(..) => {
                     decisions.records.push(Planned::Rejected(index));
                     continue;
                 }
-                Parsed::Valid(t, keys) => (t, keys),
+                Parsed::Valid(ready) => ready,
             };
+            let Ready {
+                touchpoint,
+                keys,
+                body,
+                metadata,
+            } = &mut **ready;
             if let Some(original) = snapshot.stored.get(&touchpoint.event_id) {
                 decisions
                     .records
@@ -508,26 +552,26 @@ impl Ingestor {
             graph.apply(&resolution);
             let reveal = |p: &Identifier| real.get(p).map_or_else(|| p.clone(), |i| (*i).clone());
             let customer = resolution.customer;
-            let metadata = Metadata {
-                source: Some(touchpoint.source.clone()),
-                channel: Some(touchpoint.channel.as_str().to_owned()),
-                correlation_id: Some(correlation),
-                causation_id: None,
-                actor: Some(self.actor.clone()),
-                reason: None,
-            };
-            let recorded = TouchpointRecorded::view(touchpoint, &resolution, reveal);
-            appends.push(
-                customer,
-                encode(touchpoint.action.event_type(), &recorded)?
-                    .with_id(touchpoint.event_id)
-                    .occurred_at(touchpoint.occurred_at)
-                    .with_metadata(metadata.clone()),
-            );
+            let event_type = touchpoint.action.event_type();
+            let body = body.take().ok_or_else(|| StoreError::Abandoned {
+                reason: format!("touchpoint {} was decided twice", touchpoint.event_id),
+            })?;
+            let event = body
+                .into_event(event_type, &ResolutionRecord::of(&resolution, reveal))
+                .map_err(|e| StoreError::Abandoned {
+                    reason: format!("cannot encode {event_type}: {e}"),
+                })?;
             let caused = Metadata {
                 causation_id: Some(touchpoint.event_id.as_uuid()),
-                ..metadata
+                ..metadata.clone()
             };
+            appends.push(
+                customer,
+                event
+                    .with_id(touchpoint.event_id)
+                    .occurred_at(touchpoint.occurred_at)
+                    .with_metadata(std::mem::take(metadata)),
+            );
             for merge in &resolution.merges {
                 let evidence: Vec<Identifier> = merge.evidence.iter().map(reveal).collect();
                 appends.push(
@@ -559,17 +603,17 @@ impl Ingestor {
                     .with_metadata(caused.clone()),
                 );
                 changes.merges.push((merge.absorbed, customer));
-                decisions.merges += 1;
             }
             changes
                 .links
                 .extend(resolution.links.iter().map(|l| (l.clone(), customer)));
-            if resolution.created {
-                decisions.new_customers += 1;
-            }
+            let effects = Effects {
+                merges: resolution.merges.len(),
+                created: resolution.created,
+            };
             decisions
                 .records
-                .push(Planned::Stored(touchpoint.event_id, customer));
+                .push(Planned::Stored(touchpoint.event_id, customer, effects));
         }
         // Merges are written before links: a link made for a customer merged later in the batch
         // goes to its survivor.
@@ -583,7 +627,7 @@ impl Ingestor {
         // Answers name the customer each record ended with: a customer merged later in the
         // batch is named by its survivor.
         for record in &mut decisions.records {
-            if let Planned::Stored(_, customer) = record {
+            if let Planned::Stored(_, customer, _) = record {
                 *customer = graph.resolve_customer(*customer);
             }
         }
@@ -597,10 +641,15 @@ impl Ingestor {
     }
 }
 
+/// What storing a record did to the customers.
+#[derive(Clone, Copy, Debug, Default)]
+struct Effects {
+    merges: usize,
+    created: bool,
+}
+
 /// What [`Ingestor::decide`] hands back.
 #[derive(Default)]
 struct Decisions {
     records: Vec<Planned>,
-    merges: usize,
-    new_customers: usize,
 }

@@ -13,7 +13,7 @@ pub(crate) async fn healthz() -> HttpResponse {
 
 /// `GET /readyz`: the store answers.
 pub(crate) async fn readyz(state: Data<AppState>) -> HttpResponse {
-    match state.ingestor.store().head().await {
+    match state.commits.ingestor().store().head().await {
         Ok(head) => HttpResponse::Ok().json(json!({"status": "ready", "head": head})),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

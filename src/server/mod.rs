@@ -16,7 +16,7 @@ use actix_web::web::{self, Data};
 use actix_web::{App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
-use crate::ingest::Ingestor;
+use crate::ingest::{CommitQueue, Ingestor};
 
 pub use events::{EventsResponse, MAX_BODY_BYTES, MAX_RECORDS};
 
@@ -29,14 +29,17 @@ pub struct Application {
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub ingestor: Ingestor,
+    /// Commits the requests' batches, several requests per transaction when they arrive
+    /// together.
+    pub commits: CommitQueue,
     /// Write keys accepted by the Segment-shaped endpoints.
     pub write_keys: Vec<String>,
 }
 
 impl Application {
     /// Binds `address` (for example `127.0.0.1:8080`, or `127.0.0.1:0` for a free port) and
-    /// prepares the server.
+    /// prepares the server. Must be called within a Tokio runtime, which runs the committing
+    /// task.
     pub fn build(ingestor: Ingestor, address: &str) -> std::io::Result<Self> {
         Self::build_with_write_keys(ingestor, address, Vec::new())
     }
@@ -50,7 +53,7 @@ impl Application {
         let listener = TcpListener::bind(address)?;
         let port = listener.local_addr()?.port();
         let state = Data::new(AppState {
-            ingestor,
+            commits: CommitQueue::start(ingestor),
             write_keys,
         });
         let server = HttpServer::new(move || {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use patron::ingest::{Ingestor, RecordOutcome};
+use patron::ingest::{CommitQueue, Incoming, Ingestor, RecordOutcome};
 use patron_domain::customer::CustomerId;
 use patron_domain::events::{CustomerMerged, CustomerMergedInto, TouchpointRecorded};
 use patron_domain::identity::{IdentityRules, SkipReason};
@@ -517,6 +517,140 @@ async fn the_log_keeps_the_order_of_a_batchs_records_across_customers(t: &TestSt
     );
 }
 
+async fn batches_committed_together_are_each_answered_as_their_own(t: &TestStore) {
+    let ing = ingestor(t);
+    let first = record("store_visited", "store", json!({"phone": "13912340001"}));
+    let bad = json!({"type": "store_visited"});
+    let second = vec![
+        first.clone(),
+        record("screen_viewed", "app", json!({"email": "b@example.cn"})),
+        bad,
+        // Ties the email's customer to the phone's: one merge, answered in the second batch.
+        record(
+            "custom",
+            "web",
+            json!({"phone": "13912340001", "email": "b@example.cn"}),
+        ),
+    ];
+    let prepare =
+        |records: &[Value]| ing.prepare(texts(records).into_iter().map(Incoming::json).collect());
+    let reports = ing
+        .commit_group(vec![prepare(&[first]), prepare(&second)])
+        .await
+        .unwrap();
+    assert_eq!(reports.len(), 2);
+    let (a, b) = (&reports[0], &reports[1]);
+    assert_eq!(
+        (a.records.len(), a.accepted, a.new_customers, a.merges),
+        (1, 1, 1, 0)
+    );
+    assert_eq!(
+        (b.records.len(), b.accepted, b.duplicates, b.rejected),
+        (4, 2, 1, 1)
+    );
+    assert_eq!((b.new_customers, b.merges), (1, 1));
+    // The repeat of the first batch's record points at where that one was stored.
+    let RecordOutcome::Accepted { position, .. } = a.records[0] else {
+        panic!("{a:?}")
+    };
+    assert!(matches!(b.records[0], RecordOutcome::Duplicate { position: p, .. } if p == position));
+    assert!(matches!(b.records[2], RecordOutcome::Rejected { .. }));
+    assert_eq!(customer_of(&b.records[3]), customer_of(&a.records[0]));
+    assert_eq!(t.store.quarantined(0, 10).await.unwrap().len(), 1);
+}
+
+async fn concurrent_callers_of_a_commit_queue_get_their_own_answers(t: &TestStore) {
+    let queue = CommitQueue::start(ingestor(t));
+    let mut callers = Vec::new();
+    for c in 0..8 {
+        let queue = queue.clone();
+        callers.push(tokio::spawn(async move {
+            let records: Vec<Value> = (0..25)
+                .map(|n| {
+                    record(
+                        "store_visited",
+                        "store",
+                        json!({"member_id": format!("M-{c}-{n}")}),
+                    )
+                })
+                .collect();
+            let ids: Vec<String> = records
+                .iter()
+                .map(|r| r["event_id"].as_str().unwrap().to_owned())
+                .collect();
+            let incoming = texts(&records).into_iter().map(Incoming::json).collect();
+            (ids, queue.ingest(incoming).await.unwrap())
+        }));
+    }
+    let mut positions = BTreeSet::new();
+    for caller in callers {
+        let (ids, report) = caller.await.unwrap();
+        assert_eq!((report.accepted, report.new_customers), (25, 25));
+        for (id, answer) in ids.iter().zip(&report.records) {
+            let RecordOutcome::Accepted {
+                event_id, position, ..
+            } = answer
+            else {
+                panic!("{answer:?}")
+            };
+            assert_eq!(&event_id.to_string(), id, "answers in the caller's order");
+            positions.insert(*position);
+        }
+    }
+    assert_eq!(positions, (1..=200).collect(), "every record stored once");
+    assert_eq!(t.store.identity_counts().await.unwrap().0, 200);
+    // Events of one transaction share their recorded time.
+    let commits: BTreeSet<_> = t
+        .store
+        .read_all(0, 200)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.recorded_at)
+        .collect();
+    assert!(
+        commits.len() < 8,
+        "callers waiting together share a commit: {} commits",
+        commits.len()
+    );
+}
+
+async fn a_failed_grouped_commit_fails_its_callers_and_stores_nothing(t: &TestStore) {
+    let queue = CommitQueue::start(ingestor(t));
+    let before = t.store.head().await.unwrap();
+    // A closed store fails every commit.
+    let closed = t.reopen().await;
+    closed.close().await;
+    let failing = CommitQueue::start(Ingestor::new(
+        closed,
+        IdentityRules::default(),
+        b"test identity key",
+    ));
+    let incoming = texts(&[record(
+        "store_visited",
+        "store",
+        json!({"phone": "13912340001"}),
+    )])
+    .into_iter()
+    .map(Incoming::json)
+    .collect();
+    let err = failing.ingest(incoming).await.unwrap_err();
+    assert!(!err.code().is_empty(), "a stable code: {err}");
+    assert!(err.to_string().contains("not stored"), "{err}");
+    assert_eq!(t.store.head().await.unwrap(), before);
+    // The queue goes on after a failure of another queue's store.
+    let ok = queue
+        .ingest(
+            texts(&[record("custom", "web", json!({"email": "x@example.cn"}))])
+                .into_iter()
+                .map(Incoming::json)
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.accepted, 1);
+}
+
 crate::on_both_stores!(
     the_same_phone_in_pos_and_app_is_one_customer,
     a_family_tablet_shared_by_two_phones_is_two_customers,
@@ -528,4 +662,7 @@ crate::on_both_stores!(
     parallel_batches_merging_the_same_customers_lose_nothing,
     the_demo_data_set_is_unified_exactly_as_its_people,
     the_log_keeps_the_order_of_a_batchs_records_across_customers,
+    batches_committed_together_are_each_answered_as_their_own,
+    concurrent_callers_of_a_commit_queue_get_their_own_answers,
+    a_failed_grouped_commit_fails_its_callers_and_stores_nothing,
 );

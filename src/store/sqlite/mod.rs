@@ -7,6 +7,8 @@ mod raw;
 
 use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,7 +23,9 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection};
 use tokio::runtime::RuntimeFlavor;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use self::raw::{RawDb, RawError, Statement};
@@ -35,12 +39,17 @@ use super::{to_i64, to_u64, AppendOutcome, EventRef};
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Page cache of the writing connection (negative: KiB); it holds the hot index pages.
-const WRITER_CACHE: &str = "-65536";
+const WRITER_CACHE: &str = "-262144";
 /// Page cache of each reading connection (negative: KiB).
 const READER_CACHE: &str = "-16384";
-/// WAL pages between automatic checkpoints. Appends touch index pages at random; a longer WAL
-/// lets a page rewritten by many commits be copied back to the database once.
-const WAL_CHECKPOINT_PAGES: &str = "20000";
+/// WAL pages written between background checkpoints. Appends touch index pages at random; a
+/// longer WAL lets a page rewritten by many commits be copied back to the database once.
+const CHECKPOINT_EVERY_PAGES: i64 = 20_000;
+/// WAL pages at which the writer checkpoints by itself, should the background checkpoints fall
+/// behind: a bound on the WAL's size (4 KiB pages).
+const WAL_LIMIT_PAGES: &str = "100000";
+/// Size the WAL file is cut back to after a checkpoint empties it.
+const WAL_KEEP_BYTES: &str = "67108864";
 
 const SELECT_EVENTS: &str = "SELECT e.position, e.event_id, s.stream_id, e.stream_version, \
      e.event_type, e.schema_version, e.occurred_at, e.recorded_at, e.payload, e.source, \
@@ -68,6 +77,56 @@ const HEAD: &str = "SELECT coalesce(max(position), 0) FROM events";
 pub(crate) struct SqliteLog {
     writer: SqlitePool,
     reader: SqlitePool,
+    checkpoints: Checkpoints,
+}
+
+/// Copies the WAL back into the database file on a connection of its own, so that the writer
+/// does not stop for it (a checkpoint writes and syncs tens of megabytes). The writer asks for
+/// one every [`CHECKPOINT_EVERY_PAGES`] pages it writes; the task ends when the last clone of
+/// the log is dropped.
+#[derive(Clone)]
+struct Checkpoints {
+    request: tokio::sync::mpsc::Sender<()>,
+    /// Pages the writer had written when it last asked.
+    asked_at: Arc<AtomicI64>,
+}
+
+impl Checkpoints {
+    async fn start(options: &SqliteConnectOptions) -> Result<Self> {
+        let mut conn = options.connect().await?;
+        let (request, mut requests) = tokio::sync::mpsc::channel::<()>(1);
+        tokio::spawn(async move {
+            while requests.recv().await.is_some() {
+                let run = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&mut conn)
+                    .instrument(tracing::debug_span!("sqlite.checkpoint"))
+                    .await;
+                if let Err(err) = run {
+                    tracing::warn!(error = %err, "background checkpoint failed");
+                }
+            }
+            let _ = conn.close().await;
+        });
+        Ok(Self {
+            request,
+            asked_at: Arc::new(AtomicI64::new(0)),
+        })
+    }
+
+    /// Asks for a checkpoint if the writer wrote enough pages since it last asked. Called under
+    /// the write lock, so with the pages of every earlier commit counted.
+    fn note(&self, db: &RawDb<'_>) {
+        let written = db.pages_written();
+        let asked_at = self.asked_at.load(Ordering::Relaxed);
+        if written < asked_at {
+            // The writer's connection was reopened: its count started again.
+            self.asked_at.store(written, Ordering::Relaxed);
+        } else if written - asked_at >= CHECKPOINT_EVERY_PAGES {
+            self.asked_at.store(written, Ordering::Relaxed);
+            // Full means a checkpoint is already waiting; it will cover these pages too.
+            let _ = self.request.try_send(());
+        }
+    }
 }
 
 impl From<RawError> for StoreError {
@@ -317,7 +376,8 @@ impl SqliteLog {
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false)
             .pragma("temp_store", "memory")
-            .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES);
+            .pragma("wal_autocheckpoint", WAL_LIMIT_PAGES)
+            .pragma("journal_size_limit", WAL_KEEP_BYTES);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -326,11 +386,16 @@ impl SqliteLog {
             .connect_with(options.clone().pragma("cache_size", WRITER_CACHE))
             .await?;
         MIGRATOR.run(&writer).await?;
+        let checkpoints = Checkpoints::start(&options).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(options.pragma("cache_size", READER_CACHE))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            checkpoints,
+        })
     }
 
     pub(crate) async fn close(&self) {
@@ -343,6 +408,7 @@ impl SqliteLog {
         let outcome = {
             let mut handle = tx.lock_handle().await?;
             let db = RawDb::new(&mut handle);
+            self.checkpoints.note(&db);
             blocking(|| write_commit(&db, appends, None, None))?
         };
         if outcome.streams.iter().any(|s| {
@@ -591,6 +657,7 @@ impl SqliteLog {
         let result = {
             let mut handle = tx.lock_handle().await?;
             let db = RawDb::new(&mut handle);
+            self.checkpoints.note(&db);
             blocking(|| -> Result<(AppendOutcome, Vec<u64>, T)> {
                 let quarantined = insert_quarantine(&db, quarantine)?;
                 let stored: HashMap<EventId, EventRef> = find_events(&db, event_ids)?

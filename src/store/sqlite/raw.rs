@@ -106,6 +106,26 @@ impl<'c> RawDb<'c> {
         // SAFETY: the handle is open and locked for us.
         unsafe { ffi::sqlite3_last_insert_rowid(self.db.as_ptr()) }
     }
+
+    /// Pages this connection has written to the database or its WAL since it was opened.
+    pub fn pages_written(&self) -> i64 {
+        let (mut current, mut highest) = (0, 0);
+        // SAFETY: the handle is open and locked for us; SQLite writes the two integers.
+        let rc = unsafe {
+            ffi::sqlite3_db_status(
+                self.db.as_ptr(),
+                ffi::SQLITE_DBSTATUS_CACHE_WRITE,
+                &mut current,
+                &mut highest,
+                0,
+            )
+        };
+        if rc == ffi::SQLITE_OK {
+            i64::from(current)
+        } else {
+            0
+        }
+    }
 }
 
 /// A prepared statement, finalized when dropped.
