@@ -501,6 +501,8 @@ pub async fn run_http_bench(
         store,
         patron_domain::identity::IdentityRules::default(),
         uuid::Uuid::new_v4().as_bytes(),
+        patron_domain::privacy::MasterKey::parse(&patron_domain::privacy::MasterKey::generate())
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     let app = crate::server::Application::build(ingestor, "127.0.0.1:0")
         .context("cannot bind a port on 127.0.0.1")?;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use patron_domain::privacy::MasterKey;
 
 use crate::bench::{run_http_bench, run_read_bench, run_store_bench, Spread, StoreBenchConfig};
 use crate::demo::{generate_people, run_demo, DemoConfig};
@@ -38,6 +39,11 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub identity_key: Option<String>,
+    /// The key that wraps every customer's key (32 bytes as base64 or 64 hex digits; make one
+    /// with `patron keys master`). Without it, a key generated on first use is kept in the
+    /// store (fine for a trial, not for production). See `docs/privacy.md`.
+    #[arg(long, global = true, env = "PATRON_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -297,19 +303,27 @@ impl Cli {
     /// An ingestor on the chosen store, rules and key.
     pub async fn ingestor(&self) -> Result<Ingestor> {
         let rules = self.rules()?;
-        let store = open(&self.database_url).await?;
-        match &self.identity_key {
-            Some(key) => {
-                anyhow::ensure!(
-                    key.len() >= 16,
-                    "the identity key must be at least 16 bytes long"
-                );
-                Ok(Ingestor::new(store, rules, key.as_bytes()))
-            }
-            None => Ingestor::with_stored_key(store, rules)
-                .await
-                .context("cannot read the identity key kept in the store"),
+        if let Some(key) = &self.identity_key {
+            anyhow::ensure!(
+                key.len() >= 16,
+                "the identity key must be at least 16 bytes long"
+            );
         }
+        let master = self
+            .master_key
+            .as_deref()
+            .map(MasterKey::parse)
+            .transpose()
+            .context("PATRON_MASTER_KEY (--master-key)")?;
+        let store = open(&self.database_url).await?;
+        Ingestor::with_keys(
+            store,
+            rules,
+            self.identity_key.as_deref().map(str::as_bytes),
+            master,
+        )
+        .await
+        .context("cannot read the keys kept in the store")
     }
 }
 

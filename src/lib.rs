@@ -5,6 +5,8 @@
 //! # Layout
 //!
 //! - [`store`]: the append-only event log on SQLite (embedded default) or PostgreSQL.
+//! - [`ingest`], [`import`], [`server`]: touchpoints in, resolved to customers.
+//! - [`privacy`]: opening sealed personal data, erasure, quarantine expiry.
 //! - [`bench`]: the `patron bench` workloads whose figures go into `docs/benchmarks.md`.
 //! - [`cli`]: the `patron` command line.
 //! - [`telemetry`]: tracing set-up.
@@ -17,6 +19,7 @@ pub mod cli;
 pub mod demo;
 pub mod import;
 pub mod ingest;
+pub mod privacy;
 pub mod server;
 pub mod store;
 pub mod telemetry;

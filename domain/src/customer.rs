@@ -30,6 +30,15 @@ impl CustomerId {
         self.0
     }
 
+    /// The customer whose history a stream holds, if it is a customer stream.
+    pub fn from_stream(stream: &StreamId) -> Option<Self> {
+        stream
+            .as_str()
+            .strip_prefix("customer-")
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .map(Self)
+    }
+
     /// The event stream holding this customer's history: `customer-<id>`.
     pub fn stream_id(&self) -> StreamId {
         StreamId::trusted(format!("customer-{}", self.0))

@@ -6,23 +6,28 @@ use serde_json::{Map, Value};
 use crate::customer::CustomerId;
 use crate::event_log::{EnvelopeError, EventId, NewEvent};
 use crate::identifier::Identifier;
-use crate::identity::{Resolution, Skipped};
+use crate::identity::{Resolution, SkipReason, Skipped};
+use crate::privacy::{CustomerKey, PrivacyError, SealedPart, SEALED_FIELD};
 use crate::touchpoint::{Action, Channel, Touchpoint};
 
 /// Event type of [`CustomerMerged`].
 pub const CUSTOMER_MERGED: &str = "customer_merged";
 /// Event type of [`CustomerMergedInto`].
 pub const CUSTOMER_MERGED_INTO: &str = "customer_merged_into";
+/// Event type of [`CustomerErased`].
+pub const CUSTOMER_ERASED: &str = "customer_erased";
 
-/// How a touchpoint was resolved, kept with it so that its customer can be explained.
+/// How a touchpoint was resolved, kept with it so that its customer can be explained. It names
+/// identifiers by their position in the touchpoint's `identifiers`, so it holds no personal data
+/// and stays readable when the customer is erased.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolutionRecord {
     /// Whether the touchpoint started the customer.
     pub created: bool,
-    /// Identifiers linked to the customer by this touchpoint.
-    pub linked: Vec<Identifier>,
-    /// Identifiers not linked, with the reason.
-    pub skipped: Vec<Skipped>,
+    /// Identifiers linked to the customer by this touchpoint (positions).
+    pub linked: Vec<usize>,
+    /// Identifiers not linked (positions), with the reason.
+    pub skipped: Vec<SkippedAt>,
     /// Customers merged into this one because of this touchpoint.
     pub merged: Vec<CustomerId>,
     /// The version of the identity rules that decided.
@@ -48,73 +53,147 @@ pub struct TouchpointRecorded {
     pub resolution: ResolutionRecord,
 }
 
-/// The fields of [`TouchpointRecorded`] before its resolution, borrowed for encoding.
-#[derive(Serialize)]
-struct Body<'a> {
-    channel: Channel,
-    source: &'a str,
-    identifiers: &'a [Identifier],
-    action: &'a Action,
-    #[serde(skip_serializing_if = "Map::is_empty")]
-    properties: &'a Map<String, Value>,
+/// An identifier of a touchpoint, by position, that was not linked, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedAt {
+    /// Its position in the touchpoint's `identifiers`.
+    pub identifier: usize,
+    /// Why.
+    #[serde(flatten)]
+    pub reason: SkipReason,
 }
 
-/// A touchpoint's stored form, encoded up to its resolution. Encoding is most of the work of
-/// storing a touchpoint and needs no database, so it happens before the write lock is taken;
-/// under the lock only the small [`ResolutionRecord`] is added.
+impl TouchpointRecorded {
+    /// The identifiers this touchpoint linked to its customer.
+    pub fn linked(&self) -> Vec<&Identifier> {
+        self.resolution
+            .linked
+            .iter()
+            .filter_map(|&i| self.identifiers.get(i))
+            .collect()
+    }
+
+    /// The identifiers this touchpoint carried but did not link, with the reason.
+    pub fn skipped(&self) -> Vec<Skipped> {
+        self.resolution
+            .skipped
+            .iter()
+            .filter_map(|s| {
+                self.identifiers
+                    .get(s.identifier)
+                    .map(|identifier| Skipped {
+                        identifier: identifier.clone(),
+                        reason: s.reason.clone(),
+                    })
+            })
+            .collect()
+    }
+}
+
+/// The members of a stored touchpoint that stay readable: no personal data.
+#[derive(Serialize)]
+struct ClearBody<'a> {
+    channel: Channel,
+    source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'a Action>,
+}
+
+/// The members of a stored touchpoint that are sealed before resolution.
+#[derive(Serialize)]
+struct PersonalBody<'a> {
+    identifiers: &'a [Identifier],
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    properties: &'a Map<String, Value>,
+    /// Traits are personal: a traits update's action is sealed whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'a Action>,
+}
+
+/// A touchpoint's stored form, encoded up to its resolution. Encoding and sealing are most of
+/// the work of storing a touchpoint and need no database, so they happen before the write lock
+/// is taken; under the lock only the small [`ResolutionRecord`] is sealed and the event key is
+/// wrapped with the customer's key (see [`crate::privacy`]).
+///
+/// Opened ([`crate::privacy::open_payload`]), the payload reads as [`TouchpointRecorded`].
 #[derive(Clone, Debug)]
 pub struct EncodedTouchpoint {
-    /// A JSON object's text without its closing brace; it always holds at least one member.
+    /// The clear members as a JSON object's text without its closing brace; it always holds
+    /// at least one member.
     open: String,
+    /// Identifiers, properties and traits.
+    personal: SealedPart,
 }
 
 impl EncodedTouchpoint {
-    /// Encodes everything of `touchpoint` that is stored, except how it was resolved.
-    pub fn new(touchpoint: &Touchpoint) -> Result<Self, serde_json::Error> {
-        let mut open = serde_json::to_string(&Body {
+    /// Encodes everything of `touchpoint` that is stored, except how it was resolved; the
+    /// personal part is sealed under a fresh event key.
+    pub fn new(touchpoint: &Touchpoint) -> Result<Self, PrivacyError> {
+        let traits = matches!(touchpoint.action, Action::TraitsUpdated(_));
+        let mut open = serde_json::to_string(&ClearBody {
             channel: touchpoint.channel,
             source: &touchpoint.source,
-            identifiers: &touchpoint.identifiers,
-            action: &touchpoint.action,
-            properties: &touchpoint.properties,
-        })?;
+            action: (!traits).then_some(&touchpoint.action),
+        })
+        .map_err(|e| PrivacyError::Malformed(e.to_string()))?;
         // A struct serializes as `{...}`; dropping the brace leaves room for one more member.
         open.pop();
-        Ok(Self { open })
+        // A struct serializes as a JSON object.
+        let personal = serde_json::to_vec(&PersonalBody {
+            identifiers: &touchpoint.identifiers,
+            properties: &touchpoint.properties,
+            action: traits.then_some(&touchpoint.action),
+        })
+        .map_err(|e| PrivacyError::Malformed(e.to_string()))?;
+        Ok(Self {
+            open,
+            personal: SealedPart::seal_json(&personal)?,
+        })
     }
 
-    /// The stored event: the touchpoint with its resolution, under the action's event type.
+    /// The stored event: the touchpoint with its resolution, under the action's event type,
+    /// its personal part sealed for `customer`, the customer whose stream it goes to.
     pub fn into_event(
         self,
         event_type: &str,
         resolution: &ResolutionRecord,
+        customer: &CustomerKey,
     ) -> Result<NewEvent, EnvelopeError> {
+        let invalid = |reason: String| EnvelopeError::InvalidPayload {
+            event_type: event_type.to_owned(),
+            reason,
+        };
+        let sealed = self
+            .personal
+            .finish(None, customer)
+            .map_err(|e| invalid(e.to_string()))?;
         let mut payload = self.open;
         payload.push_str(",\"resolution\":");
-        let tail =
-            serde_json::to_string(resolution).map_err(|e| EnvelopeError::InvalidPayload {
-                event_type: event_type.to_owned(),
-                reason: e.to_string(),
-            })?;
-        payload.push_str(&tail);
+        payload.push_str(&serde_json::to_string(resolution).map_err(|e| invalid(e.to_string()))?);
+        payload.push_str(",\"");
+        payload.push_str(SEALED_FIELD);
+        payload.push_str("\":");
+        payload.push_str(&sealed.to_json());
         payload.push('}');
         NewEvent::encoded(event_type.to_owned(), payload)
     }
 }
 
 impl ResolutionRecord {
-    /// The record of `resolution`, decided on pseudonyms; `reveal` maps them back to the
-    /// touchpoint's identifiers.
-    pub fn of(resolution: &Resolution, reveal: impl Fn(&Identifier) -> Identifier) -> Self {
+    /// The record of `resolution`, decided on pseudonyms; `position` finds a pseudonym's place
+    /// in the touchpoint's identifiers.
+    pub fn of(resolution: &Resolution, position: impl Fn(&Identifier) -> Option<usize>) -> Self {
         Self {
             created: resolution.created,
-            linked: resolution.links.iter().map(&reveal).collect(),
+            linked: resolution.links.iter().filter_map(&position).collect(),
             skipped: resolution
                 .skipped
                 .iter()
-                .map(|s| Skipped {
-                    identifier: reveal(&s.identifier),
-                    reason: s.reason.clone(),
+                .filter_map(|s| {
+                    position(&s.identifier).map(|identifier| SkippedAt {
+                        identifier,
+                        reason: s.reason.clone(),
+                    })
                 })
                 .collect(),
             merged: resolution.merges.iter().map(|m| m.absorbed).collect(),
@@ -149,10 +228,19 @@ pub struct CustomerMergedInto {
     pub rules_version: u32,
 }
 
+/// On the live customer's stream: the customer was erased. Their keys are destroyed, so the
+/// personal part of every event of theirs reads as erased; the events themselves stay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerErased {
+    /// Every customer whose key was destroyed: this one and those merged into it.
+    pub customers: Vec<CustomerId>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::{IdentityRules, SkipReason};
+    use crate::identity::IdentityRules;
+    use crate::privacy::{open_payload, MasterKey};
     use crate::touchpoint::RawTouchpoint;
     use serde_json::json;
 
@@ -179,22 +267,46 @@ mod tests {
             }],
             rules_version: 3,
         };
+        let master = MasterKey::parse(&MasterKey::generate()).unwrap();
+        let (key, _) = master.new_customer_key();
         let event = EncodedTouchpoint::new(&touchpoint)
             .unwrap()
             .into_event(
                 touchpoint.action.event_type(),
-                &ResolutionRecord::of(&resolution, Clone::clone),
+                &ResolutionRecord::of(&resolution, |p| {
+                    touchpoint.identifiers.iter().position(|i| i == p)
+                }),
+                &key,
             )
             .unwrap();
         assert_eq!(event.event_type(), "store_visited");
-        let stored: TouchpointRecorded = serde_json::from_str(event.payload()).unwrap();
+        assert!(
+            !event.payload().contains("13912340001") && !event.payload().contains("tablet"),
+            "identifiers are sealed: {}",
+            event.payload()
+        );
+        let payload: Value = serde_json::from_str(event.payload()).unwrap();
+        assert_eq!(
+            payload["action"]["store_id"], "SH-1",
+            "what happened stays readable"
+        );
+        let opened = open_payload(payload.clone(), Some(&key)).unwrap();
+        let stored: TouchpointRecorded = serde_json::from_value(opened).unwrap();
+        let erased = open_payload(payload, None).unwrap();
+        assert_eq!(erased["erased"], true);
+        assert!(erased.get("identifiers").is_none());
         assert_eq!(stored.channel, touchpoint.channel);
         assert_eq!(stored.source, "wifi");
         assert_eq!(stored.identifiers, touchpoint.identifiers);
         assert_eq!(stored.action, touchpoint.action);
         assert_eq!(stored.properties.get("floor"), Some(&json!(2)));
-        assert_eq!(stored.resolution.linked, resolution.links);
-        assert_eq!(stored.resolution.skipped, resolution.skipped);
+        assert_eq!(stored.linked(), vec![&resolution.links[0]]);
+        assert_eq!(stored.skipped(), resolution.skipped);
+        assert_eq!(
+            erased["resolution"]["linked"],
+            json!([1]),
+            "readable when erased"
+        );
         assert!(stored.resolution.created);
         assert_eq!(stored.resolution.rules_version, 3);
     }

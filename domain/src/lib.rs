@@ -5,12 +5,14 @@
 //! - [`event_log`]: the envelope every domain event travels in (ids, streams, versions,
 //!   metadata), shared by the event store, the projections and the API.
 //! - [`upcast`]: the hook that brings events written in an old shape up to the current one.
+//! - [`privacy`]: per-customer keys and the sealing of events' personal data.
 
 pub mod customer;
 pub mod event_log;
 pub mod events;
 pub mod identifier;
 pub mod identity;
+pub mod privacy;
 pub mod pseudonym;
 pub mod touchpoint;
 pub mod upcast;

@@ -25,6 +25,7 @@ use patron_domain::events::{
 };
 use patron_domain::identifier::Identifier;
 use patron_domain::identity::{IdentityRules, IdentityView, Resolver};
+use patron_domain::privacy::{seal_members, CustomerKey, MasterKey};
 use patron_domain::pseudonym::Pseudonymizer;
 use patron_domain::touchpoint::{RawTouchpoint, Rejection, RejectionCode, Touchpoint};
 use patron_domain::{
@@ -44,6 +45,10 @@ use crate::store::{
 
 /// The name of the setting holding a generated identity key.
 const IDENTITY_KEY_SETTING: &str = "identity_key";
+/// The personal members of merge events.
+const EVIDENCE: &[&str] = &["evidence"];
+/// The name of the setting holding a generated master key.
+const MASTER_KEY_SETTING: &str = "master_key";
 
 /// What went wrong with a whole batch (single records are answered, not failed).
 #[derive(Debug, Error)]
@@ -130,6 +135,7 @@ pub struct Ingestor {
     rules: Arc<IdentityRules>,
     pseudonymous_rules: Arc<IdentityRules>,
     pseudonymizer: Pseudonymizer,
+    master: MasterKey,
     actor: String,
 }
 
@@ -215,20 +221,19 @@ enum Planned {
 #[derive(Default)]
 struct Appends {
     streams: Vec<StreamId>,
-    index: HashMap<StreamId, usize>,
+    index: rustc_hash::FxHashMap<CustomerId, usize>,
     events: Vec<Vec<NewEvent>>,
     order: Vec<usize>,
 }
 
 impl Appends {
     fn push(&mut self, customer: CustomerId, event: NewEvent) {
-        let stream = customer.stream_id();
-        let index = match self.index.get(&stream) {
+        let index = match self.index.get(&customer) {
             Some(i) => *i,
             None => {
                 let i = self.streams.len();
-                self.index.insert(stream.clone(), i);
-                self.streams.push(stream);
+                self.index.insert(customer, i);
+                self.streams.push(customer.stream_id());
                 self.events.push(Vec::new());
                 i
             }
@@ -248,15 +253,73 @@ impl Appends {
     }
 }
 
-fn encode(event_type: &str, payload: &impl Serialize) -> Result<NewEvent, StoreError> {
-    NewEvent::new(event_type, payload).map_err(|e| StoreError::Abandoned {
+/// An event whose `personal` members are sealed for `key`'s customer.
+fn sealed(
+    event_type: &str,
+    payload: &impl Serialize,
+    personal: &[&str],
+    key: &CustomerKey,
+) -> Result<NewEvent, StoreError> {
+    let cannot = |e: String| StoreError::Abandoned {
         reason: format!("cannot encode {event_type}: {e}"),
-    })
+    };
+    let value = serde_json::to_value(payload).map_err(|e| cannot(e.to_string()))?;
+    let value = seal_members(value, personal, key).map_err(|e| cannot(e.to_string()))?;
+    NewEvent::new(event_type, &value).map_err(|e| cannot(e.to_string()))
+}
+
+/// The customer keys a commit needs: read under the write lock, unwrapped once each, and made
+/// for customers that have none (new ones).
+struct KeyRing<'a> {
+    master: &'a MasterKey,
+    wrapped: HashMap<CustomerId, Vec<u8>>,
+    open: rustc_hash::FxHashMap<CustomerId, CustomerKey>,
+    made: Vec<(CustomerId, Vec<u8>)>,
+}
+
+impl<'a> KeyRing<'a> {
+    fn new(master: &'a MasterKey, wrapped: HashMap<CustomerId, Vec<u8>>) -> Self {
+        Self {
+            master,
+            wrapped,
+            open: rustc_hash::FxHashMap::default(),
+            made: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, customer: CustomerId) -> Result<&CustomerKey, StoreError> {
+        if !self.open.contains_key(&customer) {
+            let key = match self.wrapped.remove(&customer) {
+                Some(wrapped) => {
+                    self.master
+                        .unwrap(&wrapped)
+                        .map_err(|e| StoreError::Abandoned {
+                            reason: format!(
+                                "the key of customer {customer} does not open with the master key \
+                                 given ({e}): is it the key this store was written with?"
+                            ),
+                        })?
+                }
+                None => {
+                    let (key, wrapped) = self.master.new_customer_key();
+                    self.made.push((customer, wrapped));
+                    key
+                }
+            };
+            self.open.insert(customer, key);
+        }
+        self.open
+            .get(&customer)
+            .ok_or_else(|| StoreError::Abandoned {
+                reason: format!("the key of customer {customer} vanished"),
+            })
+    }
 }
 
 impl Ingestor {
-    /// An ingestor writing to `store` under `rules`, pseudonymizing identifiers with `key`.
-    pub fn new(store: EventStore, rules: IdentityRules, key: &[u8]) -> Self {
+    /// An ingestor writing to `store` under `rules`, pseudonymizing identifiers with `key` and
+    /// wrapping customer keys with `master`.
+    pub fn new(store: EventStore, rules: IdentityRules, key: &[u8], master: MasterKey) -> Self {
         let pseudonymizer = Pseudonymizer::new(key);
         let pseudonymous_rules = Arc::new(pseudonymizer.rules(&rules));
         Self {
@@ -264,21 +327,47 @@ impl Ingestor {
             rules: Arc::new(rules),
             pseudonymous_rules,
             pseudonymizer,
+            master,
             actor: "ingestion".into(),
         }
     }
 
-    /// An ingestor whose identity key is the one kept in the store, generated on first use.
-    /// Production deployments give the key in configuration instead (see `docs/ingestion.md`).
-    pub async fn with_stored_key(
+    /// An ingestor with the keys given, and for those not given (`None`), the ones kept in the
+    /// store, generated on first use. Keys kept beside the data are fine for a trial, not for
+    /// production, which gives both in configuration (see `docs/privacy.md`).
+    pub async fn with_keys(
         store: EventStore,
         rules: IdentityRules,
+        identity_key: Option<&[u8]>,
+        master: Option<MasterKey>,
     ) -> Result<Self, StoreError> {
-        let generated = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-        let key = store
-            .setting_or_insert(IDENTITY_KEY_SETTING, &generated)
-            .await?;
-        Ok(Self::new(store, rules, key.as_bytes()))
+        let identity_key = match identity_key {
+            Some(key) => key.to_vec(),
+            None => {
+                let generated = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+                store
+                    .setting_or_insert(IDENTITY_KEY_SETTING, &generated)
+                    .await?
+                    .into_bytes()
+            }
+        };
+        let master = match master {
+            Some(master) => master,
+            None => {
+                let text = store
+                    .setting_or_insert(MASTER_KEY_SETTING, &MasterKey::generate())
+                    .await?;
+                MasterKey::parse(&text).map_err(|e| StoreError::Abandoned {
+                    reason: format!("the master key kept in the store: {e}"),
+                })?
+            }
+        };
+        Ok(Self::new(store, rules, &identity_key, master))
+    }
+
+    /// The master key customer keys are wrapped with.
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master
     }
 
     /// Names who appends (an API key's name, `import:<file>`), recorded in every event's metadata.
@@ -428,6 +517,7 @@ impl Ingestor {
                     field: r.field.clone(),
                     reason: r.reason.clone(),
                     record: text,
+                    expired_at: None,
                 }),
                 Parsed::Valid(..) => None,
             })
@@ -505,6 +595,11 @@ impl Ingestor {
             }
             report.records.push(answer);
         }
+        // Freeing a batch takes a while; the next commit need not wait for it.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || drop(parsed))),
+            Err(_) => drop(parsed),
+        }
         Ok(reports)
     }
 
@@ -515,6 +610,7 @@ impl Ingestor {
         snapshot: crate::store::IdentitySnapshot,
     ) -> Result<IdentityCommit<Decisions>, StoreError> {
         let mut graph = snapshot.graph;
+        let mut ring = KeyRing::new(&self.master, snapshot.customer_keys);
         let resolver = Resolver::new(&self.pseudonymous_rules);
         let mut appends = Appends::default();
         let mut changes = IdentityChanges::default();
@@ -557,14 +653,18 @@ impl Ingestor {
                 reason: format!("touchpoint {} was decided twice", touchpoint.event_id),
             })?;
             let event = body
-                .into_event(event_type, &ResolutionRecord::of(&resolution, reveal))
+                .into_event(
+                    event_type,
+                    &ResolutionRecord::of(&resolution, |p| keys.iter().position(|k| k == p)),
+                    ring.get(customer)?,
+                )
                 .map_err(|e| StoreError::Abandoned {
                     reason: format!("cannot encode {event_type}: {e}"),
                 })?;
-            let caused = Metadata {
+            let caused = (!resolution.merges.is_empty()).then(|| Metadata {
                 causation_id: Some(touchpoint.event_id.as_uuid()),
                 ..metadata.clone()
-            };
+            });
             appends.push(
                 customer,
                 event
@@ -572,11 +672,12 @@ impl Ingestor {
                     .occurred_at(touchpoint.occurred_at)
                     .with_metadata(std::mem::take(metadata)),
             );
+            let caused = caused.unwrap_or_default();
             for merge in &resolution.merges {
                 let evidence: Vec<Identifier> = merge.evidence.iter().map(reveal).collect();
                 appends.push(
                     customer,
-                    encode(
+                    sealed(
                         CUSTOMER_MERGED,
                         &CustomerMerged {
                             absorbed: merge.absorbed,
@@ -584,13 +685,15 @@ impl Ingestor {
                             cause: touchpoint.event_id,
                             rules_version: resolution.rules_version,
                         },
+                        EVIDENCE,
+                        ring.get(customer)?,
                     )?
                     .occurred_at(touchpoint.occurred_at)
                     .with_metadata(caused.clone()),
                 );
                 appends.push(
                     merge.absorbed,
-                    encode(
+                    sealed(
                         CUSTOMER_MERGED_INTO,
                         &CustomerMergedInto {
                             survivor: customer,
@@ -598,6 +701,8 @@ impl Ingestor {
                             cause: touchpoint.event_id,
                             rules_version: resolution.rules_version,
                         },
+                        EVIDENCE,
+                        ring.get(merge.absorbed)?,
                     )?
                     .occurred_at(touchpoint.occurred_at)
                     .with_metadata(caused.clone()),
@@ -631,6 +736,7 @@ impl Ingestor {
                 *customer = graph.resolve_customer(*customer);
             }
         }
+        changes.new_keys = ring.made;
         let (appends, order) = appends.into_commit();
         Ok(IdentityCommit {
             appends,

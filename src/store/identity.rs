@@ -20,6 +20,8 @@ pub struct IdentitySnapshot {
     /// The stored identity graph around the requested pseudonyms: their holders, and every
     /// pseudonym those customers hold.
     pub graph: IdentityGraph,
+    /// The wrapped keys of the graph's customers that have one.
+    pub customer_keys: HashMap<CustomerId, Vec<u8>>,
 }
 
 /// Changes to the identity index.
@@ -29,6 +31,8 @@ pub struct IdentityChanges {
     pub merges: Vec<(CustomerId, CustomerId)>,
     /// Pseudonyms newly held, and by whom (after the merges).
     pub links: Vec<(Identifier, CustomerId)>,
+    /// Keys made for customers, wrapped by the master key.
+    pub new_keys: Vec<(CustomerId, Vec<u8>)>,
 }
 
 impl IdentityChanges {
@@ -54,7 +58,7 @@ impl IdentityChanges {
 
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.merges.is_empty() && self.links.is_empty()
+        self.merges.is_empty() && self.links.is_empty() && self.new_keys.is_empty()
     }
 }
 
@@ -88,8 +92,25 @@ pub struct QuarantinedRecord {
     pub field: String,
     /// What is wrong.
     pub reason: String,
-    /// The record as received.
+    /// The record as received; empty once expired.
     pub record: String,
+    /// When the record's text expired (was blanked), if it has.
+    pub expired_at: Option<DateTime<Utc>>,
+}
+
+/// What an erasure did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Erasure {
+    /// The live customer erased.
+    pub customer: CustomerId,
+    /// Every customer whose key was destroyed: the live one and those merged into it.
+    pub keys_destroyed: Vec<CustomerId>,
+    /// Identity index entries removed.
+    pub identifiers_removed: u64,
+    /// Quarantined records removed because they held the customer's data.
+    pub quarantined_removed: u64,
+    /// The position of the erasure's event.
+    pub position: u64,
 }
 
 impl QuarantinedRecord {
@@ -128,6 +149,7 @@ mod tests {
         let changes = IdentityChanges {
             merges: vec![(b, a), (d, c), (a, c)],
             links: vec![],
+            new_keys: vec![],
         };
         assert_eq!(changes.final_merges(), vec![(b, c), (d, c), (a, c)]);
     }

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use error::{Result, StoreError};
-pub use identity::{IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord};
+pub use identity::{Erasure, IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord};
 pub use subscription::Subscription;
 
 /// Which database holds the log.
@@ -304,6 +304,48 @@ impl EventStore {
         };
         self.advance_head(outcome.head);
         Ok((outcome, quarantined, value))
+    }
+
+    /// The wrapped keys of those of `customers` that have one (an erased customer has none).
+    pub async fn customer_keys(
+        &self,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, Vec<u8>>> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.customer_keys(customers).await,
+            Backend::Postgres(b) => b.customer_keys(customers).await,
+        }
+    }
+
+    /// Erases a customer (given by any of its ids, live or merged) in one write transaction:
+    /// destroys the keys of the live customer and of every customer merged into it, removes the
+    /// live customer's identity index entries, removes the quarantined records for which
+    /// `holds_their_data` is true, and appends the event `event` makes (given the live customer
+    /// and every customer whose key is destroyed) to the live customer's stream. Deleted data
+    /// is then scrubbed from the files (SQLite: secure delete and an emptied WAL; PostgreSQL:
+    /// VACUUM of the tables concerned).
+    #[tracing::instrument(name = "store.erase", skip_all, fields(customer = %customer))]
+    pub async fn erase(
+        &self,
+        customer: CustomerId,
+        holds_their_data: &(dyn Fn(&str) -> bool + Sync),
+        event: impl FnOnce(CustomerId, &[CustomerId]) -> Result<NewEvent>,
+    ) -> Result<Erasure> {
+        let erasure = match &self.backend {
+            Backend::Sqlite(b) => b.erase(customer, holds_their_data, event).await?,
+            Backend::Postgres(b) => b.erase(customer, holds_their_data, event).await?,
+        };
+        self.advance_head(erasure.position);
+        Ok(erasure)
+    }
+
+    /// Blanks the raw text of quarantined records received before `before` (the rest of each
+    /// row stays); returns how many expired now.
+    pub async fn expire_quarantine(&self, before: DateTime<Utc>) -> Result<u64> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.expire_quarantine(before).await,
+            Backend::Postgres(b) => b.expire_quarantine(before).await,
+        }
     }
 
     /// Up to `max` quarantined records numbered after `after_id`, oldest first.

@@ -13,7 +13,8 @@ use patron_domain::customer::CustomerId;
 use patron_domain::identifier::{Identifier, IdentifierKind};
 use patron_domain::identity::resolution::IdentityGraph;
 use patron_domain::{
-    EventId, Metadata, Position, RecordedEvent, StreamAppend, StreamId, StreamVersion,
+    EventId, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent, StreamAppend, StreamId,
+    StreamVersion,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -22,7 +23,7 @@ use uuid::Uuid;
 
 use super::error::{Result, StoreError};
 use super::identity::{
-    graph_of, IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord,
+    graph_of, Erasure, IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord,
 };
 use super::plan::{self, StreamState};
 use super::{to_i64, to_u64, AppendOutcome, EventRef};
@@ -129,9 +130,12 @@ impl PostgresLog {
             .map(|r| (r.event_id, r))
             .collect();
         let graph = load_graph(&mut tx, keys).await?;
+        let customers: Vec<CustomerId> = graph.customers().collect();
+        let customer_keys = load_keys(&mut tx, &customers).await?;
         let commit = decide(IdentitySnapshot {
             stored: stored.clone(),
             graph,
+            customer_keys,
         })?;
         plan::validate(&commit.appends)?;
         write_identity_changes(&mut tx, &commit.changes).await?;
@@ -517,7 +521,29 @@ async fn load_graph(conn: &mut PgConnection, keys: &[Identifier]) -> Result<Iden
     Ok(graph_of(rows))
 }
 
-/// Writes merges (re-pointing the absorbed customers' pseudonyms and aliases) then links.
+/// The wrapped keys of those of `customers` that have one.
+async fn load_keys(
+    conn: &mut PgConnection,
+    customers: &[CustomerId],
+) -> Result<HashMap<CustomerId, Vec<u8>>> {
+    if customers.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<Uuid> = customers.iter().map(|c| c.as_uuid()).collect();
+    let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+        "SELECT customer_id, wrapped FROM customer_keys WHERE customer_id = ANY($1::uuid[])",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(c, w)| (CustomerId::from_uuid(c), w))
+        .collect())
+}
+
+/// Writes merges (re-pointing the absorbed customers' pseudonyms and aliases), links, then
+/// new customer keys.
 async fn write_identity_changes(conn: &mut PgConnection, changes: &IdentityChanges) -> Result<()> {
     if !changes.merges.is_empty() {
         // Applied at once with each absorbed customer's final survivor, which is what applying
@@ -574,18 +600,119 @@ async fn write_identity_changes(conn: &mut PgConnection, changes: &IdentityChang
         .await
         .map_err(StoreError::from_write)?;
     }
+    if !changes.new_keys.is_empty() {
+        let (customers, wrapped): (Vec<Uuid>, Vec<Vec<u8>>) = changes
+            .new_keys
+            .iter()
+            .map(|(c, w)| (c.as_uuid(), w.clone()))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO customer_keys (customer_id, wrapped) \
+             SELECT * FROM UNNEST($1::uuid[], $2::bytea[])",
+        )
+        .bind(&customers)
+        .bind(&wrapped)
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::from_write)?;
+    }
     Ok(())
 }
 
 impl PostgresLog {
+    pub(crate) async fn customer_keys(
+        &self,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, Vec<u8>>> {
+        let mut conn = self.pool.acquire().await?;
+        load_keys(&mut conn, customers).await
+    }
+
+    /// Erases a customer in one write transaction; see [`super::EventStore::erase`].
+    pub(crate) async fn erase(
+        &self,
+        customer: CustomerId,
+        holds_their_data: &(dyn Fn(&str) -> bool + Sync),
+        event: impl FnOnce(CustomerId, &[CustomerId]) -> Result<NewEvent>,
+    ) -> Result<Erasure> {
+        let mut tx = self.pool.begin().await?;
+        let head = lock_head(&mut tx).await?;
+        let survivor: Option<Uuid> =
+            sqlx::query_scalar("SELECT survivor FROM customer_aliases WHERE absorbed = $1")
+                .bind(customer.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let live = survivor.map_or(customer, CustomerId::from_uuid);
+        let absorbed: Vec<Uuid> =
+            sqlx::query_scalar("SELECT absorbed FROM customer_aliases WHERE survivor = $1")
+                .bind(live.as_uuid())
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut all = vec![live];
+        all.extend(absorbed.into_iter().map(CustomerId::from_uuid));
+        let ids: Vec<Uuid> = all.iter().map(|c| c.as_uuid()).collect();
+        sqlx::query("DELETE FROM customer_keys WHERE customer_id = ANY($1::uuid[])")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        let forgotten = sqlx::query("DELETE FROM identity_index WHERE customer_id = $1")
+            .bind(live.as_uuid())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let records: Vec<(i64, String)> = sqlx::query_as("SELECT id, record FROM quarantine")
+            .fetch_all(&mut *tx)
+            .await?;
+        let matched: Vec<i64> = records
+            .into_iter()
+            .filter(|(_, record)| holds_their_data(record))
+            .map(|(id, _)| id)
+            .collect();
+        sqlx::query("DELETE FROM quarantine WHERE id = ANY($1::bigint[])")
+            .bind(&matched)
+            .execute(&mut *tx)
+            .await?;
+        let append = StreamAppend::new(
+            live.stream_id(),
+            ExpectedVersion::Any,
+            vec![event(live, &all)?],
+        );
+        let outcome = write_appends(&mut tx, &[append], head, None, None).await?;
+        tx.commit().await?;
+        // Deleted rows stay in the table files until vacuumed.
+        sqlx::query("VACUUM customer_keys, identity_index, quarantine")
+            .execute(&self.pool)
+            .await?;
+        Ok(Erasure {
+            customer: live,
+            keys_destroyed: all,
+            identifiers_removed: forgotten,
+            quarantined_removed: matched.len() as u64,
+            position: outcome.head,
+        })
+    }
+
+    /// Blanks the text of quarantined records received before `before`; returns how many.
+    pub(crate) async fn expire_quarantine(&self, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE quarantine SET record = '', expired_at = now() \
+             WHERE received_at < $1 AND expired_at IS NULL",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("VACUUM quarantine").execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
+
     pub(crate) async fn quarantined(
         &self,
         after_id: u64,
         max: usize,
     ) -> Result<Vec<QuarantinedRecord>> {
         let rows = sqlx::query(
-            "SELECT id, received_at, source, code, field, reason, record FROM quarantine \
-             WHERE id > $1 ORDER BY id LIMIT $2",
+            "SELECT id, received_at, source, code, field, reason, record, expired_at \
+             FROM quarantine WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(to_i64(after_id))
         .bind(to_i64(max as u64))
@@ -601,6 +728,7 @@ impl PostgresLog {
                     field: row.try_get(4)?,
                     reason: row.try_get(5)?,
                     record: row.try_get(6)?,
+                    expired_at: row.try_get(7)?,
                 })
             })
             .collect()

@@ -158,3 +158,8 @@ pub fn full_metadata() -> Metadata {
         reason: Some("manual correction of a wrong merge".into()),
     }
 }
+
+/// The master key the tests' ingestors wrap customer keys with.
+pub fn master_key() -> patron_domain::privacy::MasterKey {
+    patron_domain::privacy::MasterKey::parse(&"5a".repeat(32)).expect("64 hex digits")
+}

@@ -18,6 +18,7 @@ pub fn spawn_app(t: &TestStore) -> TestApp {
         t.store.clone(),
         IdentityRules::default(),
         b"test identity key",
+        crate::helpers::master_key(),
     );
     let app = Application::build(ingestor, "127.0.0.1:0").expect("bind a free port");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -152,6 +153,7 @@ mod segment {
             t.store.clone(),
             IdentityRules::default(),
             b"test identity key",
+            crate::helpers::master_key(),
         );
         let app =
             Application::build_with_write_keys(ingestor.clone(), "127.0.0.1:0", vec![KEY.into()])

@@ -3,10 +3,12 @@
 use std::collections::BTreeSet;
 
 use patron::ingest::{CommitQueue, Incoming, Ingestor, RecordOutcome};
+use patron::privacy::Opener;
 use patron_domain::customer::CustomerId;
 use patron_domain::events::{CustomerMerged, CustomerMergedInto, TouchpointRecorded};
 use patron_domain::identity::{IdentityRules, SkipReason};
 use patron_domain::touchpoint::RejectionCode;
+use patron_domain::RecordedEvent;
 use serde_json::{json, Value};
 
 use crate::helpers::TestStore;
@@ -16,6 +18,7 @@ fn ingestor(t: &TestStore) -> Ingestor {
         t.store.clone(),
         IdentityRules::default(),
         b"test identity key",
+        crate::helpers::master_key(),
     )
 }
 
@@ -40,6 +43,14 @@ fn record(event_type: &str, channel: &str, identifiers: Value) -> Value {
         r[k] = v.clone();
     }
     r
+}
+
+/// Events with their sealed personal part opened.
+async fn opened(t: &TestStore, events: Vec<RecordedEvent>) -> Vec<RecordedEvent> {
+    Opener::new(t.store.clone(), crate::helpers::master_key())
+        .open(events)
+        .await
+        .unwrap()
 }
 
 fn texts(records: &[Value]) -> Vec<String> {
@@ -79,7 +90,7 @@ async fn the_same_phone_in_pos_and_app_is_one_customer(t: &TestStore) {
     .await;
     assert_eq!(customer_of(&pos[0]), customer_of(&app[0]));
     let c = customer_of(&pos[0]);
-    let events = t.store.read_stream(&c.stream_id(), 1, 10).await.unwrap();
+    let events = opened(t, t.store.read_stream(&c.stream_id(), 1, 10).await.unwrap()).await;
     assert_eq!(
         events
             .iter()
@@ -122,17 +133,16 @@ async fn a_family_tablet_shared_by_two_phones_is_two_customers(t: &TestStore) {
     .await;
     let (mum, son) = (customer_of(&out[0]), customer_of(&out[1]));
     assert_ne!(mum, son);
-    let son_events = t.store.read_stream(&son.stream_id(), 1, 10).await.unwrap();
+    let son_events = opened(
+        t,
+        t.store.read_stream(&son.stream_id(), 1, 10).await.unwrap(),
+    )
+    .await;
     let recorded: TouchpointRecorded = son_events[0].decode().unwrap();
-    assert_eq!(recorded.resolution.skipped.len(), 1);
-    assert_eq!(
-        recorded.resolution.skipped[0].identifier.value,
-        "family-tablet"
-    );
-    assert_eq!(
-        recorded.resolution.skipped[0].reason,
-        SkipReason::HeldByOther { customer: mum }
-    );
+    let skipped = recorded.skipped();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].identifier.value, "family-tablet");
+    assert_eq!(skipped[0].reason, SkipReason::HeldByOther { customer: mum });
     assert_eq!(
         ing.customer_by_identifier("device_id", "family-tablet")
             .await
@@ -233,7 +243,7 @@ async fn chain_merges_leave_one_customer_that_every_id_resolves_to(t: &TestStore
             "{kind}"
         );
     }
-    let survivor = t.store.read_stream(&a.stream_id(), 1, 20).await.unwrap();
+    let survivor = opened(t, t.store.read_stream(&a.stream_id(), 1, 20).await.unwrap()).await;
     let merged: Vec<CustomerMerged> = survivor
         .iter()
         .filter(|e| e.event_type == "customer_merged")
@@ -244,7 +254,7 @@ async fn chain_merges_leave_one_customer_that_every_id_resolves_to(t: &TestStore
         vec![b, c]
     );
     assert_eq!(merged[0].evidence[0].to_string(), "email:b@example.cn");
-    let closed = t.store.read_stream(&c.stream_id(), 1, 20).await.unwrap();
+    let closed = opened(t, t.store.read_stream(&c.stream_id(), 1, 20).await.unwrap()).await;
     let into: CustomerMergedInto = closed.last().unwrap().decode().unwrap();
     assert_eq!(into.survivor, a);
     assert_eq!(into.evidence[0].to_string(), "login_id:cee");
@@ -393,6 +403,7 @@ async fn parallel_batches_merging_the_same_customers_lose_nothing(t: &TestStore)
             t.reopen().await,
             IdentityRules::default(),
             b"test identity key",
+            crate::helpers::master_key(),
         );
         tasks.push(tokio::spawn(async move {
             let mut order: Vec<usize> = (0..10).collect();
@@ -625,6 +636,7 @@ async fn a_failed_grouped_commit_fails_its_callers_and_stores_nothing(t: &TestSt
         closed,
         IdentityRules::default(),
         b"test identity key",
+        crate::helpers::master_key(),
     ));
     let incoming = texts(&[record(
         "store_visited",

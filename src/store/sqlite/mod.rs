@@ -17,7 +17,8 @@ use patron_domain::customer::CustomerId;
 use patron_domain::identifier::{Identifier, IdentifierKind};
 use patron_domain::identity::resolution::IdentityGraph;
 use patron_domain::{
-    EventId, Metadata, Position, RecordedEvent, StreamAppend, StreamId, StreamVersion,
+    EventId, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent, StreamAppend, StreamId,
+    StreamVersion,
 };
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -31,7 +32,7 @@ use uuid::Uuid;
 use self::raw::{RawDb, RawError, Statement};
 use super::error::{Result, StoreError};
 use super::identity::{
-    graph_of, IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord,
+    graph_of, Erasure, IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord,
 };
 use super::plan::{self, StreamState};
 use super::{to_i64, to_u64, AppendOutcome, EventRef};
@@ -376,6 +377,8 @@ impl SqliteLog {
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false)
             .pragma("temp_store", "memory")
+            // Deleted rows (erased keys, expired records) are overwritten, not left in free pages.
+            .pragma("secure_delete", "ON")
             .pragma("wal_autocheckpoint", WAL_LIMIT_PAGES)
             .pragma("journal_size_limit", WAL_KEEP_BYTES);
         let writer = SqlitePoolOptions::new()
@@ -568,6 +571,7 @@ struct QuarantineRow {
     field: String,
     reason: String,
     record: String,
+    expired_at: Option<i64>,
 }
 
 fn customer_column(stmt: &mut Statement<'_>, index: i32) -> Result<CustomerId> {
@@ -610,7 +614,27 @@ fn load_graph(db: &RawDb<'_>, keys: &[Identifier]) -> Result<IdentityGraph> {
     Ok(graph_of(rows))
 }
 
-/// Writes merges (re-pointing the absorbed customers' pseudonyms and aliases) then links.
+/// The wrapped keys of those of `customers` that have one.
+fn load_keys(
+    db: &RawDb<'_>,
+    customers: impl Iterator<Item = CustomerId>,
+) -> Result<HashMap<CustomerId, Vec<u8>>> {
+    let mut stmt = db.prepare("SELECT wrapped FROM customer_keys WHERE customer_id = ?1")?;
+    let mut keys = HashMap::new();
+    for customer in customers {
+        stmt.reset()?;
+        stmt.bind_blob(1, Some(customer.as_uuid().as_bytes()))?;
+        if stmt.step()? {
+            if let Some(wrapped) = stmt.column_blob(0) {
+                keys.insert(customer, wrapped.to_vec());
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// Writes merges (re-pointing the absorbed customers' pseudonyms and aliases), links, then
+/// new customer keys.
 fn write_identity_changes(db: &RawDb<'_>, changes: &IdentityChanges) -> Result<()> {
     if !changes.merges.is_empty() {
         let mut repoint =
@@ -640,6 +664,16 @@ fn write_identity_changes(db: &RawDb<'_>, changes: &IdentityChanges) -> Result<(
             link.step()?;
         }
     }
+    if !changes.new_keys.is_empty() {
+        let mut insert =
+            db.prepare("INSERT INTO customer_keys (customer_id, wrapped) VALUES (?1, ?2)")?;
+        for (customer, wrapped) in &changes.new_keys {
+            insert.reset()?;
+            insert.bind_blob(1, Some(customer.as_uuid().as_bytes()))?;
+            insert.bind_blob(2, Some(wrapped))?;
+            insert.step()?;
+        }
+    }
     Ok(())
 }
 
@@ -665,9 +699,11 @@ impl SqliteLog {
                     .map(|r| (r.event_id, r))
                     .collect();
                 let graph = load_graph(&db, keys)?;
+                let customer_keys = load_keys(&db, graph.customers())?;
                 let commit = decide(IdentitySnapshot {
                     stored: stored.clone(),
                     graph,
+                    customer_keys,
                 })?;
                 plan::validate(&commit.appends)?;
                 write_identity_changes(&db, &commit.changes)?;
@@ -686,8 +722,8 @@ impl SqliteLog {
         max: usize,
     ) -> Result<Vec<QuarantinedRecord>> {
         let rows: Vec<QuarantineRow> = sqlx::query_as(
-            "SELECT id, received_at, source, code, field, reason, record FROM quarantine \
-             WHERE id > ? ORDER BY id LIMIT ?",
+            "SELECT id, received_at, source, code, field, reason, record, expired_at \
+             FROM quarantine WHERE id > ? ORDER BY id LIMIT ?",
         )
         .bind(to_i64(after_id))
         .bind(to_i64(max as u64))
@@ -703,6 +739,7 @@ impl SqliteLog {
                     field: r.field,
                     reason: r.reason,
                     record: r.record,
+                    expired_at: r.expired_at.map(|at| from_micros(at, 0)).transpose()?,
                 })
             })
             .collect()
@@ -755,6 +792,110 @@ impl SqliteLog {
             .fetch_one(&self.writer)
             .await?;
         Ok(value)
+    }
+
+    pub(crate) async fn customer_keys(
+        &self,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, Vec<u8>>> {
+        self.read(|db| load_keys(db, customers.iter().copied()))
+            .await
+    }
+
+    /// Erases a customer in one write transaction; see [`super::EventStore::erase`].
+    pub(crate) async fn erase(
+        &self,
+        customer: CustomerId,
+        holds_their_data: &(dyn Fn(&str) -> bool + Sync),
+        event: impl FnOnce(CustomerId, &[CustomerId]) -> Result<NewEvent>,
+    ) -> Result<Erasure> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let erasure = {
+            let mut handle = tx.lock_handle().await?;
+            let db = RawDb::new(&mut handle);
+            blocking(|| -> Result<Erasure> {
+                let uuid = |c: CustomerId| c.as_uuid();
+                let mut survivor =
+                    db.prepare("SELECT survivor FROM customer_aliases WHERE absorbed = ?1")?;
+                survivor.bind_blob(1, Some(uuid(customer).as_bytes()))?;
+                let live = if survivor.step()? {
+                    customer_column(&mut survivor, 0)?
+                } else {
+                    customer
+                };
+                drop(survivor);
+                let mut all = vec![live];
+                let mut absorbed =
+                    db.prepare("SELECT absorbed FROM customer_aliases WHERE survivor = ?1")?;
+                absorbed.bind_blob(1, Some(uuid(live).as_bytes()))?;
+                while absorbed.step()? {
+                    all.push(customer_column(&mut absorbed, 0)?);
+                }
+                drop(absorbed);
+                let mut delete_key =
+                    db.prepare("DELETE FROM customer_keys WHERE customer_id = ?1")?;
+                for c in &all {
+                    delete_key.reset()?;
+                    delete_key.bind_blob(1, Some(uuid(*c).as_bytes()))?;
+                    delete_key.step()?;
+                }
+                let mut forget = db.prepare("DELETE FROM identity_index WHERE customer_id = ?1")?;
+                forget.bind_blob(1, Some(uuid(live).as_bytes()))?;
+                forget.step()?;
+                let identifiers_removed = to_u64(db.changes(), 0, "identifiers removed")?;
+                drop(forget);
+                let mut scan = db.prepare("SELECT id, record FROM quarantine")?;
+                let mut matched = Vec::new();
+                while scan.step()? {
+                    let id = scan.column_i64(0);
+                    if scan.column_text(1).is_some_and(holds_their_data) {
+                        matched.push(id);
+                    }
+                }
+                drop(scan);
+                let mut delete = db.prepare("DELETE FROM quarantine WHERE id = ?1")?;
+                for id in &matched {
+                    delete.reset()?;
+                    delete.bind_i64(1, *id)?;
+                    delete.step()?;
+                }
+                let append = StreamAppend::new(
+                    live.stream_id(),
+                    ExpectedVersion::Any,
+                    vec![event(live, &all)?],
+                );
+                let outcome = write_commit(&db, &[append], None, None)?;
+                Ok(Erasure {
+                    customer: live,
+                    keys_destroyed: all,
+                    identifiers_removed,
+                    quarantined_removed: matched.len() as u64,
+                    position: outcome.head,
+                })
+            })?
+        };
+        tx.commit().await?;
+        // The WAL still holds the pages as they were before: copy it back and empty it.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await?;
+        Ok(erasure)
+    }
+
+    /// Blanks the text of quarantined records received before `before`; returns how many.
+    pub(crate) async fn expire_quarantine(&self, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE quarantine SET record = '', expired_at = ? \
+             WHERE received_at < ? AND expired_at IS NULL",
+        )
+        .bind(Utc::now().timestamp_micros())
+        .bind(before.timestamp_micros())
+        .execute(&self.writer)
+        .await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     pub(crate) async fn aliases(&self) -> Result<Vec<(Uuid, Uuid)>> {

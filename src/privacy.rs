@@ -1,0 +1,263 @@
+//! Personal data in the running system: opening sealed events for those allowed to read them,
+//! erasing a customer, and expiring the quarantine's raw records.
+//!
+//! The model is in `docs/privacy.md`; the keys and the sealing are in
+//! [`patron_domain::privacy`].
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{Duration, Utc};
+use patron_domain::customer::CustomerId;
+use patron_domain::events::{CustomerErased, CUSTOMER_ERASED};
+use patron_domain::privacy::{open_payload, CustomerKey, MasterKey, PrivacyError};
+use patron_domain::{Metadata, NewEvent, RecordedEvent};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::store::{Erasure, EventStore, StoreError};
+
+/// What went wrong opening events or erasing a customer.
+#[derive(Debug, Error)]
+pub enum PrivacyFailure {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A customer key or a sealed part did not open.
+    #[error("customer {customer}: {source}")]
+    Key {
+        /// The customer whose key or data did not open.
+        customer: CustomerId,
+        /// Why.
+        source: PrivacyError,
+    },
+    /// The customer to erase has no history.
+    #[error("no customer {0}")]
+    UnknownCustomer(CustomerId),
+}
+
+impl PrivacyFailure {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Store(e) => e.code(),
+            Self::Key { .. } => "KEY_MISMATCH",
+            Self::UnknownCustomer(_) => "UNKNOWN_CUSTOMER",
+        }
+    }
+}
+
+/// Opens the sealed personal part of stored events with their customers' keys.
+#[derive(Clone, Debug)]
+pub struct Opener {
+    store: EventStore,
+    master: MasterKey,
+}
+
+impl Opener {
+    /// An opener reading customer keys from `store`, unwrapping them with `master`.
+    pub fn new(store: EventStore, master: MasterKey) -> Self {
+        Self { store, master }
+    }
+
+    /// The events with their payloads opened: personal members put back, or, for a customer
+    /// whose key was destroyed, left out with `"erased": true`. Events of other streams and
+    /// events with nothing sealed come back as they are.
+    pub async fn open(
+        &self,
+        events: Vec<RecordedEvent>,
+    ) -> Result<Vec<RecordedEvent>, PrivacyFailure> {
+        let customers: Vec<CustomerId> = events
+            .iter()
+            .filter_map(|e| CustomerId::from_stream(&e.stream_id))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let wrapped = self.store.customer_keys(&customers).await?;
+        let mut keys: HashMap<CustomerId, CustomerKey> = HashMap::with_capacity(wrapped.len());
+        for (customer, wrapped) in wrapped {
+            let key = self
+                .master
+                .unwrap(&wrapped)
+                .map_err(|source| PrivacyFailure::Key { customer, source })?;
+            keys.insert(customer, key);
+        }
+        events
+            .into_iter()
+            .map(|mut event| {
+                let Some(customer) = CustomerId::from_stream(&event.stream_id) else {
+                    return Ok(event);
+                };
+                let payload: Value =
+                    serde_json::from_str(&event.payload).map_err(|e| PrivacyFailure::Key {
+                        customer,
+                        source: PrivacyError::Malformed(e.to_string()),
+                    })?;
+                let opened = open_payload(payload, keys.get(&customer))
+                    .map_err(|source| PrivacyFailure::Key { customer, source })?;
+                event.payload = opened.to_string();
+                Ok(event)
+            })
+            .collect()
+    }
+
+    /// Every event of a customer (its live customer and every customer merged into it), opened,
+    /// in log order.
+    pub async fn history(
+        &self,
+        customer: CustomerId,
+    ) -> Result<Vec<RecordedEvent>, PrivacyFailure> {
+        let live = self.store.live_customer(customer).await?;
+        let mut events = Vec::new();
+        for member in members(&self.store, live).await? {
+            events.extend(
+                self.store
+                    .read_stream(&member.stream_id(), 1, usize::MAX)
+                    .await?,
+            );
+        }
+        events.sort_by_key(|e| e.position);
+        self.open(events).await
+    }
+}
+
+/// The live customer and every customer merged into it.
+async fn members(store: &EventStore, live: CustomerId) -> Result<Vec<CustomerId>, StoreError> {
+    let mut members = vec![live];
+    members.extend(
+        store
+            .aliases()
+            .await?
+            .into_iter()
+            .filter(|(_, survivor)| *survivor == live)
+            .map(|(absorbed, _)| absorbed),
+    );
+    Ok(members)
+}
+
+/// The identifier values an opened payload names: in `identifiers` and `evidence`.
+fn identifier_values(payload: &Value, into: &mut BTreeSet<String>) {
+    let mut add = |list: Option<&Value>| {
+        for item in list.and_then(Value::as_array).into_iter().flatten() {
+            let identifier = item.get("identifier").unwrap_or(item);
+            if let Some(value) = identifier.get("value").and_then(Value::as_str) {
+                into.insert(value.to_owned());
+            }
+        }
+    };
+    add(payload.get("identifiers"));
+    add(payload.get("evidence"));
+}
+
+/// Whether a raw record holds one of the values: as written, or, for a phone number, its
+/// national digits anywhere among the record's digits (exports write phones in many formats).
+fn holds_any(record: &str, values: &[String], phone_digits: &[String]) -> bool {
+    let lower = record.to_lowercase();
+    if values.iter().any(|v| lower.contains(&v.to_lowercase())) {
+        return true;
+    }
+    if phone_digits.is_empty() {
+        return false;
+    }
+    let digits: String = record.chars().filter(char::is_ascii_digit).collect();
+    phone_digits.iter().any(|d| digits.contains(d.as_str()))
+}
+
+/// The national digits of an E.164 phone number, if the value is one.
+fn national_digits(value: &str) -> Option<String> {
+    if !value.starts_with('+') {
+        return None;
+    }
+    let number = phonenumber::parse(None, value).ok()?;
+    let digits = number.national().value().to_string();
+    (digits.len() >= 7).then_some(digits)
+}
+
+/// Erases a customer: see [`EventStore::erase`]. Before the keys are destroyed, the customer's
+/// events are opened to learn their identifier values, so that quarantined records holding
+/// them are removed too. `actor` and `reason` are recorded on the erasure's event.
+#[tracing::instrument(name = "privacy.erase", skip_all, fields(customer = %customer))]
+pub async fn erase(
+    store: &EventStore,
+    master: &MasterKey,
+    customer: CustomerId,
+    actor: &str,
+    reason: &str,
+) -> Result<Erasure, PrivacyFailure> {
+    let opener = Opener::new(store.clone(), master.clone());
+    let history = opener.history(customer).await?;
+    if history.is_empty() {
+        return Err(PrivacyFailure::UnknownCustomer(customer));
+    }
+    let mut values = BTreeSet::new();
+    for event in &history {
+        if let Ok(payload) = serde_json::from_str::<Value>(&event.payload) {
+            identifier_values(&payload, &mut values);
+        }
+    }
+    let values: Vec<String> = values.into_iter().filter(|v| v.len() >= 4).collect();
+    let phone_digits: Vec<String> = values.iter().filter_map(|v| national_digits(v)).collect();
+    let matcher = move |record: &str| holds_any(record, &values, &phone_digits);
+    let metadata = Metadata {
+        actor: Some(actor.to_owned()),
+        reason: Some(reason.to_owned()),
+        ..Metadata::default()
+    };
+    let erasure = store
+        .erase(customer, &matcher, |_, all| {
+            NewEvent::new(
+                CUSTOMER_ERASED,
+                &CustomerErased {
+                    customers: all.to_vec(),
+                },
+            )
+            .map(|e| e.with_metadata(metadata.clone()))
+            .map_err(|e| StoreError::Abandoned {
+                reason: format!("cannot encode {CUSTOMER_ERASED}: {e}"),
+            })
+        })
+        .await?;
+    Ok(erasure)
+}
+
+/// Blanks the raw text of quarantined records older than `days`; returns how many expired.
+pub async fn expire_quarantine(store: &EventStore, days: u32) -> Result<u64, StoreError> {
+    store
+        .expire_quarantine(Utc::now() - Duration::days(i64::from(days)))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phone_is_found_in_any_export_format() {
+        let values = vec!["+8613912340001".to_owned()];
+        let digits = vec![national_digits("+8613912340001").unwrap()];
+        assert_eq!(digits, ["13912340001"]);
+        for record in [
+            r#"{"identifiers":{"phone":"139 1234 0001"}}"#,
+            "2026-03-08,139-1234-0001,SH-1",
+            r#"{"phone":"+86 139 1234 0001"}"#,
+        ] {
+            assert!(holds_any(record, &values, &digits), "{record}");
+        }
+        assert!(!holds_any("139 1234 0002", &values, &digits));
+    }
+
+    #[test]
+    fn identifier_values_are_read_wherever_a_payload_names_them() {
+        let payload = serde_json::json!({
+            "identifiers": [{"kind": "phone", "value": "+8613912340001"},
+                            {"kind": "email", "value": "a@b.cn"}],
+            "resolution": {"linked": [0], "skipped": [{"identifier": 1, "limit": 1}]},
+            "evidence": [{"kind": "member_id", "value": "M-77"}]
+        });
+        let mut values = BTreeSet::new();
+        identifier_values(&payload, &mut values);
+        assert_eq!(
+            values.into_iter().collect::<Vec<_>>(),
+            ["+8613912340001", "M-77", "a@b.cn"]
+        );
+    }
+}
