@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use patron_domain::customer::CustomerId;
 use patron_domain::privacy::MasterKey;
 
 use crate::bench::{run_http_bench, run_read_bench, run_store_bench, Spread, StoreBenchConfig};
@@ -11,6 +12,7 @@ use crate::demo::{generate_people, run_demo, DemoConfig};
 use crate::import::import_file;
 use crate::import::mapping::Mapping;
 use crate::ingest::Ingestor;
+use crate::privacy::{self, Opener};
 use crate::server::Application;
 use crate::store::scratch::ScratchPostgres;
 use crate::store::{redact_url, EventStore};
@@ -44,6 +46,15 @@ pub struct Cli {
     /// store (fine for a trial, not for production). See `docs/privacy.md`.
     #[arg(long, global = true, env = "PATRON_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
+    /// Days a quarantined record keeps its raw text (which may hold personal data) before it
+    /// is blanked; the server expires records hourly.
+    #[arg(
+        long,
+        global = true,
+        env = "PATRON_QUARANTINE_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub quarantine_retention_days: u32,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -123,7 +134,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List quarantined records (refused at ingestion) with their reasons, oldest first.
+    /// List quarantined records (refused at ingestion) with their reasons, oldest first; with
+    /// `--expire`, first blank the raw text of those older than the retention period.
     Quarantine {
         /// Start after this quarantine number.
         #[arg(long, default_value_t = 0)]
@@ -131,10 +143,50 @@ pub enum Command {
         /// How many at most.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Expire records older than --quarantine-retention-days before listing.
+        #[arg(long)]
+        expire: bool,
     },
+    /// Erase a customer (right to be forgotten): destroy their keys, so the personal part of
+    /// every event of theirs reads as erased, remove their identity index entries and the
+    /// quarantined records holding their identifiers. The events stay; new touchpoints with the
+    /// same identifiers start a new customer.
+    Erase {
+        /// The customer, by id (a merged id erases the customer it was merged into).
+        #[arg(
+            long,
+            conflicts_with = "identifier",
+            required_unless_present = "identifier"
+        )]
+        customer: Option<CustomerId>,
+        /// The customer, by an identifier it holds: `KIND=VALUE`, for example
+        /// `phone=13912340001`.
+        #[arg(long)]
+        identifier: Option<String>,
+        /// Why (recorded on the erasure's event), for example a ticket number.
+        #[arg(long)]
+        reason: String,
+        /// Who asks (recorded on the erasure's event).
+        #[arg(long, default_value = "cli")]
+        actor: String,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keys: `patron keys master` prints a new random master key for PATRON_MASTER_KEY.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Run a benchmark on a scratch database and print its figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Key management.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random master key (base64 of 32 bytes). Keep it out of the database: in
+    /// PATRON_MASTER_KEY, from a secret store.
+    Master,
 }
 
 /// The benchmarks.
@@ -216,6 +268,7 @@ impl Cli {
                 ref write_keys,
             } => {
                 let ingestor = self.ingestor().await?.with_actor("http");
+                spawn_quarantine_expiry(ingestor.store().clone(), self.quarantine_retention_days);
                 let app = Application::build_with_write_keys(ingestor, address, write_keys.clone())
                     .with_context(|| format!("cannot listen on {address}"))?;
                 tracing::info!(port = app.port(), "serving on {address}");
@@ -255,8 +308,22 @@ impl Cli {
                     }
                 }
             }
-            Command::Quarantine { after, limit } => {
+            Command::Quarantine {
+                after,
+                limit,
+                expire,
+            } => {
                 let store = open(&self.database_url).await?;
+                if expire {
+                    let expired =
+                        privacy::expire_quarantine(&store, self.quarantine_retention_days)
+                            .await
+                            .context("cannot expire the quarantine")?;
+                    eprintln!(
+                        "expired {expired} records older than {} days",
+                        self.quarantine_retention_days
+                    );
+                }
                 for record in store
                     .quarantined(after, limit)
                     .await
@@ -267,7 +334,32 @@ impl Cli {
                 store.close().await;
                 Ok(())
             }
-            Command::Log { after, limit } => log(&self.database_url, after, limit).await,
+            Command::Log { after, limit } => {
+                let ingestor = self.ingestor().await?;
+                log(&ingestor, after, limit).await
+            }
+            Command::Erase {
+                customer,
+                ref identifier,
+                ref reason,
+                ref actor,
+                json,
+            } => {
+                let ingestor = self.ingestor().await?;
+                erase(
+                    &ingestor,
+                    customer,
+                    identifier.as_deref(),
+                    reason,
+                    actor,
+                    json,
+                )
+                .await
+            }
+            Command::Keys(KeysCommand::Master) => {
+                println!("{}", MasterKey::generate());
+                Ok(())
+            }
             Command::Bench(BenchCommand::Store(args)) => bench_store(args).await,
             Command::Bench(BenchCommand::Http {
                 ref postgres_url,
@@ -475,17 +567,86 @@ async fn status(url: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn log(url: &str, after: u64, limit: usize) -> Result<()> {
-    let store = open(url).await?;
+async fn log(ingestor: &Ingestor, after: u64, limit: usize) -> Result<()> {
+    let store = ingestor.store();
     let events = store
         .read_all(after, limit)
         .await
         .with_context(|| format!("cannot read the log after position {after}"))?;
+    let events = Opener::new(store.clone(), ingestor.master_key().clone())
+        .open(events)
+        .await
+        .context("cannot open the events' personal data: is PATRON_MASTER_KEY the right key?")?;
     for event in events {
         println!("{}", serde_json::to_string(&event)?);
     }
     store.close().await;
     Ok(())
+}
+
+async fn erase(
+    ingestor: &Ingestor,
+    customer: Option<CustomerId>,
+    identifier: Option<&str>,
+    reason: &str,
+    actor: &str,
+    json: bool,
+) -> Result<()> {
+    let customer = match (customer, identifier) {
+        (Some(customer), _) => customer,
+        (None, Some(identifier)) => {
+            let (kind, value) = identifier
+                .split_once('=')
+                .context("--identifier takes KIND=VALUE, for example phone=13912340001")?;
+            ingestor
+                .customer_by_identifier(kind, value)
+                .await
+                .context("cannot look the identifier up")?
+                .with_context(|| format!("no customer holds {kind} {value}"))?
+        }
+        (None, None) => {
+            anyhow::bail!("name the customer: --customer ID or --identifier KIND=VALUE")
+        }
+    };
+    anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+    let erasure = privacy::erase(
+        ingestor.store(),
+        ingestor.master_key(),
+        customer,
+        actor,
+        reason,
+    )
+    .await
+    .with_context(|| format!("cannot erase customer {customer}"))?;
+    ingestor.store().close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&erasure)?);
+    } else {
+        println!("erased customer {}", erasure.customer);
+        println!("keys destroyed:      {}", erasure.keys_destroyed.len());
+        println!("identifiers removed: {}", erasure.identifiers_removed);
+        println!(
+            "quarantine removed:  {} records",
+            erasure.quarantined_removed
+        );
+        println!("recorded at:         position {}", erasure.position);
+    }
+    Ok(())
+}
+
+/// Expires the quarantine now and then every hour, for as long as the process runs.
+fn spawn_quarantine_expiry(store: EventStore, days: u32) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            match privacy::expire_quarantine(&store, days).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(records = n, days, "quarantined records expired"),
+                Err(err) => tracing::warn!(error = %err, "quarantine expiry failed"),
+            }
+        }
+    });
 }
 
 /// A store on a throw-away database: a temporary SQLite file, or a PostgreSQL database created

@@ -191,3 +191,82 @@ fn a_demo_file_written_as_ndjson_imports_and_reimports_as_duplicates() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["customers"], 40, "one customer per person");
 }
+
+#[test]
+fn a_customer_erased_from_the_command_line_reads_as_erased_and_leaves_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("patron.db").display());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let file = format!("{root}/examples/pos_orders.csv");
+    let mapping = format!("{root}/examples/pos_orders.toml");
+    let master = patron(&["keys", "master"], &url);
+    let master = String::from_utf8_lossy(&master.stdout).trim().to_owned();
+    assert_eq!(master.len(), 44, "base64 of 32 bytes: {master}");
+    let with_key = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_patron"))
+            .args(args)
+            .env("PATRON_DATABASE_URL", &url)
+            .env("PATRON_MASTER_KEY", &master)
+            .env("RUST_LOG", "warn")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("run patron")
+    };
+    let import = with_key(&["import", &file, "--mapping", &mapping]);
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+
+    let erase = with_key(&[
+        "erase",
+        "--identifier",
+        "phone=13912340001",
+        "--reason",
+        "request 7",
+        "--json",
+    ]);
+    assert!(
+        erase.status.success(),
+        "{}",
+        String::from_utf8_lossy(&erase.stderr)
+    );
+    let erasure: serde_json::Value = serde_json::from_slice(&erase.stdout).unwrap();
+    assert_eq!(erasure["identifiers_removed"], 2, "phone and member card");
+
+    // The log still replays; the erased customer's receipts read as erased.
+    let log = with_key(&["log", "--limit", "100"]);
+    assert!(
+        log.status.success(),
+        "{}",
+        String::from_utf8_lossy(&log.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&log.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 5, "four receipts and the erasure");
+    let erased = events
+        .iter()
+        .filter(|e| e["payload"].as_str().unwrap().contains("\"erased\":true"))
+        .count();
+    assert_eq!(erased, 2, "R-0001 and R-0005 were the same phone");
+    let bytes = std::fs::read(dir.path().join("patron.db")).unwrap();
+    for needle in ["13912340001", "MC-0001"] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{needle} left in the file"
+        );
+    }
+
+    let again = with_key(&[
+        "erase",
+        "--identifier",
+        "phone=13912340001",
+        "--reason",
+        "x",
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no customer holds phone"));
+}

@@ -71,6 +71,18 @@ impl TestStore {
         }
     }
 
+    /// The database's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The SQLite file, when the store is SQLite.
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        self.url
+            .strip_prefix("sqlite://")
+            .map(std::path::PathBuf::from)
+    }
+
     /// A second, independent handle on the same database, as another process would open it.
     pub async fn reopen(&self) -> EventStore {
         EventStore::connect_with(&self.url, self.options.clone())

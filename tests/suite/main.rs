@@ -1,4 +1,4 @@
-//! Patron on real databases: the event store and ingestion, each test run against SQLite and,
+//! Patron on real databases: the event store, ingestion and privacy, each test run against SQLite and,
 //! when `PATRON_TEST_POSTGRES_URL` names a server, PostgreSQL, on its own fresh database.
 
 mod helpers;
@@ -8,5 +8,6 @@ mod concurrency;
 mod http;
 mod idempotency;
 mod ingest;
+mod privacy;
 mod properties;
 mod reading;
