@@ -3,11 +3,17 @@
 use std::process::Command;
 
 fn patron(args: &[&str], database_url: &str) -> std::process::Output {
+    patron_with(args, database_url, &[])
+}
+
+/// Runs patron with more environment variables.
+fn patron_with(args: &[&str], database_url: &str, env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_patron"))
         .args(args)
         .env("PATRON_DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
         .env_remove("RUST_BACKTRACE")
+        .envs(env.iter().copied())
         .output()
         .expect("run patron")
 }
@@ -202,16 +208,7 @@ fn a_customer_erased_from_the_command_line_reads_as_erased_and_leaves_no_trace()
     let master = patron(&["keys", "master"], &url);
     let master = String::from_utf8_lossy(&master.stdout).trim().to_owned();
     assert_eq!(master.len(), 44, "base64 of 32 bytes: {master}");
-    let with_key = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_patron"))
-            .args(args)
-            .env("PATRON_DATABASE_URL", &url)
-            .env("PATRON_MASTER_KEY", &master)
-            .env("RUST_LOG", "warn")
-            .env_remove("RUST_BACKTRACE")
-            .output()
-            .expect("run patron")
-    };
+    let with_key = |args: &[&str]| patron_with(args, &url, &[("PATRON_MASTER_KEY", &master)]);
     let import = with_key(&["import", &file, "--mapping", &mapping]);
     assert!(
         import.status.success(),
