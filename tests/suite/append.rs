@@ -274,3 +274,37 @@ crate::on_both_stores!(
     malformed_appends_are_refused_before_any_write,
     the_log_survives_reopening,
 );
+
+/// Closing the embedded store folds its WAL back into the database file: nothing is left beside
+/// it, even after enough writes for the background checkpoints to have run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_embedded_store_leaves_only_its_file() {
+    let t = TestStore::open(crate::helpers::Backend::Sqlite)
+        .await
+        .expect("SQLite is always there");
+    let file = t.sqlite_file().unwrap();
+    // About 25,000 pages of WAL: past the point where the writer asks for a checkpoint.
+    let big = "x".repeat(8_000);
+    for batch in 0..100u64 {
+        let events = (0..100u64)
+            .map(|n| NewEvent::new("blob", &json!({"n": batch * 100 + n, "pad": big})).unwrap())
+            .collect();
+        t.store
+            .append(vec![StreamAppend::new(
+                stream(&format!("blob-{batch}")),
+                ExpectedVersion::Any,
+                events,
+            )])
+            .await
+            .unwrap();
+    }
+    t.store.close().await;
+    let wal = format!("{}-wal", file.display());
+    assert!(
+        std::fs::metadata(&wal).is_err(),
+        "{wal} is left after closing"
+    );
+    let reopened = t.reopen().await;
+    assert_eq!(reopened.head().await.unwrap(), 10_000);
+    reopened.close().await;
+}

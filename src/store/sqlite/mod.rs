@@ -83,27 +83,44 @@ pub(crate) struct SqliteLog {
 
 /// Copies the WAL back into the database file on a connection of its own, so that the writer
 /// does not stop for it (a checkpoint writes and syncs tens of megabytes). The writer asks for
-/// one every [`CHECKPOINT_EVERY_PAGES`] pages it writes; the task ends when the last clone of
-/// the log is dropped.
+/// one every [`CHECKPOINT_EVERY_PAGES`] pages it writes; the task ends when the log is closed
+/// or its last clone dropped.
 #[derive(Clone)]
 struct Checkpoints {
-    request: tokio::sync::mpsc::Sender<()>,
+    request: tokio::sync::mpsc::Sender<CheckpointRequest>,
     /// Pages the writer had written when it last asked.
     asked_at: Arc<AtomicI64>,
+}
+
+/// What the checkpointing task is asked to do.
+enum CheckpointRequest {
+    /// Copy what it can of the WAL back.
+    Run,
+    /// Close its connection, then answer.
+    Close(tokio::sync::oneshot::Sender<()>),
 }
 
 impl Checkpoints {
     async fn start(options: &SqliteConnectOptions) -> Result<Self> {
         let mut conn = options.connect().await?;
-        let (request, mut requests) = tokio::sync::mpsc::channel::<()>(1);
+        let (request, mut requests) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
-            while requests.recv().await.is_some() {
-                let run = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&mut conn)
-                    .instrument(tracing::debug_span!("sqlite.checkpoint"))
-                    .await;
-                if let Err(err) = run {
-                    tracing::warn!(error = %err, "background checkpoint failed");
+            while let Some(request) = requests.recv().await {
+                match request {
+                    CheckpointRequest::Run => {
+                        let run = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                            .execute(&mut conn)
+                            .instrument(tracing::debug_span!("sqlite.checkpoint"))
+                            .await;
+                        if let Err(err) = run {
+                            tracing::warn!(error = %err, "background checkpoint failed");
+                        }
+                    }
+                    CheckpointRequest::Close(done) => {
+                        let _ = conn.close().await;
+                        let _ = done.send(());
+                        return;
+                    }
                 }
             }
             let _ = conn.close().await;
@@ -112,6 +129,20 @@ impl Checkpoints {
             request,
             asked_at: Arc::new(AtomicI64::new(0)),
         })
+    }
+
+    /// Stops the task and closes its connection, so that the writer's is the last one and
+    /// SQLite folds the WAL back into the database file when it closes.
+    async fn close(&self) {
+        let (done, closed) = tokio::sync::oneshot::channel();
+        if self
+            .request
+            .send(CheckpointRequest::Close(done))
+            .await
+            .is_ok()
+        {
+            let _ = closed.await;
+        }
     }
 
     /// Asks for a checkpoint if the writer wrote enough pages since it last asked. Called under
@@ -125,7 +156,7 @@ impl Checkpoints {
         } else if written - asked_at >= CHECKPOINT_EVERY_PAGES {
             self.asked_at.store(written, Ordering::Relaxed);
             // Full means a checkpoint is already waiting; it will cover these pages too.
-            let _ = self.request.try_send(());
+            let _ = self.request.try_send(CheckpointRequest::Run);
         }
     }
 }
@@ -402,6 +433,7 @@ impl SqliteLog {
     }
 
     pub(crate) async fn close(&self) {
+        self.checkpoints.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }
