@@ -13,6 +13,7 @@ use crate::import::import_file;
 use crate::import::mapping::Mapping;
 use crate::ingest::Ingestor;
 use crate::privacy::{self, Opener};
+use crate::projection::{ProfileProjection, PROFILES};
 use crate::server::Application;
 use crate::store::scratch::ScratchPostgres;
 use crate::store::{redact_url, EventStore};
@@ -68,6 +69,19 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Bring the read models up to the log's head first.
+        #[arg(long)]
+        catch_up: bool,
+    },
+    /// Rebuild a read model from position 0 (with a progress bar), into a table of its own that
+    /// replaces the live one when it has caught up: a running server keeps serving meanwhile.
+    Rebuild {
+        /// The read model: `profiles` (the only one so far).
+        #[arg(default_value = "profiles")]
+        projection: String,
+        /// Events per batch.
+        #[arg(long, default_value_t = 20_000)]
+        batch: usize,
     },
     /// Print events from the log as NDJSON, in position order.
     Log {
@@ -262,7 +276,11 @@ impl Cli {
     /// Runs the chosen command.
     pub async fn run(self) -> Result<()> {
         match self.command {
-            Command::Status { json } => status(&self.database_url, json).await,
+            Command::Status { json, catch_up } => status(&self.database_url, json, catch_up).await,
+            Command::Rebuild {
+                ref projection,
+                batch,
+            } => rebuild(&self.database_url, projection, batch).await,
             Command::Serve {
                 ref address,
                 ref write_keys,
@@ -539,8 +557,19 @@ async fn open(url: &str) -> Result<EventStore> {
         .with_context(|| format!("cannot open the store at {}", redact_url(url)))
 }
 
-async fn status(url: &str, json: bool) -> Result<()> {
+async fn status(url: &str, json: bool, catch_up: bool) -> Result<()> {
     let store = open(url).await?;
+    let profiles = ProfileProjection::new(store.clone(), 20_000);
+    if catch_up {
+        profiles
+            .catch_up()
+            .await
+            .context("cannot bring the profiles up to date")?;
+    }
+    let lag = profiles
+        .lag()
+        .await
+        .context("cannot read the profiles' checkpoint")?;
     let stats = store
         .stats()
         .await
@@ -554,6 +583,7 @@ async fn status(url: &str, json: bool) -> Result<()> {
         value["customers"] = customers.into();
         value["merged_customers"] = merged.into();
         value["quarantined"] = quarantined.into();
+        value["projections"] = serde_json::json!({ PROFILES: lag });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!("store:        {} ({})", redact_url(url), stats.backend);
@@ -562,6 +592,10 @@ async fn status(url: &str, json: bool) -> Result<()> {
         println!("head:         position {}", stats.head);
         println!("customers:    {customers} ({merged} merged into others)");
         println!("quarantined:  {quarantined} records");
+        println!(
+            "profiles:     at position {} ({} events behind, {} s)",
+            lag.position, lag.events, lag.seconds
+        );
     }
     store.close().await;
     Ok(())
@@ -631,6 +665,39 @@ async fn erase(
         );
         println!("recorded at:         position {}", erasure.position);
     }
+    Ok(())
+}
+
+async fn rebuild(url: &str, projection: &str, batch: usize) -> Result<()> {
+    anyhow::ensure!(
+        projection == PROFILES,
+        "no read model named {projection:?}; the read models are: {PROFILES}"
+    );
+    let store = open(url).await?;
+    let head = store.head().await.context("cannot read the log's head")?;
+    let bar = indicatif::ProgressBar::new(head);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} rebuilding {msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(projection.to_owned());
+    let started = std::time::Instant::now();
+    let reached = ProfileProjection::new(store.clone(), batch)
+        .rebuild(|at, head| {
+            bar.set_length(head);
+            bar.set_position(at);
+        })
+        .await
+        .with_context(|| format!("cannot rebuild {projection}"))?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "rebuilt {projection} up to position {reached} in {seconds:.1} s ({:.0} events/s)",
+        reached as f64 / seconds.max(1e-9)
+    );
+    store.close().await;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! - [`store`]: the append-only event log on SQLite (embedded default) or PostgreSQL.
 //! - [`ingest`], [`import`], [`server`]: touchpoints in, resolved to customers.
 //! - [`privacy`]: opening sealed personal data, erasure, quarantine expiry.
+//! - [`projection`]: the runner that folds the log into read models, with checkpoints.
 //! - [`bench`]: the `patron bench` workloads whose figures go into `docs/benchmarks.md`.
 //! - [`cli`]: the `patron` command line.
 //! - [`telemetry`]: tracing set-up.
@@ -20,6 +21,7 @@ pub mod demo;
 pub mod import;
 pub mod ingest;
 pub mod privacy;
+pub mod projection;
 pub mod server;
 pub mod store;
 pub mod telemetry;

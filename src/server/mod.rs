@@ -1,4 +1,5 @@
-//! The HTTP server: ingestion (`POST /v1/events`) and health checks, on actix-web.
+//! The HTTP server: ingestion (`POST /v1/events`) and health checks, on actix-web; while it
+//! runs, the profile projection follows the log.
 //!
 //! [`Application::build`] binds the listener (port 0 picks a free one, as the tests do) and
 //! [`Application::run_until_stopped`] serves until SIGINT or SIGTERM, finishing the requests in
@@ -17,6 +18,10 @@ use actix_web::{App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
 use crate::ingest::{CommitQueue, Ingestor};
+use crate::projection::ProfileProjection;
+
+/// Events the server's profile projection applies per batch.
+const PROJECTION_BATCH: usize = 20_000;
 
 pub use events::{EventsResponse, MAX_BODY_BYTES, MAX_RECORDS};
 
@@ -24,6 +29,8 @@ pub use events::{EventsResponse, MAX_BODY_BYTES, MAX_RECORDS};
 pub struct Application {
     port: u16,
     server: Server,
+    /// The profile projection following the log while the server runs.
+    projection: tokio::task::JoinHandle<()>,
 }
 
 /// What the handlers share.
@@ -52,6 +59,9 @@ impl Application {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address)?;
         let port = listener.local_addr()?.port();
+        let projection = tokio::spawn(
+            ProfileProjection::new(ingestor.store().clone(), PROJECTION_BATCH).follow(),
+        );
         let state = Data::new(AppState {
             commits: CommitQueue::start(ingestor),
             write_keys,
@@ -96,7 +106,11 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(30)
         .run();
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            projection,
+        })
     }
 
     /// The port the server listens on.
@@ -106,6 +120,8 @@ impl Application {
 
     /// Serves until stopped by a signal, finishing the requests in flight.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        self.projection.abort();
+        served
     }
 }

@@ -12,6 +12,7 @@ mod error;
 pub mod identity;
 mod plan;
 mod postgres;
+pub mod projection;
 pub mod scratch;
 mod sqlite;
 mod subscription;
@@ -521,7 +522,8 @@ impl EventStore {
         });
     }
 
-    fn head_watch(&self) -> watch::Receiver<Position> {
+    /// Notified when this process stores events (others' writes are seen by polling).
+    pub fn head_watch(&self) -> watch::Receiver<Position> {
         self.head.subscribe()
     }
 }

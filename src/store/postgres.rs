@@ -104,6 +104,11 @@ impl PostgresLog {
         self.pool.close().await;
     }
 
+    /// The connection pool.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub(crate) async fn append(&self, appends: &[StreamAppend]) -> Result<AppendOutcome> {
         let mut tx = self.pool.begin().await?;
         let head = lock_head(&mut tx).await?;

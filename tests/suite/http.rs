@@ -1,7 +1,9 @@
 //! The HTTP API end to end: a real server on a free port, a real HTTP client.
 
 use patron::ingest::Ingestor;
+use patron::projection::ProfileProjection;
 use patron::server::Application;
+use patron_domain::customer::CustomerId;
 use patron_domain::identity::IdentityRules;
 use serde_json::{json, Value};
 
@@ -277,7 +279,35 @@ async fn a_wrong_or_missing_write_key_is_refused(t: &TestStore) {
     segment::a_wrong_or_missing_write_key_is_refused(t).await;
 }
 
+async fn the_server_keeps_profiles_up_to_date(t: &TestStore) {
+    let app = spawn_app(t);
+    let answer: Value = app
+        .post_events(
+            json!([record("13912340001"), record("13912340001")]).to_string(),
+            "application/json",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let customer: CustomerId =
+        serde_json::from_value(answer["records"][0]["customer"].clone()).unwrap();
+    let projection = ProfileProjection::new(t.store.clone(), 100);
+    let mut seen = None;
+    for _ in 0..50 {
+        seen = projection.profile(customer).await.unwrap();
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let profile = seen.expect("the server's projection applied the events within 5 s");
+    assert_eq!(profile.touchpoints, 2);
+    assert_eq!(profile.by_channel["store"], 2);
+}
+
 crate::on_both_stores!(
+    the_server_keeps_profiles_up_to_date,
     a_json_batch_is_answered_record_by_record,
     bad_bodies_get_a_stable_code,
     health_and_readiness_answer,

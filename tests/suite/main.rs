@@ -9,5 +9,6 @@ mod http;
 mod idempotency;
 mod ingest;
 mod privacy;
+mod projection;
 mod properties;
 mod reading;

@@ -432,6 +432,16 @@ impl SqliteLog {
         })
     }
 
+    /// The pool of the one writing connection.
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// The pool of reading connections.
+    pub(crate) fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
     pub(crate) async fn close(&self) {
         self.checkpoints.close().await;
         self.reader.close().await;

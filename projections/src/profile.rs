@@ -1,0 +1,336 @@
+//! The customer profile: what a customer's history adds up to, without personal data.
+//!
+//! A profile is a fold over the events of one customer's stream. When a customer is merged into
+//! another, the survivor's profile absorbs the absorbed one's ([`Profile::absorb`]): every figure
+//! here is a sum, a count, a minimum or a maximum, so absorbing equals having folded both
+//! histories into one. Personal data (identifiers, traits) stays sealed in the events.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Timelike, Utc};
+use patron_domain::customer::CustomerId;
+use patron_domain::events::{
+    CustomerMerged, CustomerMergedInto, CUSTOMER_ERASED, CUSTOMER_MERGED, CUSTOMER_MERGED_INTO,
+};
+use patron_domain::touchpoint::{Action, Channel, ConsentPurpose};
+use patron_domain::RecordedEvent;
+use serde::{Deserialize, Serialize};
+
+/// A customer's consent for one purpose, as last given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    /// Given (`true`) or withdrawn.
+    pub granted: bool,
+    /// When it was given or withdrawn.
+    pub at: DateTime<Utc>,
+}
+
+/// Money per currency, in minor units.
+pub type Amounts = BTreeMap<String, i64>;
+
+/// One customer's profile.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// The customer this profile now belongs to, once merged into another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<CustomerId>,
+    /// Whether the customer was erased.
+    #[serde(default)]
+    pub erased: bool,
+    /// The first touchpoint's time.
+    pub first_seen: Option<DateTime<Utc>>,
+    /// The last touchpoint's time.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Touchpoints, all channels.
+    pub touchpoints: u64,
+    /// Touchpoints per channel.
+    pub by_channel: BTreeMap<String, u64>,
+    /// Touchpoints per event type.
+    pub by_type: BTreeMap<String, u64>,
+    /// Touchpoints per hour of the day (UTC), 24 counts.
+    pub by_hour: Vec<u64>,
+    /// Orders placed.
+    pub orders: u64,
+    /// Orders with a discount on at least one line.
+    pub discounted_orders: u64,
+    /// Order totals per currency.
+    pub revenue: Amounts,
+    /// Refunds per currency.
+    pub refunded: Amounts,
+    /// The first order's time.
+    pub first_order_at: Option<DateTime<Utc>>,
+    /// The last order's time.
+    pub last_order_at: Option<DateTime<Utc>>,
+    /// Spend per product category (after discounts, minor units of any currency).
+    pub category_spend: BTreeMap<String, i64>,
+    /// Current consent per purpose.
+    pub consent: BTreeMap<ConsentPurpose, Consent>,
+}
+
+/// The readable part of a touchpoint's payload.
+#[derive(Deserialize)]
+struct ClearTouchpoint {
+    channel: Channel,
+    /// Absent when sealed (a traits update).
+    #[serde(default)]
+    action: Option<Action>,
+}
+
+fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn latest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn add_all<K: Ord + Clone>(into: &mut BTreeMap<K, i64>, from: &BTreeMap<K, i64>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+impl Profile {
+    /// Folds a touchpoint of this customer in. Events that are not touchpoints (merges,
+    /// erasures) are handled by the caller, who sees both customers.
+    pub fn apply_touchpoint(&mut self, event: &RecordedEvent) -> Result<(), serde_json::Error> {
+        let touchpoint: ClearTouchpoint = serde_json::from_str(&event.payload)?;
+        let at = event.occurred_at;
+        self.first_seen = earliest(self.first_seen, Some(at));
+        self.last_seen = latest(self.last_seen, Some(at));
+        self.touchpoints += 1;
+        *self
+            .by_channel
+            .entry(touchpoint.channel.as_str().to_owned())
+            .or_default() += 1;
+        *self.by_type.entry(event.event_type.clone()).or_default() += 1;
+        if self.by_hour.len() != 24 {
+            self.by_hour.resize(24, 0);
+        }
+        self.by_hour[at.hour() as usize] += 1;
+        match touchpoint.action {
+            Some(Action::OrderPlaced(order)) => {
+                self.orders += 1;
+                *self.revenue.entry(order.currency.clone()).or_default() += order.total_minor;
+                if order.items.iter().any(|i| i.discount_minor > 0) {
+                    self.discounted_orders += 1;
+                }
+                for item in &order.items {
+                    if let Some(category) = &item.category {
+                        *self.category_spend.entry(category.clone()).or_default() +=
+                            item.amount_minor();
+                    }
+                }
+                self.first_order_at = earliest(self.first_order_at, Some(at));
+                self.last_order_at = latest(self.last_order_at, Some(at));
+            }
+            Some(Action::OrderRefunded(refund)) => {
+                *self
+                    .refunded
+                    .entry(refund.amount.currency.clone())
+                    .or_default() += refund.amount.minor;
+            }
+            Some(Action::ConsentChanged { purpose, granted }) => {
+                let newer = self.consent.get(&purpose).is_none_or(|c| c.at <= at);
+                if newer {
+                    self.consent.insert(purpose, Consent { granted, at });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Takes in the profile of a customer merged into this one: the result is what folding
+    /// both histories into this profile would have given.
+    pub fn absorb(&mut self, other: &Profile) {
+        self.first_seen = earliest(self.first_seen, other.first_seen);
+        self.last_seen = latest(self.last_seen, other.last_seen);
+        self.touchpoints += other.touchpoints;
+        for (k, v) in &other.by_channel {
+            *self.by_channel.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.by_type {
+            *self.by_type.entry(k.clone()).or_default() += v;
+        }
+        if self.by_hour.len() != 24 {
+            self.by_hour.resize(24, 0);
+        }
+        for (hour, n) in other.by_hour.iter().enumerate().take(24) {
+            self.by_hour[hour] += n;
+        }
+        self.orders += other.orders;
+        self.discounted_orders += other.discounted_orders;
+        add_all(&mut self.revenue, &other.revenue);
+        add_all(&mut self.refunded, &other.refunded);
+        add_all(&mut self.category_spend, &other.category_spend);
+        self.first_order_at = earliest(self.first_order_at, other.first_order_at);
+        self.last_order_at = latest(self.last_order_at, other.last_order_at);
+        for (purpose, consent) in &other.consent {
+            let newer = self.consent.get(purpose).is_none_or(|c| c.at < consent.at);
+            if newer {
+                self.consent.insert(*purpose, *consent);
+            }
+        }
+    }
+
+    /// The channel with the most touchpoints (ties: the first by name).
+    pub fn preferred_channel(&self) -> Option<&str> {
+        let mut best: Option<(&str, u64)> = None;
+        for (channel, n) in &self.by_channel {
+            if best.is_none_or(|(_, m)| *n > m) {
+                best = Some((channel, *n));
+            }
+        }
+        best.map(|(c, _)| c)
+    }
+
+    /// The category with the most spend (ties: the first by name).
+    pub fn favourite_category(&self) -> Option<&str> {
+        let mut best: Option<(&str, i64)> = None;
+        for (category, spend) in &self.category_spend {
+            if best.is_none_or(|(_, m)| *spend > m) {
+                best = Some((category, *spend));
+            }
+        }
+        best.map(|(c, _)| c)
+    }
+
+    /// The hour of the day (UTC) with the most touchpoints.
+    pub fn preferred_hour(&self) -> Option<u32> {
+        let mut best: Option<(u32, u64)> = None;
+        for (hour, n) in self.by_hour.iter().enumerate() {
+            if *n > 0 && best.is_none_or(|(_, m)| *n > m) {
+                best = Some((hour as u32, *n));
+            }
+        }
+        best.map(|(h, _)| h)
+    }
+
+    /// Average order value in one currency, in minor units (rounded down), if any order.
+    pub fn average_order_value(&self, currency: &str) -> Option<i64> {
+        let revenue = *self.revenue.get(currency)?;
+        let orders = i64::try_from(self.orders).ok().filter(|n| *n > 0)?;
+        Some(revenue.div_euclid(orders))
+    }
+
+    /// Share of orders with a discount, 0 to 1.
+    pub fn promotion_sensitivity(&self) -> Option<f64> {
+        (self.orders > 0).then(|| self.discounted_orders as f64 / self.orders as f64)
+    }
+}
+
+/// What an event does to the profiles, given the customer whose stream holds it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProfileChange {
+    /// A touchpoint of the stream's customer.
+    Touchpoint,
+    /// `absorbed` was merged into the stream's customer.
+    Absorbs(CustomerId),
+    /// The stream's customer was merged into `survivor` (whose profile absorbed it already).
+    MergedAway(CustomerId),
+    /// The stream's customer was erased.
+    Erased,
+}
+
+/// What `event` does to profiles.
+pub fn change_of(event: &RecordedEvent) -> Result<ProfileChange, serde_json::Error> {
+    Ok(match event.event_type.as_str() {
+        CUSTOMER_MERGED => {
+            let merged: MergedHead = serde_json::from_str(&event.payload)?;
+            ProfileChange::Absorbs(merged.absorbed)
+        }
+        CUSTOMER_MERGED_INTO => {
+            let merged: MergedIntoHead = serde_json::from_str(&event.payload)?;
+            ProfileChange::MergedAway(merged.survivor)
+        }
+        CUSTOMER_ERASED => ProfileChange::Erased,
+        _ => ProfileChange::Touchpoint,
+    })
+}
+
+/// The readable head of a [`CustomerMerged`] payload (its evidence is sealed).
+#[derive(Deserialize)]
+struct MergedHead {
+    absorbed: CustomerId,
+}
+
+/// The readable head of a [`CustomerMergedInto`] payload.
+#[derive(Deserialize)]
+struct MergedIntoHead {
+    survivor: CustomerId,
+}
+
+// The heads read the same fields as the full events.
+const _: fn(CustomerMerged) -> CustomerId = |m| m.absorbed;
+const _: fn(CustomerMergedInto) -> CustomerId = |m| m.survivor;
+
+/// Applies `events`, in order, to `profiles`, which must hold (or default) every customer
+/// [`touched`] names. Replaying a log in batches of any size gives the same profiles.
+pub fn fold(
+    profiles: &mut HashMap<CustomerId, Profile>,
+    events: &[RecordedEvent],
+) -> Result<(), FoldError> {
+    for event in events {
+        let Some(customer) = CustomerId::from_stream(&event.stream_id) else {
+            continue;
+        };
+        let bad = |source| FoldError {
+            position: event.position,
+            source,
+        };
+        match change_of(event).map_err(bad)? {
+            ProfileChange::Touchpoint => profiles
+                .entry(customer)
+                .or_default()
+                .apply_touchpoint(event)
+                .map_err(bad)?,
+            ProfileChange::Absorbs(absorbed) => {
+                let mut gone = profiles.remove(&absorbed).unwrap_or_default();
+                profiles.entry(customer).or_default().absorb(&gone);
+                gone.merged_into = Some(customer);
+                profiles.insert(absorbed, gone);
+            }
+            ProfileChange::MergedAway(survivor) => {
+                profiles.entry(customer).or_default().merged_into = Some(survivor);
+            }
+            ProfileChange::Erased => profiles.entry(customer).or_default().erased = true,
+        }
+    }
+    Ok(())
+}
+
+/// Every customer whose profile `events` read or change: each stream's customer and each
+/// absorbed one.
+pub fn touched(events: &[RecordedEvent]) -> Result<BTreeSet<CustomerId>, FoldError> {
+    let mut customers = BTreeSet::new();
+    for event in events {
+        let Some(customer) = CustomerId::from_stream(&event.stream_id) else {
+            continue;
+        };
+        customers.insert(customer);
+        if let ProfileChange::Absorbs(absorbed) = change_of(event).map_err(|source| FoldError {
+            position: event.position,
+            source,
+        })? {
+            customers.insert(absorbed);
+        }
+    }
+    Ok(customers)
+}
+
+/// An event whose payload the profile cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("event at position {position} does not read as a profile event: {source}")]
+pub struct FoldError {
+    /// The event's position.
+    pub position: u64,
+    /// Why.
+    pub source: serde_json::Error,
+}

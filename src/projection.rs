@@ -1,0 +1,229 @@
+//! The projection runner: feeds the log, in position order and in batches, to the read models
+//! of `patron-projections`, and stores each batch's rows with the projection's checkpoint in one
+//! transaction, so that a crash never applies an event twice or skips one.
+//!
+//! One projection exists so far, the customer profile ([`ProfileProjection`]). It follows the
+//! live log in `patron serve`, catches up in `patron status --catch-up`, and is rebuilt from
+//! position 0 by `patron rebuild` into a table of its own that is swapped in when it has caught
+//! up, so readers keep reading the old one meanwhile.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use patron_domain::customer::CustomerId;
+use patron_domain::Position;
+use patron_projections::profile::{self, FoldError, Profile};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::store::projection::{ProfileRow, ProfileTable};
+use crate::store::{EventStore, StoreError};
+
+/// The profile projection's checkpoint.
+pub const PROFILES: &str = "profiles";
+/// The checkpoint of a profile rebuild in progress.
+const PROFILES_REBUILD: &str = "profiles@rebuild";
+
+/// What stops a projection.
+#[derive(Debug, Error)]
+pub enum ProjectionError {
+    /// The store failed; the batch was not applied.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An event does not read as the projection expects.
+    #[error(transparent)]
+    Fold(#[from] FoldError),
+    /// A stored row does not read as a profile.
+    #[error("the stored profile of {customer} is unreadable: {reason}")]
+    Row {
+        /// Whose.
+        customer: CustomerId,
+        /// Why.
+        reason: String,
+    },
+    /// Another rebuild moved the rebuild checkpoint.
+    #[error("another rebuild of {0} is running")]
+    ConcurrentRebuild(&'static str),
+}
+
+impl ProjectionError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Store(e) => e.code(),
+            Self::Fold(_) => "UNREADABLE_EVENT",
+            Self::Row { .. } => "UNREADABLE_ROW",
+            Self::ConcurrentRebuild(_) => "REBUILD_RUNNING",
+        }
+    }
+}
+
+/// How far a projection is behind the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Lag {
+    /// The projection's checkpoint.
+    pub position: Position,
+    /// The log's head.
+    pub head: Position,
+    /// Events stored but not yet applied.
+    pub events: u64,
+    /// Seconds since the oldest event not yet applied was stored (0 when caught up).
+    pub seconds: i64,
+}
+
+/// The customer profile projection.
+#[derive(Clone, Debug)]
+pub struct ProfileProjection {
+    store: EventStore,
+    batch: usize,
+}
+
+impl ProfileProjection {
+    /// A projection reading `store` `batch` events at a time.
+    pub fn new(store: EventStore, batch: usize) -> Self {
+        Self {
+            store,
+            batch: batch.max(1),
+        }
+    }
+
+    /// Applies one batch after the checkpoint `name` to `table`; returns the position reached,
+    /// or `None` when there was nothing to apply.
+    #[tracing::instrument(name = "projection.batch", skip(self), fields(events))]
+    async fn step(
+        &self,
+        name: &'static str,
+        table: ProfileTable,
+    ) -> Result<Option<Position>, ProjectionError> {
+        loop {
+            let from = self.store.checkpoint(name).await?;
+            let events = self.store.read_all(from, self.batch).await?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                return Ok(None);
+            };
+            tracing::Span::current().record("events", events.len());
+            let touched: Vec<CustomerId> = profile::touched(&events)?.into_iter().collect();
+            let stored = self.store.load_profiles(table, &touched).await?;
+            let mut profiles: HashMap<CustomerId, Profile> = HashMap::with_capacity(touched.len());
+            for (customer, state) in stored {
+                let profile = serde_json::from_str(&state).map_err(|e| ProjectionError::Row {
+                    customer,
+                    reason: e.to_string(),
+                })?;
+                profiles.insert(customer, profile);
+            }
+            profile::fold(&mut profiles, &events)?;
+            let rows = profiles
+                .into_iter()
+                .map(|(customer, profile)| {
+                    Ok(ProfileRow {
+                        customer,
+                        merged_into: profile.merged_into,
+                        state: serde_json::to_string(&profile).map_err(|e| {
+                            ProjectionError::Row {
+                                customer,
+                                reason: e.to_string(),
+                            }
+                        })?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ProjectionError>>()?;
+            if self
+                .store
+                .commit_rows(name, table, from, last, &rows)
+                .await?
+            {
+                return Ok(Some(last));
+            }
+            // The checkpoint moved under us (a rebuild was swapped in): start again from it.
+            tracing::debug!(projection = name, "checkpoint moved; batch read again");
+        }
+    }
+
+    /// Applies every event stored so far; returns the position reached.
+    pub async fn catch_up(&self) -> Result<Position, ProjectionError> {
+        let mut at = self.store.checkpoint(PROFILES).await?;
+        while let Some(reached) = self.step(PROFILES, ProfileTable::Live).await? {
+            at = reached;
+        }
+        Ok(at)
+    }
+
+    /// Follows the log for as long as the task runs, applying new events as they are stored
+    /// (notified by this process's writes, and polling every second for other processes').
+    pub async fn follow(self) {
+        let mut stored = self.store.head_watch();
+        loop {
+            if let Err(err) = self.catch_up().await {
+                tracing::error!(error = %err, code = err.code(), "the profile projection stopped a batch; retrying");
+            }
+            tokio::select! {
+                _ = stored.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Rebuilds the profiles from position 0 into a table of their own, then swaps it in place
+    /// of the live one in one transaction; readers read the old table until then. `progress` is
+    /// told the position reached and the head after each batch.
+    pub async fn rebuild(
+        &self,
+        mut progress: impl FnMut(Position, Position),
+    ) -> Result<Position, ProjectionError> {
+        self.store.reset_next_profiles(PROFILES_REBUILD).await?;
+        let mut at = 0;
+        loop {
+            while let Some(reached) = self.step(PROFILES_REBUILD, ProfileTable::Next).await? {
+                at = reached;
+                progress(at, self.store.head().await?.max(at));
+            }
+            if self
+                .store
+                .swap_in_next_profiles(PROFILES, PROFILES_REBUILD, at)
+                .await?
+            {
+                return Ok(at);
+            }
+            if self.store.checkpoint(PROFILES_REBUILD).await? == at {
+                continue;
+            }
+            return Err(ProjectionError::ConcurrentRebuild(PROFILES));
+        }
+    }
+
+    /// How far the live profiles are behind the log.
+    pub async fn lag(&self) -> Result<Lag, ProjectionError> {
+        let position = self.store.checkpoint(PROFILES).await?;
+        let head = self.store.head().await?;
+        let seconds = match self.store.read_all(position, 1).await?.first() {
+            Some(next) => (Utc::now() - next.recorded_at).num_seconds().max(0),
+            None => 0,
+        };
+        Ok(Lag {
+            position,
+            head,
+            events: head.saturating_sub(position),
+            seconds,
+        })
+    }
+
+    /// The live profile of a customer (a merged id reads its survivor's), if it has one.
+    pub async fn profile(&self, customer: CustomerId) -> Result<Option<Profile>, ProjectionError> {
+        let live = self.store.live_customer(customer).await?;
+        let stored = self
+            .store
+            .load_profiles(ProfileTable::Live, &[live])
+            .await?;
+        stored
+            .get(&live)
+            .map(|state| {
+                serde_json::from_str(state).map_err(|e| ProjectionError::Row {
+                    customer: live,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+}

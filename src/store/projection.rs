@@ -1,0 +1,362 @@
+//! Read-model tables and projection checkpoints, beside the log in the same database.
+//!
+//! A projection writes its rows and its checkpoint in one transaction
+//! ([`EventStore::commit_rows`]), guarded by the checkpoint it started from: if another writer
+//! moved the checkpoint meanwhile (a rebuild that swapped the table in), nothing is written and
+//! the caller starts again from the new checkpoint.
+
+use std::collections::HashMap;
+
+use patron_domain::customer::CustomerId;
+use patron_domain::Position;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::error::Result;
+use super::{to_i64, to_u64, Backend, EventStore};
+
+/// A read-model table a projection may write: the live one, or the one a rebuild fills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileTable {
+    /// `profiles`, which readers read.
+    Live,
+    /// `profiles_next`, filled by a rebuild and then swapped in.
+    Next,
+}
+
+impl ProfileTable {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Live => "profiles",
+            Self::Next => "profiles_next",
+        }
+    }
+}
+
+/// One row of a profile table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileRow {
+    /// The customer.
+    pub customer: CustomerId,
+    /// The customer it was merged into, if any.
+    pub merged_into: Option<CustomerId>,
+    /// The profile as JSON.
+    pub state: String,
+}
+
+impl EventStore {
+    /// Where the projection `name` has read the log up to (0: nothing yet).
+    pub async fn checkpoint(&self, name: &str) -> Result<Position> {
+        let position: Option<i64> = match &self.backend {
+            Backend::Sqlite(b) => {
+                sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
+                    .bind(name)
+                    .fetch_optional(b.reader())
+                    .await?
+            }
+            Backend::Postgres(b) => {
+                sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(b.pool())
+                    .await?
+            }
+        };
+        let position = position.unwrap_or(0);
+        to_u64(position, position, "checkpoint")
+    }
+
+    /// The stored rows of `customers` in `table`.
+    pub async fn load_profiles(
+        &self,
+        table: ProfileTable,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, String>> {
+        let mut found = HashMap::with_capacity(customers.len());
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let sql = format!("SELECT state FROM {} WHERE customer_id = ?", table.name());
+                let mut conn = b.reader().acquire().await?;
+                for customer in customers {
+                    let state: Option<String> = sqlx::query_scalar(&sql)
+                        .bind(customer.as_uuid())
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    if let Some(state) = state {
+                        found.insert(*customer, state);
+                    }
+                }
+            }
+            Backend::Postgres(b) => {
+                let ids: Vec<Uuid> = customers.iter().map(|c| c.as_uuid()).collect();
+                let sql = format!(
+                    "SELECT customer_id, state FROM {} WHERE customer_id = ANY($1::uuid[])",
+                    table.name()
+                );
+                for row in sqlx::query(&sql).bind(&ids).fetch_all(b.pool()).await? {
+                    let id: Uuid = row.try_get(0)?;
+                    found.insert(CustomerId::from_uuid(id), row.try_get(1)?);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every row of `table`, in customer order.
+    pub async fn all_profiles(&self, table: ProfileTable) -> Result<Vec<ProfileRow>> {
+        let sql = format!(
+            "SELECT customer_id, merged_into, state FROM {} ORDER BY customer_id",
+            table.name()
+        );
+        let rows = match &self.backend {
+            Backend::Sqlite(b) => {
+                let rows: Vec<(Uuid, Option<Uuid>, String)> =
+                    sqlx::query_as(&sql).fetch_all(b.reader()).await?;
+                rows
+            }
+            Backend::Postgres(b) => sqlx::query_as(&sql).fetch_all(b.pool()).await?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(c, m, state)| ProfileRow {
+                customer: CustomerId::from_uuid(c),
+                merged_into: m.map(CustomerId::from_uuid),
+                state,
+            })
+            .collect())
+    }
+
+    /// Writes `rows` to `table` and moves the checkpoint `name` from `from` to `to`, in one
+    /// transaction. Returns `false`, writing nothing, if the checkpoint is no longer at `from`.
+    pub async fn commit_rows(
+        &self,
+        name: &str,
+        table: ProfileTable,
+        from: Position,
+        to: Position,
+        rows: &[ProfileRow],
+    ) -> Result<bool> {
+        let upsert = format!(
+            "INSERT INTO {} (customer_id, merged_into, state) VALUES ($1, $2, $3) \
+             ON CONFLICT (customer_id) DO UPDATE SET merged_into = excluded.merged_into, \
+             state = excluded.state",
+            table.name()
+        );
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut tx = b.writer().begin_with("BEGIN IMMEDIATE").await?;
+                if !move_checkpoint_sqlite(&mut tx, name, from, to).await? {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                for row in rows {
+                    sqlx::query(&upsert)
+                        .bind(row.customer.as_uuid())
+                        .bind(row.merged_into.map(|c| c.as_uuid()))
+                        .bind(&row.state)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.pool().begin().await?;
+                if !move_checkpoint_postgres(&mut tx, name, from, to).await? {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                let ids: Vec<Uuid> = rows.iter().map(|r| r.customer.as_uuid()).collect();
+                let merged: Vec<Option<Uuid>> = rows
+                    .iter()
+                    .map(|r| r.merged_into.map(|c| c.as_uuid()))
+                    .collect();
+                let states: Vec<&str> = rows.iter().map(|r| r.state.as_str()).collect();
+                let sql = format!(
+                    "INSERT INTO {} (customer_id, merged_into, state) \
+                     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) \
+                     ON CONFLICT (customer_id) DO UPDATE SET merged_into = excluded.merged_into, \
+                     state = excluded.state",
+                    table.name()
+                );
+                sqlx::query(&sql)
+                    .bind(&ids)
+                    .bind(&merged)
+                    .bind(&states)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Empties the rebuild table and its checkpoint `name`, to rebuild from position 0.
+    pub async fn reset_next_profiles(&self, name: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut tx = b.writer().begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::query("DROP TABLE IF EXISTS profiles_next")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "CREATE TABLE profiles_next (customer_id BLOB PRIMARY KEY, merged_into BLOB, \
+                     state TEXT NOT NULL) WITHOUT ROWID",
+                )
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM projection_checkpoints WHERE name = ?")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.pool().begin().await?;
+                sqlx::query("DROP TABLE IF EXISTS profiles_next")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "CREATE TABLE profiles_next (customer_id UUID PRIMARY KEY, merged_into UUID, \
+                     state TEXT NOT NULL)",
+                )
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the rebuilt table in place of the live one, in one transaction: the live
+    /// checkpoint `live` takes the rebuild's position `at` (if the rebuild checkpoint `next` is
+    /// still there), and the rebuild's checkpoint goes. Returns `false`, changing nothing, if
+    /// the rebuild checkpoint is not at `at`.
+    pub async fn swap_in_next_profiles(
+        &self,
+        live: &str,
+        next: &str,
+        at: Position,
+    ) -> Result<bool> {
+        let at = to_i64(at);
+        let statements = [
+            "DROP TABLE profiles",
+            "ALTER TABLE profiles_next RENAME TO profiles",
+        ];
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut tx = b.writer().begin_with("BEGIN IMMEDIATE").await?;
+                let done = sqlx::query(
+                    "DELETE FROM projection_checkpoints WHERE name = ? AND position = ?",
+                )
+                .bind(next)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                for sql in statements {
+                    sqlx::query(sql).execute(&mut *tx).await?;
+                }
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) \
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                )
+                .bind(live)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.pool().begin().await?;
+                let done = sqlx::query(
+                    "DELETE FROM projection_checkpoints WHERE name = $1 AND position = $2",
+                )
+                .bind(next)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                for sql in statements {
+                    sqlx::query(sql).execute(&mut *tx).await?;
+                }
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                )
+                .bind(live)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Moves a checkpoint from `from` to `to` if it is at `from` (a missing checkpoint is at 0).
+async fn move_checkpoint_sqlite(
+    tx: &mut sqlx::SqliteConnection,
+    name: &str,
+    from: Position,
+    to: Position,
+) -> Result<bool> {
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if current.unwrap_or(0) != to_i64(from) {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+    )
+    .bind(name)
+    .bind(to_i64(to))
+    .execute(&mut *tx)
+    .await?;
+    Ok(true)
+}
+
+/// The same on PostgreSQL, locking the checkpoint's row until commit.
+async fn move_checkpoint_postgres(
+    tx: &mut sqlx::PgConnection,
+    name: &str,
+    from: Position,
+    to: Position,
+) -> Result<bool> {
+    // Creates the row if missing, so that concurrent writers lock the same row.
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(name)
+    .execute(&mut *tx)
+    .await?;
+    let current: i64 = sqlx::query_scalar(
+        "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+    )
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    if current != to_i64(from) {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE projection_checkpoints SET position = $2 WHERE name = $1")
+        .bind(name)
+        .bind(to_i64(to))
+        .execute(&mut *tx)
+        .await?;
+    Ok(true)
+}

@@ -1,0 +1,301 @@
+//! The profile projection: figures checked by hand, merges followed, incremental runs equal to a
+//! full rebuild (property), and checkpoints that guard every batch.
+
+use patron::ingest::{Ingestor, RecordOutcome};
+use patron::projection::{ProfileProjection, PROFILES};
+use patron::store::projection::{ProfileRow, ProfileTable};
+use patron_domain::customer::CustomerId;
+use patron_domain::identity::IdentityRules;
+use patron_domain::touchpoint::ConsentPurpose;
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use serde_json::{json, Value};
+
+use crate::helpers::{master_key, Backend, TestStore};
+
+fn ingestor(t: &TestStore) -> Ingestor {
+    Ingestor::new(
+        t.store.clone(),
+        IdentityRules::default(),
+        b"test identity key",
+        master_key(),
+    )
+}
+
+fn record(event_type: &str, channel: &str, at: &str, identifiers: Value, extra: Value) -> String {
+    let mut r = json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "type": event_type,
+        "channel": channel,
+        "source": format!("{channel}-system"),
+        "occurred_at": at,
+        "identifiers": identifiers,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        r[k] = v.clone();
+    }
+    r.to_string()
+}
+
+fn customer_of(outcome: &RecordOutcome) -> CustomerId {
+    match outcome {
+        RecordOutcome::Accepted { customer, .. } => *customer,
+        other => panic!("expected an accepted record, got {other:?}"),
+    }
+}
+
+async fn a_profile_adds_up_its_customers_history_across_a_merge(t: &TestStore) {
+    let ing = ingestor(t);
+    let report = ing
+        .ingest_json(&[
+            record(
+                "order_placed",
+                "store",
+                "2026-03-01T10:00:00+08:00",
+                json!({"phone": "13912340001"}),
+                json!({"order_id": "PO-1", "currency": "CNY", "items": [
+                    {"sku": "SKU-1", "category": "makeup", "quantity": 2,
+                     "unit_price_minor": 5000, "discount_minor": 1000}]}),
+            ),
+            record(
+                "screen_viewed",
+                "app",
+                "2026-03-02T20:00:00+08:00",
+                json!({"phone": "13912340001"}),
+                json!({"screen": "home"}),
+            ),
+            record(
+                "consent_changed",
+                "mini_program",
+                "2026-03-03T08:00:00+08:00",
+                json!({"phone": "13912340001"}),
+                json!({"purpose": "push", "granted": true}),
+            ),
+            record(
+                "order_placed",
+                "web",
+                "2026-03-05T09:00:00+08:00",
+                json!({"email": "b@example.cn"}),
+                json!({"order_id": "W-9", "currency": "CNY", "items": [
+                    {"sku": "SKU-2", "category": "shoes", "quantity": 1,
+                     "unit_price_minor": 30000}]}),
+            ),
+            // Ties the email's customer to the phone's.
+            record(
+                "custom",
+                "web",
+                "2026-03-06T21:30:00+08:00",
+                json!({"phone": "13912340001", "email": "b@example.cn"}),
+                json!({"name": "newsletter_signup"}),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(report.merges, 1);
+    let (a, b) = (
+        customer_of(&report.records[0]),
+        customer_of(&report.records[4]),
+    );
+    let projection = ProfileProjection::new(t.store.clone(), 2);
+    assert_eq!(
+        projection.lag().await.unwrap().events,
+        7,
+        "5 touchpoints, 2 merge events"
+    );
+    projection.catch_up().await.unwrap();
+    assert_eq!(projection.lag().await.unwrap().events, 0);
+
+    let p = projection.profile(a).await.unwrap().unwrap();
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    assert_eq!(p.touchpoints, 5);
+    assert_eq!(p.orders, 2);
+    assert_eq!(p.revenue["CNY"], 9_000 + 30_000);
+    assert_eq!(p.average_order_value("CNY"), Some(19_500));
+    assert_eq!(p.promotion_sensitivity(), Some(0.5));
+    assert_eq!(p.category_spend["makeup"], 9_000);
+    assert_eq!(p.favourite_category(), Some("shoes"));
+    assert_eq!(
+        p.preferred_channel(),
+        Some("web"),
+        "web 2; store, app, mini-program 1"
+    );
+    assert_eq!(p.first_seen, Some(at("2026-03-01T10:00:00+08:00")));
+    assert_eq!(p.last_seen, Some(at("2026-03-06T21:30:00+08:00")));
+    assert_eq!(p.first_order_at, Some(at("2026-03-01T10:00:00+08:00")));
+    assert_eq!(p.last_order_at, Some(at("2026-03-05T09:00:00+08:00")));
+    assert!(p.consent[&ConsentPurpose::Push].granted);
+    assert_eq!(p.by_hour[2], 1, "10:00 in Shanghai is 02:00 UTC");
+    assert_eq!(p.merged_into, None);
+
+    // The absorbed customer reads as its survivor; its own row points there.
+    let absorbed = if a == b {
+        t.store.aliases().await.unwrap().into_keys().next().unwrap()
+    } else {
+        b
+    };
+    assert_eq!(projection.profile(absorbed).await.unwrap(), Some(p));
+    let rows = t.store.all_profiles(ProfileTable::Live).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows
+        .iter()
+        .any(|r| r.customer == absorbed && r.merged_into == Some(a)));
+}
+
+async fn a_batch_over_a_moved_checkpoint_writes_nothing(t: &TestStore) {
+    let row = ProfileRow {
+        customer: CustomerId::new(),
+        merged_into: None,
+        state: "{}".into(),
+    };
+    let store = &t.store;
+    assert!(store
+        .commit_rows(
+            PROFILES,
+            ProfileTable::Live,
+            0,
+            5,
+            std::slice::from_ref(&row)
+        )
+        .await
+        .unwrap());
+    assert_eq!(store.checkpoint(PROFILES).await.unwrap(), 5);
+    let stale = ProfileRow {
+        customer: CustomerId::new(),
+        ..row
+    };
+    assert!(!store
+        .commit_rows(PROFILES, ProfileTable::Live, 0, 9, &[stale])
+        .await
+        .unwrap());
+    assert_eq!(store.checkpoint(PROFILES).await.unwrap(), 5);
+    assert_eq!(
+        store.all_profiles(ProfileTable::Live).await.unwrap().len(),
+        1
+    );
+}
+
+crate::on_both_stores!(
+    a_profile_adds_up_its_customers_history_across_a_merge,
+    a_batch_over_a_moved_checkpoint_writes_nothing,
+);
+
+/// One ingested record: who (by phone 0-5 and email 0-3, either may be missing), what, when.
+type Step = (Option<u8>, Option<u8>, u8, u8);
+
+fn histories() -> impl Strategy<Value = (Vec<Vec<Step>>, usize)> {
+    let step = (
+        prop::option::of(0..6u8),
+        prop::option::of(0..4u8),
+        0..4u8,
+        0..24u8,
+    );
+    (
+        prop::collection::vec(prop::collection::vec(step, 1..8), 1..6),
+        1..9usize,
+    )
+}
+
+fn step_record((phone, email, what, hour): Step) -> String {
+    let mut identifiers = serde_json::Map::new();
+    if let Some(p) = phone {
+        identifiers.insert("phone".into(), json!(format!("1391234{p:04}")));
+    }
+    if let Some(e) = email {
+        identifiers.insert("email".into(), json!(format!("p{e}@example.cn")));
+    }
+    if identifiers.is_empty() {
+        identifiers.insert("device_id".into(), json!(format!("dev-{hour}")));
+    }
+    let at = format!("2026-03-{:02}T{hour:02}:15:00+00:00", 1 + hour % 20);
+    let (event_type, channel, extra) = match what {
+        0 => (
+            "order_placed",
+            "store",
+            json!({"order_id": format!("O-{hour}"), "currency": "CNY", "items": [
+                {"sku": "SKU-1", "category": if hour % 2 == 0 { "makeup" } else { "shoes" },
+                 "quantity": 1 + u32::from(hour % 3), "unit_price_minor": 1000 + i64::from(hour),
+                 "discount_minor": i64::from(hour % 2) * 100}]}),
+        ),
+        1 => ("screen_viewed", "app", json!({"screen": "home"})),
+        2 => (
+            "consent_changed",
+            "web",
+            json!({"purpose": "marketing_sms", "granted": hour % 2 == 0}),
+        ),
+        _ => ("page_viewed", "web", json!({"url": "/p/1"})),
+    };
+    record(event_type, channel, &at, Value::Object(identifiers), extra)
+}
+
+async fn check_incremental_equals_rebuild(
+    backend: Backend,
+    batches: Vec<Vec<Step>>,
+    projection_batch: usize,
+) -> Result<(), TestCaseError> {
+    let Some(t) = TestStore::open(backend).await else {
+        return Ok(());
+    };
+    let ing = ingestor(&t);
+    let projection = ProfileProjection::new(t.store.clone(), projection_batch);
+    let fail = |e: &dyn std::fmt::Display| TestCaseError::fail(e.to_string());
+    let mut touchpoints = 0u64;
+    for batch in &batches {
+        let records: Vec<String> = batch.iter().copied().map(step_record).collect();
+        let report = ing.ingest_json(&records).await.map_err(|e| fail(&e))?;
+        touchpoints += report.accepted as u64;
+        projection.catch_up().await.map_err(|e| fail(&e))?;
+    }
+    let incremental = t
+        .store
+        .all_profiles(ProfileTable::Live)
+        .await
+        .map_err(|e| fail(&e))?;
+    // Every touchpoint counted once, in the live customers' profiles.
+    let mut counted = 0;
+    for row in incremental.iter().filter(|r| r.merged_into.is_none()) {
+        let state: Value = serde_json::from_str(&row.state).map_err(|e| fail(&e))?;
+        counted += state["touchpoints"].as_u64().unwrap_or(0);
+    }
+    prop_assert_eq!(counted, touchpoints);
+    let (live, _, _) = t.store.identity_counts().await.map_err(|e| fail(&e))?;
+    prop_assert_eq!(
+        incremental
+            .iter()
+            .filter(|r| r.merged_into.is_none())
+            .count() as u64,
+        live
+    );
+
+    projection.rebuild(|_, _| {}).await.map_err(|e| fail(&e))?;
+    let rebuilt = t
+        .store
+        .all_profiles(ProfileTable::Live)
+        .await
+        .map_err(|e| fail(&e))?;
+    prop_assert_eq!(incremental, rebuilt);
+    t.finish().await;
+    Ok(())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn sqlite_incremental_profiles_equal_a_rebuild((batches, k) in histories()) {
+        runtime().block_on(check_incremental_equals_rebuild(Backend::Sqlite, batches, k))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+    #[test]
+    fn postgres_incremental_profiles_equal_a_rebuild((batches, k) in histories()) {
+        runtime().block_on(check_incremental_equals_rebuild(Backend::Postgres, batches, k))?;
+    }
+}
