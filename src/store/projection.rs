@@ -73,19 +73,7 @@ impl EventStore {
     ) -> Result<HashMap<CustomerId, String>> {
         let mut found = HashMap::with_capacity(customers.len());
         match &self.backend {
-            Backend::Sqlite(b) => {
-                let sql = format!("SELECT state FROM {} WHERE customer_id = ?", table.name());
-                let mut conn = b.reader().acquire().await?;
-                for customer in customers {
-                    let state: Option<String> = sqlx::query_scalar(&sql)
-                        .bind(customer.as_uuid())
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                    if let Some(state) = state {
-                        found.insert(*customer, state);
-                    }
-                }
-            }
+            Backend::Sqlite(b) => return b.load_states(table.name(), customers).await,
             Backend::Postgres(b) => {
                 let ids: Vec<Uuid> = customers.iter().map(|c| c.as_uuid()).collect();
                 let sql = format!(
@@ -135,28 +123,13 @@ impl EventStore {
         to: Position,
         rows: &[ProfileRow],
     ) -> Result<bool> {
-        let upsert = format!(
-            "INSERT INTO {} (customer_id, merged_into, state) VALUES ($1, $2, $3) \
-             ON CONFLICT (customer_id) DO UPDATE SET merged_into = excluded.merged_into, \
-             state = excluded.state",
-            table.name()
-        );
         match &self.backend {
             Backend::Sqlite(b) => {
-                let mut tx = b.writer().begin_with("BEGIN IMMEDIATE").await?;
-                if !move_checkpoint_sqlite(&mut tx, name, from, to).await? {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                for row in rows {
-                    sqlx::query(&upsert)
-                        .bind(row.customer.as_uuid())
-                        .bind(row.merged_into.map(|c| c.as_uuid()))
-                        .bind(&row.state)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
+                let rows: Vec<(CustomerId, Option<CustomerId>, &str)> = rows
+                    .iter()
+                    .map(|r| (r.customer, r.merged_into, r.state.as_str()))
+                    .collect();
+                return b.commit_states(name, table.name(), from, to, &rows).await;
             }
             Backend::Postgres(b) => {
                 let mut tx = b.pool().begin().await?;
@@ -303,33 +276,8 @@ impl EventStore {
     }
 }
 
-/// Moves a checkpoint from `from` to `to` if it is at `from` (a missing checkpoint is at 0).
-async fn move_checkpoint_sqlite(
-    tx: &mut sqlx::SqliteConnection,
-    name: &str,
-    from: Position,
-    to: Position,
-) -> Result<bool> {
-    let current: Option<i64> =
-        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if current.unwrap_or(0) != to_i64(from) {
-        return Ok(false);
-    }
-    sqlx::query(
-        "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) \
-         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-    )
-    .bind(name)
-    .bind(to_i64(to))
-    .execute(&mut *tx)
-    .await?;
-    Ok(true)
-}
-
-/// The same on PostgreSQL, locking the checkpoint's row until commit.
+/// Moves a checkpoint from `from` to `to` if it is at `from` (a missing checkpoint is at 0),
+/// locking the checkpoint's row until commit.
 async fn move_checkpoint_postgres(
     tx: &mut sqlx::PgConnection,
     name: &str,

@@ -432,6 +432,91 @@ impl SqliteLog {
         })
     }
 
+    /// The `state` of each of `customers` that has a row in the read-model table `table`.
+    pub(crate) async fn load_states(
+        &self,
+        table: &str,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, String>> {
+        let sql = format!("SELECT state FROM {table} WHERE customer_id = ?1");
+        self.read(|db| {
+            let mut stmt = db.prepare(&sql)?;
+            let mut found = HashMap::with_capacity(customers.len());
+            for customer in customers {
+                stmt.reset()?;
+                stmt.bind_blob(1, Some(customer.as_uuid().as_bytes()))?;
+                if stmt.step()? {
+                    if let Some(state) = stmt.column_text(0) {
+                        found.insert(*customer, state.to_owned());
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    /// Writes read-model rows `(customer, merged_into, state)` to `table` and moves the
+    /// checkpoint `name` from `from` to `to`, in one transaction; `false`, writing nothing, if
+    /// the checkpoint is not at `from`.
+    pub(crate) async fn commit_states(
+        &self,
+        name: &str,
+        table: &str,
+        from: u64,
+        to: u64,
+        rows: &[(CustomerId, Option<CustomerId>, &str)],
+    ) -> Result<bool> {
+        let upsert = format!(
+            "INSERT INTO {table} (customer_id, merged_into, state) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (customer_id) DO UPDATE SET merged_into = excluded.merged_into, \
+             state = excluded.state"
+        );
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let moved = {
+            let mut handle = tx.lock_handle().await?;
+            let db = RawDb::new(&mut handle);
+            blocking(|| -> Result<bool> {
+                let mut current =
+                    db.prepare("SELECT position FROM projection_checkpoints WHERE name = ?1")?;
+                current.bind_text(1, Some(name))?;
+                let at = if current.step()? {
+                    current.column_i64(0)
+                } else {
+                    0
+                };
+                drop(current);
+                if at != to_i64(from) {
+                    return Ok(false);
+                }
+                let mut mv = db.prepare(
+                    "INSERT INTO projection_checkpoints (name, position) VALUES (?1, ?2) \
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                )?;
+                mv.bind_text(1, Some(name))?;
+                mv.bind_i64(2, to_i64(to))?;
+                mv.step()?;
+                drop(mv);
+                let mut insert = db.prepare(&upsert)?;
+                for (customer, merged_into, state) in rows {
+                    insert.reset()?;
+                    insert.bind_blob(1, Some(customer.as_uuid().as_bytes()))?;
+                    let merged = merged_into.map(|m| m.as_uuid());
+                    insert.bind_blob(2, merged.as_ref().map(|m| m.as_bytes().as_slice()))?;
+                    insert.bind_text(3, Some(state))?;
+                    insert.step()?;
+                }
+                Ok(true)
+            })?
+        };
+        if moved {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(moved)
+    }
+
     /// The pool of the one writing connection.
     pub(crate) fn writer(&self) -> &SqlitePool {
         &self.writer
