@@ -14,6 +14,7 @@ use crate::import::mapping::Mapping;
 use crate::ingest::Ingestor;
 use crate::privacy::{self, Opener};
 use crate::projection::{ProfileProjection, PROFILES};
+use crate::scoring::{self, ScoringRules};
 use crate::server::Application;
 use crate::store::scratch::ScratchPostgres;
 use crate::store::{redact_url, EventStore};
@@ -56,6 +57,10 @@ pub struct Cli {
         default_value_t = 30
     )]
     pub quarantine_retention_days: u32,
+    /// Scoring rules (TOML: value tiers, lifecycle thresholds); the defaults when not given.
+    /// See `docs/projections.md`.
+    #[arg(long, global = true, env = "PATRON_SCORING_RULES")]
+    pub scoring_rules: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -187,6 +192,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Score every live customer as of now (or --as-of): value tier, RFM scores and segment,
+    /// lifecycle stage; record the stage transitions since the last run. Brings the profiles up
+    /// to date first.
+    Score {
+        /// The moment to score as of (RFC 3339); default now.
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::FixedOffset>>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Keys: `patron keys master` prints a new random master key for PATRON_MASTER_KEY.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -287,6 +303,7 @@ impl Cli {
             } => {
                 let ingestor = self.ingestor().await?.with_actor("http");
                 spawn_quarantine_expiry(ingestor.store().clone(), self.quarantine_retention_days);
+                spawn_scoring(ingestor.store().clone(), self.scoring_rules()?);
                 let app = Application::build_with_write_keys(ingestor, address, write_keys.clone())
                     .with_context(|| format!("cannot listen on {address}"))?;
                 tracing::info!(port = app.port(), "serving on {address}");
@@ -374,6 +391,11 @@ impl Cli {
                 )
                 .await
             }
+            Command::Score { as_of, json } => {
+                let rules = self.scoring_rules()?;
+                let as_of = as_of.map_or_else(chrono::Utc::now, |t| t.to_utc());
+                score(&self.database_url, &rules, as_of, json).await
+            }
             Command::Keys(KeysCommand::Master) => {
                 println!("{}", MasterKey::generate());
                 Ok(())
@@ -393,6 +415,13 @@ impl Cli {
 }
 
 impl Cli {
+    /// The scoring rules chosen on the command line, or the defaults.
+    pub fn scoring_rules(&self) -> Result<ScoringRules> {
+        self.scoring_rules
+            .as_deref()
+            .map_or_else(|| Ok(ScoringRules::default()), ScoringRules::load)
+    }
+
     /// The identity rules chosen on the command line, or the built-in ones.
     pub fn rules(&self) -> Result<IdentityRules> {
         match &self.identity_rules {
@@ -699,6 +728,60 @@ async fn rebuild(url: &str, projection: &str, batch: usize) -> Result<()> {
     );
     store.close().await;
     Ok(())
+}
+
+async fn score(
+    url: &str,
+    rules: &ScoringRules,
+    as_of: chrono::DateTime<chrono::Utc>,
+    json: bool,
+) -> Result<()> {
+    let store = open(url).await?;
+    ProfileProjection::new(store.clone(), 20_000)
+        .catch_up()
+        .await
+        .context("cannot bring the profiles up to date")?;
+    let report = scoring::score(&store, rules, as_of)
+        .await
+        .context("cannot score the customers")?;
+    store.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "scored {} customers as of {}",
+            report.customers, report.as_of
+        );
+        println!("with orders in the window: {}", report.with_rfm);
+        println!("stage transitions:         {}", report.transitions);
+        for (title, counts) in [
+            ("tier", &report.by_tier),
+            ("stage", &report.by_stage),
+            ("RFM segment", &report.by_rfm_segment),
+        ] {
+            let line: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            println!("by {title}: {}", line.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// Scores the customers every hour, for as long as the process runs.
+fn spawn_scoring(store: EventStore, rules: ScoringRules) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            match scoring::score(&store, &rules, chrono::Utc::now()).await {
+                Ok(report) => tracing::info!(
+                    customers = report.customers,
+                    transitions = report.transitions,
+                    "customers scored"
+                ),
+                Err(err) => tracing::warn!(error = %err, "scoring failed"),
+            }
+        }
+    });
 }
 
 /// Expires the quarantine now and then every hour, for as long as the process runs.

@@ -8,6 +8,7 @@
 //! - [`ingest`], [`import`], [`server`]: touchpoints in, resolved to customers.
 //! - [`privacy`]: opening sealed personal data, erasure, quarantine expiry.
 //! - [`projection`]: the runner that folds the log into read models, with checkpoints.
+//! - [`scoring`]: value tiers, RFM and lifecycle stages of every customer as of a moment.
 //! - [`bench`]: the `patron bench` workloads whose figures go into `docs/benchmarks.md`.
 //! - [`cli`]: the `patron` command line.
 //! - [`telemetry`]: tracing set-up.
@@ -22,6 +23,7 @@ pub mod import;
 pub mod ingest;
 pub mod privacy;
 pub mod projection;
+pub mod scoring;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -24,6 +24,11 @@ use crate::store::{EventStore, StoreError};
 pub const PROFILES: &str = "profiles";
 /// The checkpoint of a profile rebuild in progress.
 const PROFILES_REBUILD: &str = "profiles@rebuild";
+/// The version of the profile fold: raised whenever what a profile holds changes, so that
+/// stored profiles are rebuilt once by the new code.
+pub const PROFILE_VERSION: &str = "2";
+/// The setting holding the version the stored profiles were folded with.
+const PROFILE_VERSION_SETTING: &str = "projection.profiles.version";
 
 /// What stops a projection.
 #[derive(Debug, Error)]
@@ -141,8 +146,23 @@ impl ProfileProjection {
         }
     }
 
-    /// Applies every event stored so far; returns the position reached.
+    /// Applies every event stored so far; returns the position reached. Profiles folded by
+    /// an earlier version of the fold are rebuilt first.
     pub async fn catch_up(&self) -> Result<Position, ProjectionError> {
+        // Profiles stored before versions were recorded are of version 1.
+        let unversioned = if self.store.checkpoint(PROFILES).await? == 0 {
+            PROFILE_VERSION
+        } else {
+            "1"
+        };
+        let stored = self
+            .store
+            .setting_or_insert(PROFILE_VERSION_SETTING, unversioned)
+            .await?;
+        if stored != PROFILE_VERSION {
+            tracing::info!(from = %stored, to = PROFILE_VERSION, "profiles folded by an earlier version: rebuilding");
+            self.rebuild(|_, _| {}).await?;
+        }
         let mut at = self.store.checkpoint(PROFILES).await?;
         while let Some(reached) = self.step(PROFILES, ProfileTable::Live).await? {
             at = reached;
@@ -184,6 +204,9 @@ impl ProfileProjection {
                 .swap_in_next_profiles(PROFILES, PROFILES_REBUILD, at)
                 .await?
             {
+                self.store
+                    .put_setting(PROFILE_VERSION_SETTING, PROFILE_VERSION)
+                    .await?;
                 return Ok(at);
             }
             if self.store.checkpoint(PROFILES_REBUILD).await? == at {

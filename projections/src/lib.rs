@@ -1,8 +1,13 @@
-//! Patron's read models, each a fold over the event log, free of IO: the application's
-//! projection runner (`src/projection/`) loads what a batch of events touches, folds the batch
-//! in with the functions here, and writes the result with its checkpoint in one transaction.
+//! Patron's read models, each a fold over the event log or a function of folded profiles, free
+//! of IO: the application's projection runner (`src/projection.rs`) loads what a batch of events
+//! touches, folds the batch in with the functions here, and writes the result with its
+//! checkpoint in one transaction.
 //!
 //! - [`profile`]: the customer profile (activity, orders, revenue, channels, categories,
 //!   consent), merged customers folded into their survivor.
+//! - [`value`]: RFM scores and the named RFM segments, value tiers.
+//! - [`lifecycle`]: lifecycle stages.
 
+pub mod lifecycle;
 pub mod profile;
+pub mod value;

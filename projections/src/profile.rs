@@ -65,6 +65,21 @@ pub struct Profile {
     pub category_spend: BTreeMap<String, i64>,
     /// Current consent per purpose.
     pub consent: BTreeMap<ConsentPurpose, Consent>,
+    /// Every order, oldest first: what windowed figures (spend in the last 365 days, RFM,
+    /// lifecycle) are computed from.
+    #[serde(default)]
+    pub order_log: Vec<OrderEntry>,
+}
+
+/// One order in a profile's order log.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OrderEntry {
+    /// When it was placed.
+    pub at: DateTime<Utc>,
+    /// Its currency.
+    pub currency: String,
+    /// Its total, in minor units.
+    pub total_minor: i64,
 }
 
 /// The readable part of a touchpoint's payload.
@@ -129,6 +144,13 @@ impl Profile {
                 }
                 self.first_order_at = earliest(self.first_order_at, Some(at));
                 self.last_order_at = latest(self.last_order_at, Some(at));
+                let entry = OrderEntry {
+                    at,
+                    currency: order.currency,
+                    total_minor: order.total_minor,
+                };
+                let place = self.order_log.partition_point(|o| *o <= entry);
+                self.order_log.insert(place, entry);
             }
             Some(Action::OrderRefunded(refund)) => {
                 *self
@@ -172,6 +194,8 @@ impl Profile {
         add_all(&mut self.category_spend, &other.category_spend);
         self.first_order_at = earliest(self.first_order_at, other.first_order_at);
         self.last_order_at = latest(self.last_order_at, other.last_order_at);
+        self.order_log.extend(other.order_log.iter().cloned());
+        self.order_log.sort();
         for (purpose, consent) in &other.consent {
             let newer = self.consent.get(purpose).is_none_or(|c| c.at < consent.at);
             if newer {

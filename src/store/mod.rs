@@ -13,6 +13,7 @@ pub mod identity;
 mod plan;
 mod postgres;
 pub mod projection;
+pub mod scores;
 pub mod scratch;
 mod sqlite;
 mod subscription;

@@ -45,6 +45,29 @@ pub struct ProfileRow {
 }
 
 impl EventStore {
+    /// Stores a setting, replacing its value.
+    pub async fn put_setting(&self, name: &str, value: &str) -> Result<()> {
+        let sql = "INSERT INTO settings (name, value) VALUES ($1, $2) \
+                   ON CONFLICT (name) DO UPDATE SET value = excluded.value";
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                sqlx::query(sql)
+                    .bind(name)
+                    .bind(value)
+                    .execute(b.writer())
+                    .await?;
+            }
+            Backend::Postgres(b) => {
+                sqlx::query(sql)
+                    .bind(name)
+                    .bind(value)
+                    .execute(b.pool())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Where the projection `name` has read the log up to (0: nothing yet).
     pub async fn checkpoint(&self, name: &str) -> Result<Position> {
         let position: Option<i64> = match &self.backend {

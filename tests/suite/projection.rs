@@ -3,7 +3,9 @@
 
 use patron::ingest::{Ingestor, RecordOutcome};
 use patron::projection::{ProfileProjection, PROFILES};
+use patron::scoring::{score, ScoringRules};
 use patron::store::projection::{ProfileRow, ProfileTable};
+use patron::store::scores::ScoreColumn;
 use patron_domain::customer::CustomerId;
 use patron_domain::identity::IdentityRules;
 use patron_domain::touchpoint::ConsentPurpose;
@@ -174,7 +176,143 @@ async fn a_batch_over_a_moved_checkpoint_writes_nothing(t: &TestStore) {
     );
 }
 
+fn order_on(day: i64, phone: &str, total_minor: i64) -> String {
+    let at = chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00+00:00").unwrap()
+        + chrono::Duration::days(day);
+    record(
+        "order_placed",
+        "store",
+        &at.to_rfc3339(),
+        json!({"phone": phone}),
+        json!({"order_id": format!("O-{phone}-{day}"), "currency": "CNY", "items": [
+            {"sku": "SKU-1", "quantity": 1, "unit_price_minor": total_minor}]}),
+    )
+}
+
+async fn scoring_applies_the_rules_and_records_stage_transitions(t: &TestStore) {
+    let ing = ingestor(t);
+    let mut records: Vec<String> = [0, 7, 14, 21, 28]
+        .iter()
+        .map(|d| order_on(*d, "13900000001", 200_000))
+        .collect();
+    records.push(order_on(0, "13900000002", 150_000));
+    records.push(order_on(20, "13900000002", 150_000));
+    records.push(record(
+        "page_viewed",
+        "web",
+        "2026-01-02T08:00:00+00:00",
+        json!({"phone": "13900000003"}),
+        json!({"url": "/"}),
+    ));
+    let report = ing.ingest_json(&records).await.unwrap();
+    let (a, b, c) = (
+        customer_of(&report.records[0]),
+        customer_of(&report.records[5]),
+        customer_of(&report.records[7]),
+    );
+    ProfileProjection::new(t.store.clone(), 3)
+        .catch_up()
+        .await
+        .unwrap();
+    let day = |d: i64| {
+        chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00+00:00")
+            .unwrap()
+            .to_utc()
+            + chrono::Duration::days(d)
+    };
+    let rules = ScoringRules::default();
+    let first = score(&t.store, &rules, day(33)).await.unwrap();
+    assert_eq!(
+        (first.customers, first.with_rfm, first.transitions),
+        (3, 2, 3)
+    );
+    // A: 5 orders of 2,000 yuan, weekly, the last 5 days ago: high value, mature.
+    // B: 2 orders of 1,500 yuan 20 days apart, the last 13 days ago: potential, growth.
+    // C: no order: basic, acquisition.
+    assert_eq!(
+        first.by_tier,
+        [("basic", 1), ("high_value", 1), ("potential", 1)]
+            .map(|(k, n)| (k.to_owned(), n))
+            .into()
+    );
+    assert_eq!(
+        first.by_stage,
+        [("acquisition", 1), ("growth", 1), ("mature", 1)]
+            .map(|(k, n)| (k.to_owned(), n))
+            .into()
+    );
+    // Two customers ranked: A is better on all three (1 of 2 below it: 1 + 5/2 = 3), B worst.
+    assert_eq!(
+        first.by_rfm_segment,
+        [("lost", 1), ("need_attention", 1)]
+            .map(|(k, n)| (k.to_owned(), n))
+            .into()
+    );
+
+    // 100 days later nobody bought: A and B have churned; C is still to be acquired.
+    let later = score(&t.store, &rules, day(130)).await.unwrap();
+    assert_eq!(later.transitions, 2);
+    let transitions = t.store.transitions().await.unwrap();
+    let moves: Vec<(CustomerId, Option<&str>, &str)> = transitions
+        .iter()
+        .skip(3)
+        .map(|t| (t.customer, t.from.as_deref(), t.to.as_str()))
+        .collect();
+    assert!(moves.contains(&(a, Some("mature"), "churned")), "{moves:?}");
+    assert!(moves.contains(&(b, Some("growth"), "churned")), "{moves:?}");
+    assert!(transitions
+        .iter()
+        .all(|t| t.customer != c || t.from.is_none()));
+    assert_eq!(transitions[3].at, day(130));
+    assert_eq!(
+        t.store.score_counts(ScoreColumn::Stage).await.unwrap(),
+        vec![("acquisition".to_owned(), 1), ("churned".to_owned(), 2)]
+    );
+    // Scoring again at the same moment changes nothing.
+    assert_eq!(
+        score(&t.store, &rules, day(130)).await.unwrap().transitions,
+        0
+    );
+}
+
+async fn profiles_of_an_earlier_fold_are_rebuilt_once(t: &TestStore) {
+    let ing = ingestor(t);
+    ing.ingest_json(&[order_on(0, "13900000009", 100)])
+        .await
+        .unwrap();
+    let projection = ProfileProjection::new(t.store.clone(), 10);
+    projection.catch_up().await.unwrap();
+    // A row the current fold would never write, under an older fold's version.
+    let stray = ProfileRow {
+        customer: CustomerId::new(),
+        merged_into: None,
+        state: "{}".into(),
+    };
+    let at = t.store.checkpoint(PROFILES).await.unwrap();
+    assert!(t
+        .store
+        .commit_rows(PROFILES, ProfileTable::Live, at, at, &[stray])
+        .await
+        .unwrap());
+    t.store
+        .put_setting("projection.profiles.version", "1")
+        .await
+        .unwrap();
+    projection.catch_up().await.unwrap();
+    let rows = t.store.all_profiles(ProfileTable::Live).await.unwrap();
+    assert_eq!(rows.len(), 1, "rebuilt from the log: {rows:?}");
+    assert_eq!(
+        t.store
+            .setting_or_insert("projection.profiles.version", "?")
+            .await
+            .unwrap(),
+        patron::projection::PROFILE_VERSION
+    );
+}
+
 crate::on_both_stores!(
+    profiles_of_an_earlier_fold_are_rebuilt_once,
+    scoring_applies_the_rules_and_records_stage_transitions,
     a_profile_adds_up_its_customers_history_across_a_merge,
     a_batch_over_a_moved_checkpoint_writes_nothing,
 );

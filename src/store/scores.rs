@@ -1,0 +1,214 @@
+//! The scores table (value and lifecycle of each live customer as of a scoring run) and the
+//! lifecycle transitions it records.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use patron_domain::customer::CustomerId;
+use serde::Serialize;
+use sqlx::QueryBuilder;
+use uuid::Uuid;
+
+use super::error::{Result, StoreError};
+use super::{to_u64, Backend, EventStore};
+
+/// Rows per INSERT statement.
+const CHUNK: usize = 500;
+
+/// One customer's scores.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ScoreRow {
+    /// The live customer.
+    pub customer: CustomerId,
+    /// Days since the last order in the window, if any.
+    pub recency_days: Option<i64>,
+    /// Orders in the window.
+    pub frequency: i64,
+    /// Their totals, minor units.
+    pub monetary_minor: i64,
+    /// RFM scores (r, f, m), if the customer ordered in the window.
+    pub rfm: Option<(u8, u8, u8)>,
+    /// The named RFM segment.
+    pub rfm_segment: Option<String>,
+    /// The value tier.
+    pub tier: String,
+    /// The lifecycle stage.
+    pub stage: String,
+}
+
+/// A change of lifecycle stage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Transition {
+    /// Whose.
+    pub customer: CustomerId,
+    /// The stage before (`None`: the first one).
+    pub from: Option<String>,
+    /// The stage after.
+    pub to: String,
+    /// The scoring run that saw it.
+    pub at: DateTime<Utc>,
+}
+
+macro_rules! insert_scores {
+    ($db:ty, $tx:expr, $rows:expr, $as_of_value:expr) => {{
+        for chunk in $rows.chunks(CHUNK) {
+            let mut q: QueryBuilder<$db> = QueryBuilder::new(
+                "INSERT INTO customer_scores (customer_id, as_of, recency_days, frequency, \
+                 monetary_minor, r, f, m, rfm_segment, tier, stage) ",
+            );
+            q.push_values(chunk, |mut b, row| {
+                b.push_bind(row.customer.as_uuid())
+                    .push_bind($as_of_value)
+                    .push_bind(row.recency_days)
+                    .push_bind(row.frequency)
+                    .push_bind(row.monetary_minor)
+                    .push_bind(row.rfm.map(|s| i16::from(s.0)))
+                    .push_bind(row.rfm.map(|s| i16::from(s.1)))
+                    .push_bind(row.rfm.map(|s| i16::from(s.2)))
+                    .push_bind(row.rfm_segment.clone())
+                    .push_bind(row.tier.clone())
+                    .push_bind(row.stage.clone());
+            });
+            q.build().execute(&mut *$tx).await?;
+        }
+    }};
+}
+
+macro_rules! insert_transitions {
+    ($db:ty, $tx:expr, $transitions:expr, $at:expr) => {{
+        for chunk in $transitions.chunks(CHUNK) {
+            let mut q: QueryBuilder<$db> = QueryBuilder::new(
+                "INSERT INTO lifecycle_transitions (customer_id, from_stage, to_stage, at) ",
+            );
+            q.push_values(chunk, |mut b, t| {
+                b.push_bind(t.customer.as_uuid())
+                    .push_bind(t.from.clone())
+                    .push_bind(t.to.clone())
+                    .push_bind($at);
+            });
+            q.build().execute(&mut *$tx).await?;
+        }
+    }};
+}
+
+impl EventStore {
+    /// Each scored customer's stage as of the last scoring run.
+    pub async fn stages(&self) -> Result<HashMap<CustomerId, String>> {
+        let sql = "SELECT customer_id, stage FROM customer_scores";
+        let rows: Vec<(Uuid, String)> = match &self.backend {
+            Backend::Sqlite(b) => sqlx::query_as(sql).fetch_all(b.reader()).await?,
+            Backend::Postgres(b) => sqlx::query_as(sql).fetch_all(b.pool()).await?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(c, s)| (CustomerId::from_uuid(c), s))
+            .collect())
+    }
+
+    /// Replaces the scores with `rows` and records `transitions`, in one transaction.
+    pub async fn write_scores(
+        &self,
+        as_of: DateTime<Utc>,
+        rows: &[ScoreRow],
+        transitions: &[Transition],
+    ) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut tx = b.writer().begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::query("DELETE FROM customer_scores")
+                    .execute(&mut *tx)
+                    .await?;
+                let micros = as_of.timestamp_micros();
+                insert_scores!(sqlx::Sqlite, tx, rows, micros);
+                insert_transitions!(sqlx::Sqlite, tx, transitions, micros);
+                tx.commit().await?;
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.pool().begin().await?;
+                sqlx::query("DELETE FROM customer_scores")
+                    .execute(&mut *tx)
+                    .await?;
+                insert_scores!(sqlx::Postgres, tx, rows, as_of);
+                insert_transitions!(sqlx::Postgres, tx, transitions, as_of);
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Live customers per value (a column of the scores: `tier`, `stage` or `rfm_segment`).
+    pub async fn score_counts(&self, column: ScoreColumn) -> Result<Vec<(String, u64)>> {
+        let sql = format!(
+            "SELECT {c}, count(*) FROM customer_scores WHERE {c} IS NOT NULL \
+             GROUP BY {c} ORDER BY {c}",
+            c = column.name()
+        );
+        let rows: Vec<(String, i64)> = match &self.backend {
+            Backend::Sqlite(b) => sqlx::query_as(&sql).fetch_all(b.reader()).await?,
+            Backend::Postgres(b) => sqlx::query_as(&sql).fetch_all(b.pool()).await?,
+        };
+        rows.into_iter()
+            .map(|(v, n)| Ok((v, to_u64(n, 0, "count")?)))
+            .collect()
+    }
+
+    /// Every recorded lifecycle transition, oldest first.
+    pub async fn transitions(&self) -> Result<Vec<Transition>> {
+        let sql =
+            "SELECT customer_id, from_stage, to_stage, at FROM lifecycle_transitions ORDER BY id";
+        Ok(match &self.backend {
+            Backend::Sqlite(b) => {
+                let rows: Vec<(Uuid, Option<String>, String, i64)> =
+                    sqlx::query_as(sql).fetch_all(b.reader()).await?;
+                rows.into_iter()
+                    .map(|(c, from, to, at)| {
+                        Ok(Transition {
+                            customer: CustomerId::from_uuid(c),
+                            from,
+                            to,
+                            at: DateTime::from_timestamp_micros(at).ok_or_else(|| {
+                                StoreError::Corrupt {
+                                    position: 0,
+                                    reason: format!("a transition's time is out of range: {at}"),
+                                }
+                            })?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+            Backend::Postgres(b) => {
+                let rows: Vec<(Uuid, Option<String>, String, DateTime<Utc>)> =
+                    sqlx::query_as(sql).fetch_all(b.pool()).await?;
+                rows.into_iter()
+                    .map(|(c, from, to, at)| Transition {
+                        customer: CustomerId::from_uuid(c),
+                        from,
+                        to,
+                        at,
+                    })
+                    .collect()
+            }
+        })
+    }
+}
+
+/// A column of the scores that customers can be counted by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoreColumn {
+    /// The value tier.
+    Tier,
+    /// The lifecycle stage.
+    Stage,
+    /// The named RFM segment.
+    RfmSegment,
+}
+
+impl ScoreColumn {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tier => "tier",
+            Self::Stage => "stage",
+            Self::RfmSegment => "rfm_segment",
+        }
+    }
+}
