@@ -758,6 +758,7 @@ async fn score(
             ("tier", &report.by_tier),
             ("stage", &report.by_stage),
             ("RFM segment", &report.by_rfm_segment),
+            ("tag", &report.by_tag),
         ] {
             let line: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
             println!("by {title}: {}", line.join(", "));

@@ -1,4 +1,4 @@
-//! Scoring: the value tier, RFM scores and segment, and lifecycle stage of every live customer
+//! Scoring: the value tier, RFM scores and segment, lifecycle stage and tags of every live customer
 //! as of a moment, from the profiles; and the lifecycle transitions since the last run.
 //!
 //! Scores depend on time as well as on events (a customer churns by not buying), so they are
@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
 use patron_projections::lifecycle::LifecycleRules;
 use patron_projections::profile::Profile;
+use patron_projections::tags::TagRules;
 use patron_projections::value::{activity, score_rfm, RfmSegment, TierRules};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,8 @@ pub struct ScoringRules {
     pub tiers: TierRules,
     /// Lifecycle stages.
     pub lifecycle: LifecycleRules,
+    /// Tags.
+    pub tags: TagRules,
 }
 
 impl ScoringRules {
@@ -58,6 +61,8 @@ pub struct ScoringReport {
     pub by_stage: BTreeMap<String, u64>,
     /// Customers per named RFM segment.
     pub by_rfm_segment: BTreeMap<String, u64>,
+    /// Customers per tag.
+    pub by_tag: BTreeMap<String, u64>,
 }
 
 fn name_of(value: &impl Serialize) -> String {
@@ -125,6 +130,10 @@ pub async fn score(
         if let Some(segment) = &segment {
             *report.by_rfm_segment.entry(segment.clone()).or_default() += 1;
         }
+        let tags: Vec<String> = rules.tags.tags(profile, as_of).into_iter().collect();
+        for tag in &tags {
+            *report.by_tag.entry(tag.clone()).or_default() += 1;
+        }
         rows.push(ScoreRow {
             customer: *customer,
             recency_days: a.map(|a| a.recency_days),
@@ -134,6 +143,7 @@ pub async fn score(
             rfm_segment: segment,
             tier,
             stage,
+            tags,
         });
     }
     report.customers = rows.len() as u64;

@@ -7,7 +7,9 @@
 //!   consent), merged customers folded into their survivor.
 //! - [`value`]: RFM scores and the named RFM segments, value tiers.
 //! - [`lifecycle`]: lifecycle stages.
+//! - [`tags`]: tags from rules and derived from the profile.
 
 pub mod lifecycle;
 pub mod profile;
+pub mod tags;
 pub mod value;

@@ -1,5 +1,5 @@
-//! The scores table (value and lifecycle of each live customer as of a scoring run) and the
-//! lifecycle transitions it records.
+//! The scores and tags tables (value, lifecycle and tags of each live customer as of a scoring
+//! run) and the lifecycle transitions it records.
 
 use std::collections::HashMap;
 
@@ -34,6 +34,8 @@ pub struct ScoreRow {
     pub tier: String,
     /// The lifecycle stage.
     pub stage: String,
+    /// The tags.
+    pub tags: Vec<String>,
 }
 
 /// A change of lifecycle stage.
@@ -68,6 +70,23 @@ macro_rules! insert_scores {
                     .push_bind(row.rfm_segment.clone())
                     .push_bind(row.tier.clone())
                     .push_bind(row.stage.clone());
+            });
+            q.build().execute(&mut *$tx).await?;
+        }
+    }};
+}
+
+macro_rules! insert_tags {
+    ($db:ty, $tx:expr, $rows:expr) => {{
+        let pairs: Vec<(Uuid, &str)> = $rows
+            .iter()
+            .flat_map(|r| r.tags.iter().map(|t| (r.customer.as_uuid(), t.as_str())))
+            .collect();
+        for chunk in pairs.chunks(CHUNK) {
+            let mut q: QueryBuilder<$db> =
+                QueryBuilder::new("INSERT INTO customer_tags (customer_id, tag) ");
+            q.push_values(chunk, |mut b, (customer, tag)| {
+                b.push_bind(*customer).push_bind(*tag);
             });
             q.build().execute(&mut *$tx).await?;
         }
@@ -118,8 +137,12 @@ impl EventStore {
                 sqlx::query("DELETE FROM customer_scores")
                     .execute(&mut *tx)
                     .await?;
+                sqlx::query("DELETE FROM customer_tags")
+                    .execute(&mut *tx)
+                    .await?;
                 let micros = as_of.timestamp_micros();
                 insert_scores!(sqlx::Sqlite, tx, rows, micros);
+                insert_tags!(sqlx::Sqlite, tx, rows);
                 insert_transitions!(sqlx::Sqlite, tx, transitions, micros);
                 tx.commit().await?;
             }
@@ -128,7 +151,11 @@ impl EventStore {
                 sqlx::query("DELETE FROM customer_scores")
                     .execute(&mut *tx)
                     .await?;
+                sqlx::query("DELETE FROM customer_tags")
+                    .execute(&mut *tx)
+                    .await?;
                 insert_scores!(sqlx::Postgres, tx, rows, as_of);
+                insert_tags!(sqlx::Postgres, tx, rows);
                 insert_transitions!(sqlx::Postgres, tx, transitions, as_of);
                 tx.commit().await?;
             }
@@ -150,6 +177,40 @@ impl EventStore {
         rows.into_iter()
             .map(|(v, n)| Ok((v, to_u64(n, 0, "count")?)))
             .collect()
+    }
+
+    /// Live customers per tag.
+    pub async fn tag_counts(&self) -> Result<Vec<(String, u64)>> {
+        let sql = "SELECT tag, count(*) FROM customer_tags GROUP BY tag ORDER BY tag";
+        let rows: Vec<(String, i64)> = match &self.backend {
+            Backend::Sqlite(b) => sqlx::query_as(sql).fetch_all(b.reader()).await?,
+            Backend::Postgres(b) => sqlx::query_as(sql).fetch_all(b.pool()).await?,
+        };
+        rows.into_iter()
+            .map(|(v, n)| Ok((v, to_u64(n, 0, "count")?)))
+            .collect()
+    }
+
+    /// The tags of a customer as of the last scoring run.
+    pub async fn tags_of(&self, customer: CustomerId) -> Result<Vec<String>> {
+        Ok(match &self.backend {
+            Backend::Sqlite(b) => {
+                sqlx::query_scalar(
+                    "SELECT tag FROM customer_tags WHERE customer_id = ? ORDER BY tag",
+                )
+                .bind(customer.as_uuid())
+                .fetch_all(b.reader())
+                .await?
+            }
+            Backend::Postgres(b) => {
+                sqlx::query_scalar(
+                    "SELECT tag FROM customer_tags WHERE customer_id = $1 ORDER BY tag",
+                )
+                .bind(customer.as_uuid())
+                .fetch_all(b.pool())
+                .await?
+            }
+        })
     }
 
     /// Every recorded lifecycle transition, oldest first.

@@ -249,6 +249,21 @@ async fn scoring_applies_the_rules_and_records_stage_transitions(t: &TestStore) 
             .into()
     );
 
+    // Tags: A bought 4 times in the last 30 days; everyone's preferred channel.
+    assert_eq!(
+        t.store.tags_of(a).await.unwrap(),
+        ["high_frequency", "preferred_channel:store"]
+    );
+    assert_eq!(t.store.tags_of(c).await.unwrap(), ["preferred_channel:web"]);
+    assert_eq!(
+        t.store.tag_counts().await.unwrap(),
+        vec![
+            ("high_frequency".to_owned(), 1),
+            ("preferred_channel:store".to_owned(), 2),
+            ("preferred_channel:web".to_owned(), 1)
+        ]
+    );
+
     // 100 days later nobody bought: A and B have churned; C is still to be acquired.
     let later = score(&t.store, &rules, day(130)).await.unwrap();
     assert_eq!(later.transitions, 2);
@@ -268,6 +283,12 @@ async fn scoring_applies_the_rules_and_records_stage_transitions(t: &TestStore) 
         t.store.score_counts(ScoreColumn::Stage).await.unwrap(),
         vec![("acquisition".to_owned(), 1), ("churned".to_owned(), 2)]
     );
+    assert!(!t
+        .store
+        .tags_of(a)
+        .await
+        .unwrap()
+        .contains(&"high_frequency".to_owned()));
     // Scoring again at the same moment changes nothing.
     assert_eq!(
         score(&t.store, &rules, day(130)).await.unwrap().transitions,
