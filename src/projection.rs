@@ -26,7 +26,7 @@ pub const PROFILES: &str = "profiles";
 const PROFILES_REBUILD: &str = "profiles@rebuild";
 /// The version of the profile fold: raised whenever what a profile holds changes, so that
 /// stored profiles are rebuilt once by the new code.
-pub const PROFILE_VERSION: &str = "2";
+pub const PROFILE_VERSION: &str = "3";
 /// The setting holding the version the stored profiles were folded with.
 const PROFILE_VERSION_SETTING: &str = "projection.profiles.version";
 

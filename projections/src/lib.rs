@@ -8,8 +8,10 @@
 //! - [`value`]: RFM scores and the named RFM segments, value tiers.
 //! - [`lifecycle`]: lifecycle stages.
 //! - [`tags`]: tags from rules and derived from the profile.
+//! - [`segment`]: the segment rule language and its evaluation against one customer.
 
 pub mod lifecycle;
 pub mod profile;
+pub mod segment;
 pub mod tags;
 pub mod value;

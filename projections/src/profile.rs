@@ -69,6 +69,15 @@ pub struct Profile {
     /// lifecycle) are computed from.
     #[serde(default)]
     pub order_log: Vec<OrderEntry>,
+    /// Touchpoints per day (days since 1970-01-01, UTC), by event type (`order_placed`) and by
+    /// event type and channel (`page_viewed@app`): what segment windows count.
+    #[serde(default)]
+    pub daily: BTreeMap<String, BTreeMap<i64, u32>>,
+}
+
+/// The day of a moment: days since 1970-01-01, UTC.
+pub fn day_of(at: DateTime<Utc>) -> i64 {
+    at.timestamp().div_euclid(86_400)
 }
 
 /// One order in a profile's order log.
@@ -129,6 +138,13 @@ impl Profile {
             self.by_hour.resize(24, 0);
         }
         self.by_hour[at.hour() as usize] += 1;
+        let day = day_of(at);
+        for key in [
+            event.event_type.clone(),
+            format!("{}@{}", event.event_type, touchpoint.channel.as_str()),
+        ] {
+            *self.daily.entry(key).or_default().entry(day).or_default() += 1;
+        }
         match touchpoint.action {
             Some(Action::OrderPlaced(order)) => {
                 self.orders += 1;
@@ -196,6 +212,12 @@ impl Profile {
         self.last_order_at = latest(self.last_order_at, other.last_order_at);
         self.order_log.extend(other.order_log.iter().cloned());
         self.order_log.sort();
+        for (key, days) in &other.daily {
+            let mine = self.daily.entry(key.clone()).or_default();
+            for (day, n) in days {
+                *mine.entry(*day).or_default() += n;
+            }
+        }
         for (purpose, consent) in &other.consent {
             let newer = self.consent.get(purpose).is_none_or(|c| c.at < consent.at);
             if newer {
@@ -242,6 +264,18 @@ impl Profile {
         let revenue = *self.revenue.get(currency)?;
         let orders = i64::try_from(self.orders).ok().filter(|n| *n > 0)?;
         Some(revenue.div_euclid(orders))
+    }
+
+    /// Touchpoints counted under `key` (an event type, or `type@channel`) on the `days` days
+    /// ending with the day of `as_of`.
+    pub fn count_in_last(&self, key: &str, days: i64, as_of: DateTime<Utc>) -> u64 {
+        let last = day_of(as_of);
+        self.daily.get(key).map_or(0, |per_day| {
+            per_day
+                .range(last - days + 1..=last)
+                .map(|(_, n)| u64::from(*n))
+                .sum()
+        })
     }
 
     /// Share of orders with a discount, 0 to 1.
