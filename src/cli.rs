@@ -15,10 +15,12 @@ use crate::ingest::Ingestor;
 use crate::privacy::{self, Opener};
 use crate::projection::{ProfileProjection, PROFILES};
 use crate::scoring::{self, ScoringRules};
+use crate::segmentation;
 use crate::server::Application;
 use crate::store::scratch::ScratchPostgres;
 use crate::store::{redact_url, EventStore};
 use patron_domain::identity::{IdentityRules, RulesFile};
+use patron_projections::segment::Rule;
 
 /// The default store: an SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://patron.db";
@@ -203,12 +205,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Segments: `patron segment preview RULE` counts the customers a rule selects, without
+    /// saving anything. The rule language is in `docs/projections.md`.
+    #[command(subcommand)]
+    Segment(SegmentCommand),
     /// Keys: `patron keys master` prints a new random master key for PATRON_MASTER_KEY.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Run a benchmark on a scratch database and print its figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Segment commands.
+#[derive(Debug, Subcommand)]
+pub enum SegmentCommand {
+    /// Count the live customers a rule selects as of now (profiles brought up to date first;
+    /// scores and tags from the last `patron score`).
+    Preview {
+        /// The rule, for example `tier = "high_value" and stage = "declining"`.
+        rule: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Key management.
@@ -395,6 +415,30 @@ impl Cli {
                 let rules = self.scoring_rules()?;
                 let as_of = as_of.map_or_else(chrono::Utc::now, |t| t.to_utc());
                 score(&self.database_url, &rules, as_of, json).await
+            }
+            Command::Segment(SegmentCommand::Preview { ref rule, json }) => {
+                let rule =
+                    Rule::parse(rule).map_err(|e| anyhow::anyhow!("the rule is invalid: {e}"))?;
+                let rules = self.scoring_rules()?;
+                let store = open(&self.database_url).await?;
+                ProfileProjection::new(store.clone(), 20_000)
+                    .catch_up()
+                    .await
+                    .context("cannot bring the profiles up to date")?;
+                let preview =
+                    segmentation::preview(&store, &rule, &rules.tiers.currency, chrono::Utc::now())
+                        .await
+                        .context("cannot judge the customers")?;
+                store.close().await;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&preview)?);
+                } else {
+                    println!(
+                        "{} of {} customers match ({:.1} ms)",
+                        preview.matched, preview.customers, preview.evaluation_ms
+                    );
+                }
+                Ok(())
             }
             Command::Keys(KeysCommand::Master) => {
                 println!("{}", MasterKey::generate());

@@ -9,6 +9,7 @@
 //! - [`privacy`]: opening sealed personal data, erasure, quarantine expiry.
 //! - [`projection`]: the runner that folds the log into read models, with checkpoints.
 //! - [`scoring`]: value tiers, RFM and lifecycle stages of every customer as of a moment.
+//! - [`segmentation`]: segment rules judged over the whole customer base.
 //! - [`bench`]: the `patron bench` workloads whose figures go into `docs/benchmarks.md`.
 //! - [`cli`]: the `patron` command line.
 //! - [`telemetry`]: tracing set-up.
@@ -24,6 +25,7 @@ pub mod ingest;
 pub mod privacy;
 pub mod projection;
 pub mod scoring;
+pub mod segmentation;
 pub mod server;
 pub mod store;
 pub mod telemetry;

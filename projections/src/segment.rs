@@ -521,22 +521,22 @@ impl Parser<'_> {
             Some(Token {
                 tok: Tok::Sym(s),
                 at,
-            }) => {
-                match s {
-                    "=" => Op::Eq,
-                    "!=" => Op::Ne,
-                    "<" => Op::Lt,
-                    "<=" => Op::Le,
-                    ">" => Op::Gt,
-                    ">=" => Op::Ge,
-                    other => return Err(self.error_at(
+            }) => match s {
+                "=" => Op::Eq,
+                "!=" => Op::Ne,
+                "<" => Op::Lt,
+                "<=" => Op::Le,
+                ">" => Op::Gt,
+                ">=" => Op::Ge,
+                other => {
+                    return Err(self.error_at(
                         at,
                         format!(
                             "expected a comparison (=, !=, <, <=, >, >=) or `in`, found `{other}`"
                         ),
-                    )),
+                    ))
                 }
-            }
+            },
             Some(t) => {
                 return Err(self.error_at(
                     t.at,

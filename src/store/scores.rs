@@ -213,6 +213,73 @@ impl EventStore {
         })
     }
 
+    /// Every scored customer's scores, without tags.
+    pub async fn all_scores(&self) -> Result<HashMap<CustomerId, ScoreRow>> {
+        let sql = "SELECT customer_id, recency_days, frequency, monetary_minor, r, f, m, \
+                   rfm_segment, tier, stage FROM customer_scores";
+        type Row = (
+            Uuid,
+            Option<i64>,
+            i64,
+            i64,
+            Option<i16>,
+            Option<i16>,
+            Option<i16>,
+            Option<String>,
+            String,
+            String,
+        );
+        let rows: Vec<Row> = match &self.backend {
+            Backend::Sqlite(b) => sqlx::query_as(sql).fetch_all(b.reader()).await?,
+            Backend::Postgres(b) => sqlx::query_as(sql).fetch_all(b.pool()).await?,
+        };
+        let score = |v: Option<i16>| v.and_then(|v| u8::try_from(v).ok());
+        Ok(rows
+            .into_iter()
+            .map(
+                |(c, recency, frequency, monetary, r, f, m, segment, tier, stage)| {
+                    let customer = CustomerId::from_uuid(c);
+                    let rfm = match (score(r), score(f), score(m)) {
+                        (Some(r), Some(f), Some(m)) => Some((r, f, m)),
+                        _ => None,
+                    };
+                    (
+                        customer,
+                        ScoreRow {
+                            customer,
+                            recency_days: recency,
+                            frequency,
+                            monetary_minor: monetary,
+                            rfm,
+                            rfm_segment: segment,
+                            tier,
+                            stage,
+                            tags: Vec::new(),
+                        },
+                    )
+                },
+            )
+            .collect())
+    }
+
+    /// Every tagged customer's tags.
+    pub async fn all_tags(
+        &self,
+    ) -> Result<HashMap<CustomerId, std::collections::BTreeSet<String>>> {
+        let sql = "SELECT customer_id, tag FROM customer_tags";
+        let rows: Vec<(Uuid, String)> = match &self.backend {
+            Backend::Sqlite(b) => sqlx::query_as(sql).fetch_all(b.reader()).await?,
+            Backend::Postgres(b) => sqlx::query_as(sql).fetch_all(b.pool()).await?,
+        };
+        let mut tags: HashMap<CustomerId, std::collections::BTreeSet<String>> = HashMap::new();
+        for (c, tag) in rows {
+            tags.entry(CustomerId::from_uuid(c))
+                .or_default()
+                .insert(tag);
+        }
+        Ok(tags)
+    }
+
     /// Every recorded lifecycle transition, oldest first.
     pub async fn transitions(&self) -> Result<Vec<Transition>> {
         let sql =

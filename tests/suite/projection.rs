@@ -4,11 +4,13 @@
 use patron::ingest::{Ingestor, RecordOutcome};
 use patron::projection::{ProfileProjection, PROFILES};
 use patron::scoring::{score, ScoringRules};
+use patron::segmentation::preview;
 use patron::store::projection::{ProfileRow, ProfileTable};
 use patron::store::scores::ScoreColumn;
 use patron_domain::customer::CustomerId;
 use patron_domain::identity::IdentityRules;
 use patron_domain::touchpoint::ConsentPurpose;
+use patron_projections::segment::Rule;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
@@ -263,6 +265,33 @@ async fn scoring_applies_the_rules_and_records_stage_transitions(t: &TestStore) 
             ("preferred_channel:web".to_owned(), 1)
         ]
     );
+
+    // Segments over the scores, tags and behaviour, as of the same moment.
+    for (rule, expected) in [
+        ("tier = \"high_value\" and stage = \"mature\"", 1),
+        (
+            "count(order_placed, channel = \"store\") in last 30 days >= 1",
+            2,
+        ),
+        (
+            "count(order_placed) in last 30 days >= 4 or tag \"high_frequency\"",
+            1,
+        ),
+        (
+            "spend in last 365 days >= 300000 and not tier = \"high_value\"",
+            1,
+        ),
+        ("orders = 0 and channel.web >= 1", 1),
+    ] {
+        let rule = Rule::parse(rule).unwrap();
+        let preview = preview(&t.store, &rule, "CNY", day(33)).await.unwrap();
+        assert_eq!(
+            (preview.customers, preview.matched),
+            (3, expected),
+            "{}",
+            rule.text()
+        );
+    }
 
     // 100 days later nobody bought: A and B have churned; C is still to be acquired.
     let later = score(&t.store, &rules, day(130)).await.unwrap();
