@@ -50,6 +50,17 @@ pub enum ProjectionError {
     /// Another rebuild moved the rebuild checkpoint.
     #[error("another rebuild of {0} is running")]
     ConcurrentRebuild(&'static str),
+    /// The stored read model was folded by a newer version of Patron than this one.
+    #[error(
+        "the profiles were folded by a newer Patron (fold version {stored}; this one folds \
+         version {current}): upgrade this binary rather than fold them back"
+    )]
+    NewerFold {
+        /// The stored version.
+        stored: String,
+        /// This binary's version.
+        current: &'static str,
+    },
 }
 
 impl ProjectionError {
@@ -60,6 +71,7 @@ impl ProjectionError {
             Self::Fold(_) => "UNREADABLE_EVENT",
             Self::Row { .. } => "UNREADABLE_ROW",
             Self::ConcurrentRebuild(_) => "REBUILD_RUNNING",
+            Self::NewerFold { .. } => "NEWER_FOLD",
         }
     }
 }
@@ -159,7 +171,17 @@ impl ProfileProjection {
             .store
             .setting_or_insert(PROFILE_VERSION_SETTING, unversioned)
             .await?;
-        if stored != PROFILE_VERSION {
+        let (stored_version, current) = (
+            stored.parse::<u32>().unwrap_or(0),
+            PROFILE_VERSION.parse::<u32>().unwrap_or(0),
+        );
+        if stored_version > current {
+            return Err(ProjectionError::NewerFold {
+                stored,
+                current: PROFILE_VERSION,
+            });
+        }
+        if stored_version < current {
             tracing::info!(from = %stored, to = PROFILE_VERSION, "profiles folded by an earlier version: rebuilding");
             self.rebuild(|_, _| {}).await?;
         }
@@ -194,26 +216,22 @@ impl ProfileProjection {
     ) -> Result<Position, ProjectionError> {
         self.store.reset_next_profiles(PROFILES_REBUILD).await?;
         let mut at = 0;
-        loop {
-            while let Some(reached) = self.step(PROFILES_REBUILD, ProfileTable::Next).await? {
-                at = reached;
-                progress(at, self.store.head().await?.max(at));
-            }
-            if self
-                .store
-                .swap_in_next_profiles(PROFILES, PROFILES_REBUILD, at)
-                .await?
-            {
-                self.store
-                    .put_setting(PROFILE_VERSION_SETTING, PROFILE_VERSION)
-                    .await?;
-                return Ok(at);
-            }
-            if self.store.checkpoint(PROFILES_REBUILD).await? == at {
-                continue;
-            }
+        while let Some(reached) = self.step(PROFILES_REBUILD, ProfileTable::Next).await? {
+            at = reached;
+            progress(at, self.store.head().await?.max(at));
+        }
+        // Swapped only if the rebuild checkpoint is still where this rebuild left it.
+        if !self
+            .store
+            .swap_in_next_profiles(PROFILES, PROFILES_REBUILD, at)
+            .await?
+        {
             return Err(ProjectionError::ConcurrentRebuild(PROFILES));
         }
+        self.store
+            .put_setting(PROFILE_VERSION_SETTING, PROFILE_VERSION)
+            .await?;
+        Ok(at)
     }
 
     /// How far the live profiles are behind the log.

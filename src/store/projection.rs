@@ -185,7 +185,7 @@ impl EventStore {
         Ok(true)
     }
 
-    /// Empties the rebuild table and its checkpoint `name`, to rebuild from position 0.
+    /// Empties the rebuild table and sets its checkpoint `name` to 0, to rebuild from there.
     pub async fn reset_next_profiles(&self, name: &str) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(b) => {
@@ -199,10 +199,13 @@ impl EventStore {
                 )
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("DELETE FROM projection_checkpoints WHERE name = ?")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints (name, position) VALUES (?, 0) \
+                     ON CONFLICT (name) DO UPDATE SET position = 0",
+                )
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
             }
             Backend::Postgres(b) => {
@@ -216,10 +219,13 @@ impl EventStore {
                 )
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) \
+                     ON CONFLICT (name) DO UPDATE SET position = 0",
+                )
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
             }
         }
@@ -270,6 +276,21 @@ impl EventStore {
             }
             Backend::Postgres(b) => {
                 let mut tx = b.pool().begin().await?;
+                // The live runner locks its checkpoint's row before writing the live table; lock
+                // it first here too, so the two wait for each other instead of deadlocking.
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(live)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+                )
+                .bind(live)
+                .execute(&mut *tx)
+                .await?;
                 let done = sqlx::query(
                     "DELETE FROM projection_checkpoints WHERE name = $1 AND position = $2",
                 )

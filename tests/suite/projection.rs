@@ -360,7 +360,50 @@ async fn profiles_of_an_earlier_fold_are_rebuilt_once(t: &TestStore) {
     );
 }
 
+async fn a_rebuild_of_an_empty_log_finishes(t: &TestStore) {
+    let projection = ProfileProjection::new(t.store.clone(), 10);
+    let rebuilt = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        projection.rebuild(|_, _| {}),
+    )
+    .await
+    .expect("the rebuild finishes")
+    .unwrap();
+    assert_eq!(rebuilt, 0);
+    assert_eq!(projection.lag().await.unwrap().events, 0);
+}
+
+async fn a_rebuild_while_the_live_projection_runs_loses_nothing(t: &TestStore) {
+    let ing = ingestor(t);
+    let first: Vec<String> = (0..60)
+        .map(|n| order_on(n % 30, &format!("139000{:05}", n % 17), 1_000))
+        .collect();
+    ing.ingest_json(&first).await.unwrap();
+    let live = ProfileProjection::new(t.store.clone(), 7);
+    live.catch_up().await.unwrap();
+    let rebuild = ProfileProjection::new(t.reopen().await, 5);
+    let (rebuilt, ()) = tokio::join!(rebuild.rebuild(|_, _| {}), async {
+        for n in 0..10 {
+            ing.ingest_json(&[order_on(40 + n, "13900000001", 500)])
+                .await
+                .unwrap();
+            live.catch_up().await.unwrap();
+        }
+    });
+    rebuilt.unwrap();
+    live.catch_up().await.unwrap();
+    let rows = t.store.all_profiles(ProfileTable::Live).await.unwrap();
+    let mut orders = 0;
+    for row in rows.iter().filter(|r| r.merged_into.is_none()) {
+        let state: Value = serde_json::from_str(&row.state).unwrap();
+        orders += state["orders"].as_u64().unwrap();
+    }
+    assert_eq!(orders, 70, "every order counted once");
+}
+
 crate::on_both_stores!(
+    a_rebuild_of_an_empty_log_finishes,
+    a_rebuild_while_the_live_projection_runs_loses_nothing,
     profiles_of_an_earlier_fold_are_rebuilt_once,
     scoring_applies_the_rules_and_records_stage_transitions,
     a_profile_adds_up_its_customers_history_across_a_merge,
