@@ -817,6 +817,14 @@ fn spawn_scoring(store: EventStore, rules: ScoringRules) {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
         loop {
             every.tick().await;
+            // Scores are only as good as the profiles: bring them up to date first.
+            if let Err(err) = ProfileProjection::new(store.clone(), 20_000)
+                .catch_up()
+                .await
+            {
+                tracing::warn!(error = %err, "scoring skipped: the profiles are not up to date");
+                continue;
+            }
             match scoring::score(&store, &rules, chrono::Utc::now()).await {
                 Ok(report) => tracing::info!(
                     customers = report.customers,

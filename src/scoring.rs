@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::projection::ProjectionError;
 use crate::store::projection::ProfileTable;
-use crate::store::scores::{ScoreRow, Transition};
+use crate::store::scores::ScoreRow;
 use crate::store::EventStore;
 
 /// The rules a scoring run applies, from a TOML file or the defaults.
@@ -103,28 +103,18 @@ pub async fn score(
         .collect();
     let rfm = score_rfm(&activities);
     let activity_of: std::collections::HashMap<CustomerId, _> = activities.into_iter().collect();
-    let previous = store.stages().await?;
 
     let mut report = ScoringReport {
         as_of,
         ..ScoringReport::default()
     };
     let mut rows = Vec::with_capacity(profiles.len());
-    let mut transitions = Vec::new();
     for (customer, profile) in &profiles {
         let stage = name_of(&rules.lifecycle.stage(profile, as_of));
         let tier = tiers.tier(profile, as_of).to_owned();
         let scores = rfm.get(customer).copied();
         let segment = scores.map(|s| name_of(&RfmSegment::of(s)));
         let a = activity_of.get(customer);
-        if previous.get(customer) != Some(&stage) {
-            transitions.push(Transition {
-                customer: *customer,
-                from: previous.get(customer).cloned(),
-                to: stage.clone(),
-                at: as_of,
-            });
-        }
         *report.by_tier.entry(tier.clone()).or_default() += 1;
         *report.by_stage.entry(stage.clone()).or_default() += 1;
         if let Some(segment) = &segment {
@@ -148,7 +138,6 @@ pub async fn score(
     }
     report.customers = rows.len() as u64;
     report.with_rfm = rfm.len() as u64;
-    report.transitions = transitions.len() as u64;
-    store.write_scores(as_of, &rows, &transitions).await?;
+    report.transitions = store.write_scores(as_of, &rows).await?.len() as u64;
     Ok(report)
 }

@@ -216,6 +216,15 @@ fn a_customer_erased_from_the_command_line_reads_as_erased_and_leaves_no_trace()
         String::from_utf8_lossy(&import.stderr)
     );
 
+    // Without the master key, commands are refused rather than plant a second one.
+    let keyless = patron(&["log"], &url);
+    assert!(!keyless.status.success());
+    assert!(
+        String::from_utf8_lossy(&keyless.stderr).contains("set PATRON_MASTER_KEY"),
+        "{}",
+        String::from_utf8_lossy(&keyless.stderr)
+    );
+
     let erase = with_key(&[
         "erase",
         "--identifier",

@@ -253,6 +253,28 @@ impl Appends {
     }
 }
 
+/// The key kept in the store under `setting`; on a store holding no keyed data yet, `generated`
+/// is kept and returned (the first one kept wins a race). A store with keyed data but no kept
+/// key was keyed from configuration: refused, naming `variable`.
+async fn kept_or_first(
+    store: &EventStore,
+    setting: &str,
+    generated: &str,
+    variable: &str,
+) -> Result<String, StoreError> {
+    if let Some(kept) = store.setting(setting).await? {
+        return Ok(kept);
+    }
+    if store.holds_keyed_data().await? {
+        return Err(StoreError::Abandoned {
+            reason: format!(
+                "this store was written with a key given in configuration: set {variable}"
+            ),
+        });
+    }
+    store.setting_or_insert(setting, generated).await
+}
+
 /// An event whose `personal` members are sealed for `key`'s customer.
 fn sealed(
     event_type: &str,
@@ -333,8 +355,11 @@ impl Ingestor {
     }
 
     /// An ingestor with the keys given, and for those not given (`None`), the ones kept in the
-    /// store, generated on first use. Keys kept beside the data are fine for a trial, not for
-    /// production, which gives both in configuration (see `docs/privacy.md`).
+    /// store. A store holding no keyed data yet (no customer key, no identity index entry) gets
+    /// generated keys kept in it, fine for a trial, not for production, which gives both in
+    /// configuration (see `docs/privacy.md`). A store that holds keyed data but no kept key was
+    /// written with keys from configuration: then a missing key is refused, never generated,
+    /// so that a command run without the configuration cannot plant a second key.
     pub async fn with_keys(
         store: EventStore,
         rules: IdentityRules,
@@ -345,18 +370,26 @@ impl Ingestor {
             Some(key) => key.to_vec(),
             None => {
                 let generated = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-                store
-                    .setting_or_insert(IDENTITY_KEY_SETTING, &generated)
-                    .await?
-                    .into_bytes()
+                kept_or_first(
+                    &store,
+                    IDENTITY_KEY_SETTING,
+                    &generated,
+                    "PATRON_IDENTITY_KEY",
+                )
+                .await?
+                .into_bytes()
             }
         };
         let master = match master {
             Some(master) => master,
             None => {
-                let text = store
-                    .setting_or_insert(MASTER_KEY_SETTING, &MasterKey::generate())
-                    .await?;
+                let text = kept_or_first(
+                    &store,
+                    MASTER_KEY_SETTING,
+                    &MasterKey::generate(),
+                    "PATRON_MASTER_KEY",
+                )
+                .await?;
                 MasterKey::parse(&text).map_err(|e| StoreError::Abandoned {
                     reason: format!("the master key kept in the store: {e}"),
                 })?

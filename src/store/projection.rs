@@ -45,6 +45,36 @@ pub struct ProfileRow {
 }
 
 impl EventStore {
+    /// A setting's value, if stored.
+    pub async fn setting(&self, name: &str) -> Result<Option<String>> {
+        Ok(match &self.backend {
+            Backend::Sqlite(b) => {
+                sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
+                    .bind(name)
+                    .fetch_optional(b.reader())
+                    .await?
+            }
+            Backend::Postgres(b) => {
+                sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(b.pool())
+                    .await?
+            }
+        })
+    }
+
+    /// Whether any customer key or identity index entry is stored: whether keys generated now
+    /// would be the store's first.
+    pub async fn holds_keyed_data(&self) -> Result<bool> {
+        let sql =
+            "SELECT EXISTS (SELECT 1 FROM customer_keys) OR EXISTS (SELECT 1 FROM identity_index)";
+        let held: bool = match &self.backend {
+            Backend::Sqlite(b) => sqlx::query_scalar(sql).fetch_one(b.reader()).await?,
+            Backend::Postgres(b) => sqlx::query_scalar(sql).fetch_one(b.pool()).await?,
+        };
+        Ok(held)
+    }
+
     /// Stores a setting, replacing its value.
     pub async fn put_setting(&self, name: &str, value: &str) -> Result<()> {
         let sql = "INSERT INTO settings (name, value) VALUES ($1, $2) \

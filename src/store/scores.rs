@@ -124,16 +124,33 @@ impl EventStore {
             .collect())
     }
 
-    /// Replaces the scores with `rows` and records `transitions`, in one transaction.
+    /// Replaces the scores with `rows`, and records a transition for each customer whose stage
+    /// differs from the one it replaces, in one transaction (concurrent runs take turns, so a
+    /// change is recorded once). Returns the transitions recorded.
     pub async fn write_scores(
         &self,
         as_of: DateTime<Utc>,
         rows: &[ScoreRow],
-        transitions: &[Transition],
-    ) -> Result<()> {
-        match &self.backend {
+    ) -> Result<Vec<Transition>> {
+        let prev_sql = "SELECT customer_id, stage FROM customer_scores";
+        let transitions = |previous: Vec<(Uuid, String)>| -> Vec<Transition> {
+            let previous: HashMap<Uuid, String> = previous.into_iter().collect();
+            rows.iter()
+                .filter(|r| previous.get(&r.customer.as_uuid()) != Some(&r.stage))
+                .map(|r| Transition {
+                    customer: r.customer,
+                    from: previous.get(&r.customer.as_uuid()).cloned(),
+                    to: r.stage.clone(),
+                    at: as_of,
+                })
+                .collect()
+        };
+        let recorded = match &self.backend {
             Backend::Sqlite(b) => {
                 let mut tx = b.writer().begin_with("BEGIN IMMEDIATE").await?;
+                let previous: Vec<(Uuid, String)> =
+                    sqlx::query_as(prev_sql).fetch_all(&mut *tx).await?;
+                let recorded = transitions(previous);
                 sqlx::query("DELETE FROM customer_scores")
                     .execute(&mut *tx)
                     .await?;
@@ -143,11 +160,18 @@ impl EventStore {
                 let micros = as_of.timestamp_micros();
                 insert_scores!(sqlx::Sqlite, tx, rows, micros);
                 insert_tags!(sqlx::Sqlite, tx, rows);
-                insert_transitions!(sqlx::Sqlite, tx, transitions, micros);
+                insert_transitions!(sqlx::Sqlite, tx, recorded, micros);
                 tx.commit().await?;
+                recorded
             }
             Backend::Postgres(b) => {
                 let mut tx = b.pool().begin().await?;
+                sqlx::query("LOCK TABLE customer_scores IN EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+                let previous: Vec<(Uuid, String)> =
+                    sqlx::query_as(prev_sql).fetch_all(&mut *tx).await?;
+                let recorded = transitions(previous);
                 sqlx::query("DELETE FROM customer_scores")
                     .execute(&mut *tx)
                     .await?;
@@ -156,11 +180,12 @@ impl EventStore {
                     .await?;
                 insert_scores!(sqlx::Postgres, tx, rows, as_of);
                 insert_tags!(sqlx::Postgres, tx, rows);
-                insert_transitions!(sqlx::Postgres, tx, transitions, as_of);
+                insert_transitions!(sqlx::Postgres, tx, recorded, as_of);
                 tx.commit().await?;
+                recorded
             }
-        }
-        Ok(())
+        };
+        Ok(recorded)
     }
 
     /// Live customers per value (a column of the scores: `tier`, `stage` or `rfm_segment`).

@@ -223,11 +223,15 @@ async fn scoring_applies_the_rules_and_records_stage_transitions(t: &TestStore) 
             + chrono::Duration::days(d)
     };
     let rules = ScoringRules::default();
-    let first = score(&t.store, &rules, day(33)).await.unwrap();
-    assert_eq!(
-        (first.customers, first.with_rfm, first.transitions),
-        (3, 2, 3)
+    // Two runs at once (the server's hourly one and a command): each change recorded once.
+    let other = t.reopen().await;
+    let (first, second) = tokio::join!(
+        score(&t.store, &rules, day(33)),
+        score(&other, &rules, day(33))
     );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.transitions + second.transitions, 3);
+    assert_eq!((first.customers, first.with_rfm), (3, 2));
     // A: 5 orders of 2,000 yuan, weekly, the last 5 days ago: high value, mature.
     // B: 2 orders of 1,500 yuan 20 days apart, the last 13 days ago: potential, growth.
     // C: no order: basic, acquisition.
