@@ -148,28 +148,64 @@ fn identifier_values(payload: &Value, into: &mut BTreeSet<String>) {
     add(payload.get("evidence"));
 }
 
-/// Whether a raw record holds one of the values: as written, or, for a phone number, its
-/// national digits anywhere among the record's digits (exports write phones in many formats).
-fn holds_any(record: &str, values: &[String], phone_digits: &[String]) -> bool {
+/// Whether a raw record holds one of the values as a whole token (not inside a longer word or
+/// number: a member card `2026` does not match a date in 2026), or one of the phone numbers in
+/// any format: a run of digits and the separators phones are written with (spaces, `-`, `+`,
+/// `(`, `)`, `.`) whose digits are the national number, with or without the country code or a
+/// trunk `0`.
+fn holds_any(record: &str, values: &[String], phones: &[PhoneDigits]) -> bool {
     let lower = record.to_lowercase();
-    if values.iter().any(|v| lower.contains(&v.to_lowercase())) {
+    let whole = |value: &str| {
+        let value = value.to_lowercase();
+        lower.match_indices(&value).any(|(at, found)| {
+            let before = lower[..at].chars().next_back();
+            let after = lower[at + found.len()..].chars().next();
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+        })
+    };
+    if values.iter().any(|v| whole(v)) {
         return true;
     }
-    if phone_digits.is_empty() {
+    if phones.is_empty() {
         return false;
     }
-    let digits: String = record.chars().filter(char::is_ascii_digit).collect();
-    phone_digits.iter().any(|d| digits.contains(d.as_str()))
+    record
+        .split(|c: char| !(c.is_ascii_digit() || " -+().".contains(c)))
+        .map(|run| run.chars().filter(char::is_ascii_digit).collect::<String>())
+        .filter(|digits| !digits.is_empty())
+        .any(|digits| phones.iter().any(|p| p.written_as(&digits)))
 }
 
-/// The national digits of an E.164 phone number, if the value is one.
-fn national_digits(value: &str) -> Option<String> {
+/// A phone number's digits as exports write them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PhoneDigits {
+    country: String,
+    national: String,
+}
+
+impl PhoneDigits {
+    /// Whether `digits` (a run of digits from a record) is this number.
+    fn written_as(&self, digits: &str) -> bool {
+        let n = &self.national;
+        let c = &self.country;
+        digits == n
+            || digits == format!("0{n}")
+            || digits == format!("{c}{n}")
+            || digits == format!("00{c}{n}")
+    }
+}
+
+/// The digits of an E.164 phone number, if the value is one.
+fn phone_digits(value: &str) -> Option<PhoneDigits> {
     if !value.starts_with('+') {
         return None;
     }
     let number = phonenumber::parse(None, value).ok()?;
-    let digits = number.national().value().to_string();
-    (digits.len() >= 7).then_some(digits)
+    let national = number.national().value().to_string();
+    (national.len() >= 7).then(|| PhoneDigits {
+        country: number.code().value().to_string(),
+        national,
+    })
 }
 
 /// Erases a customer: see [`EventStore::erase`]. Before the keys are destroyed, the customer's
@@ -194,9 +230,13 @@ pub async fn erase(
             identifier_values(&payload, &mut values);
         }
     }
-    let values: Vec<String> = values.into_iter().filter(|v| v.len() >= 4).collect();
-    let phone_digits: Vec<String> = values.iter().filter_map(|v| national_digits(v)).collect();
-    let matcher = move |record: &str| holds_any(record, &values, &phone_digits);
+    // Short values (a two-letter login) would match too much; phones are matched by digits.
+    let values: Vec<String> = values
+        .into_iter()
+        .filter(|v| v.chars().count() >= 6)
+        .collect();
+    let phones: Vec<PhoneDigits> = values.iter().filter_map(|v| phone_digits(v)).collect();
+    let matcher = move |record: &str| holds_any(record, &values, &phones);
     let metadata = Metadata {
         actor: Some(actor.to_owned()),
         reason: Some(reason.to_owned()),
@@ -232,17 +272,27 @@ mod tests {
 
     #[test]
     fn a_phone_is_found_in_any_export_format() {
-        let values = vec!["+8613912340001".to_owned()];
-        let digits = vec![national_digits("+8613912340001").unwrap()];
-        assert_eq!(digits, ["13912340001"]);
+        let values = vec!["+8613912340001".to_owned(), "mc-20260".to_owned()];
+        let phones = vec![phone_digits("+8613912340001").unwrap()];
+        assert_eq!(phones[0].national, "13912340001");
         for record in [
             r#"{"identifiers":{"phone":"139 1234 0001"}}"#,
             "2026-03-08,139-1234-0001,SH-1",
             r#"{"phone":"+86 139 1234 0001"}"#,
+            "R-7,008613912340001,x",
+            "card MC-20260 at the desk",
         ] {
-            assert!(holds_any(record, &values, &digits), "{record}");
+            assert!(holds_any(record, &values, &phones), "{record}");
         }
-        assert!(!holds_any("139 1234 0002", &values, &digits));
+        for record in [
+            "139 1234 0002",
+            "order 913912340001",
+            "2026-03-08 13:91:23",
+            "card MC-202601",
+            "xmc-20260",
+        ] {
+            assert!(!holds_any(record, &values, &phones), "{record}");
+        }
     }
 
     #[test]

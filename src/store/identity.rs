@@ -90,7 +90,7 @@ pub struct QuarantinedRecord {
     pub code: String,
     /// The field at fault.
     pub field: String,
-    /// What is wrong.
+    /// What is wrong (it may quote the value at fault); empty once expired.
     pub reason: String,
     /// The record as received; empty once expired.
     pub record: String,
@@ -111,6 +111,9 @@ pub struct Erasure {
     pub quarantined_removed: u64,
     /// The position of the erasure's event.
     pub position: u64,
+    /// Whether the deleted data was also scrubbed from the files (SQLite: the WAL emptied;
+    /// PostgreSQL: the tables vacuumed). The erasure itself is committed either way.
+    pub scrubbed: bool,
 }
 
 impl QuarantinedRecord {

@@ -665,13 +665,14 @@ impl PostgresLog {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let records: Vec<(i64, String)> = sqlx::query_as("SELECT id, record FROM quarantine")
-            .fetch_all(&mut *tx)
-            .await?;
+        let records: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT id, record, reason FROM quarantine")
+                .fetch_all(&mut *tx)
+                .await?;
         let matched: Vec<i64> = records
             .into_iter()
-            .filter(|(_, record)| holds_their_data(record))
-            .map(|(id, _)| id)
+            .filter(|(_, record, reason)| holds_their_data(record) || holds_their_data(reason))
+            .map(|(id, _, _)| id)
             .collect();
         sqlx::query("DELETE FROM quarantine WHERE id = ANY($1::bigint[])")
             .bind(&matched)
@@ -684,11 +685,20 @@ impl PostgresLog {
         );
         let outcome = write_appends(&mut tx, &[append], head, None, None).await?;
         tx.commit().await?;
-        // Deleted rows stay in the table files until vacuumed.
-        sqlx::query("VACUUM customer_keys, identity_index, quarantine")
+        // Deleted rows stay in the table files until vacuumed, and VACUUM frees their space
+        // without overwriting it: see docs/privacy.md for what that leaves on disk.
+        let scrubbed = match sqlx::query("VACUUM customer_keys, identity_index, quarantine")
             .execute(&self.pool)
-            .await?;
+            .await
+        {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "VACUUM after an erasure failed");
+                false
+            }
+        };
         Ok(Erasure {
+            scrubbed,
             customer: live,
             keys_destroyed: all,
             identifiers_removed: forgotten,
@@ -700,13 +710,17 @@ impl PostgresLog {
     /// Blanks the text of quarantined records received before `before`; returns how many.
     pub(crate) async fn expire_quarantine(&self, before: DateTime<Utc>) -> Result<u64> {
         let done = sqlx::query(
-            "UPDATE quarantine SET record = '', expired_at = now() \
+            "UPDATE quarantine SET record = '', reason = '', expired_at = now() \
              WHERE received_at < $1 AND expired_at IS NULL",
         )
         .bind(before)
         .execute(&self.pool)
         .await?;
-        sqlx::query("VACUUM quarantine").execute(&self.pool).await?;
+        if done.rows_affected() > 0 {
+            if let Err(err) = sqlx::query("VACUUM quarantine").execute(&self.pool).await {
+                tracing::warn!(error = %err, "VACUUM after quarantine expiry failed");
+            }
+        }
         Ok(done.rows_affected())
     }
 

@@ -249,6 +249,7 @@ async fn an_erased_customer_is_gone_from_every_table_and_the_file(t: &TestStore)
     assert_eq!(erasure.keys_destroyed.len(), 2);
     assert_eq!(erasure.identifiers_removed, 3, "phone, member card, email");
     assert_eq!(erasure.quarantined_removed, 1);
+    assert!(erasure.scrubbed);
 
     // Nowhere in any table, nor in the database file's bytes.
     assert_eq!(scan_tables(t, LI_LEI).await, Vec::<String>::new());
@@ -332,7 +333,7 @@ async fn expired_quarantined_records_keep_their_reason_but_not_their_text(t: &Te
     let records = t.store.quarantined(0, 10).await.unwrap();
     assert_eq!(records.len(), 2, "the rows stay for data-quality counts");
     for r in &records {
-        assert_eq!(r.record, "");
+        assert_eq!((r.record.as_str(), r.reason.as_str()), ("", ""));
         assert!(r.expired_at.is_some());
         assert_eq!(r.code, "missing_field");
         assert_eq!(r.field, "channel");

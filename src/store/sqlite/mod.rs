@@ -971,11 +971,13 @@ impl SqliteLog {
                 forget.step()?;
                 let identifiers_removed = to_u64(db.changes(), 0, "identifiers removed")?;
                 drop(forget);
-                let mut scan = db.prepare("SELECT id, record FROM quarantine")?;
+                let mut scan = db.prepare("SELECT id, record, reason FROM quarantine")?;
                 let mut matched = Vec::new();
                 while scan.step()? {
                     let id = scan.column_i64(0);
-                    if scan.column_text(1).is_some_and(holds_their_data) {
+                    let held = scan.column_text(1).is_some_and(holds_their_data)
+                        || scan.column_text(2).is_some_and(holds_their_data);
+                    if held {
                         matched.push(id);
                     }
                 }
@@ -998,30 +1000,51 @@ impl SqliteLog {
                     identifiers_removed,
                     quarantined_removed: matched.len() as u64,
                     position: outcome.head,
+                    scrubbed: false,
                 })
             })?
         };
         tx.commit().await?;
-        // The WAL still holds the pages as they were before: copy it back and empty it.
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.writer)
-            .await?;
+        let mut erasure = erasure;
+        erasure.scrubbed = self.empty_wal().await;
         Ok(erasure)
+    }
+
+    /// Copies the WAL back into the database file and empties it, since it still holds pages
+    /// as they were before a deletion. Whether it could: a reader holding an old snapshot for
+    /// longer than the busy timeout keeps the WAL (the failure is logged, not raised: the
+    /// deletion itself is committed).
+    async fn empty_wal(&self) -> bool {
+        let done: std::result::Result<(i64, i64, i64), sqlx::Error> =
+            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.writer)
+                .await;
+        match done {
+            Ok((0, _, _)) => true,
+            Ok(_) => {
+                tracing::warn!("the WAL could not be emptied: a reader holds an old snapshot");
+                false
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the WAL could not be emptied");
+                false
+            }
+        }
     }
 
     /// Blanks the text of quarantined records received before `before`; returns how many.
     pub(crate) async fn expire_quarantine(&self, before: DateTime<Utc>) -> Result<u64> {
         let done = sqlx::query(
-            "UPDATE quarantine SET record = '', expired_at = ? \
+            "UPDATE quarantine SET record = '', reason = '', expired_at = ? \
              WHERE received_at < ? AND expired_at IS NULL",
         )
         .bind(Utc::now().timestamp_micros())
         .bind(before.timestamp_micros())
         .execute(&self.writer)
         .await?;
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.writer)
-            .await?;
+        if done.rows_affected() > 0 {
+            self.empty_wal().await;
+        }
         Ok(done.rows_affected())
     }
 
