@@ -116,7 +116,7 @@ struct PersonalBody<'a> {
 /// wrapped with the customer's key (see [`crate::privacy`]).
 ///
 /// Opened ([`crate::privacy::open_payload`]), the payload reads as [`TouchpointRecorded`].
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct EncodedTouchpoint {
     /// The clear members as a JSON object's text without its closing brace; it always holds
     /// at least one member.

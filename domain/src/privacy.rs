@@ -138,8 +138,8 @@ fn counter_nonce(n: u8) -> Nonce<<Aes256Gcm as AeadCore>::NonceSize> {
     *Nonce::from_slice(&nonce)
 }
 
-/// A personal part sealed under a fresh event key, waiting for its customer's key.
-#[derive(Clone)]
+/// A personal part sealed under a fresh event key, waiting for its customer's key. Not `Clone`:
+/// [`SealedPart::finish`] seals `more` under nonce 1, which must happen once per event key.
 pub struct SealedPart {
     key: Key<Aes256Gcm>,
     cipher: Aes256Gcm,

@@ -3,8 +3,9 @@
 //! The rules are tried in order (the first that holds gives the stage):
 //! 1. **acquisition**: known, no purchase yet;
 //! 2. **churned**: no purchase for `churn_days` (90 by default);
-//! 3. **declining**: at least two purchases, and the time since the last one is more than
-//!    `declining_factor` (2.0) times the customer's own mean interval between purchases;
+//! 3. **declining**: at least two purchases at different times, and the time since the last
+//!    one is more than `declining_factor` (2.0) times the customer's own mean interval between
+//!    purchases;
 //! 4. **mature**: at least `mature_orders` (4) purchases in the last `mature_window_days` (365),
 //!    the last within `mature_recent_days` (30): frequent and recent;
 //! 5. **growth**: everyone else who has bought (first and repeat purchases on the way).
@@ -74,7 +75,7 @@ impl LifecycleRules {
         if since_last >= Duration::days(self.churn_days) {
             return Stage::Churned;
         }
-        if orders.len() >= 2 {
+        if orders.len() >= 2 && last > first {
             let mean_interval = (*last - *first).num_seconds() as f64 / (orders.len() - 1) as f64;
             if since_last.num_seconds() as f64 > self.declining_factor * mean_interval {
                 return Stage::Declining;
@@ -139,6 +140,8 @@ mod tests {
         );
         // Three purchases a month apart, the last 20 days ago: repeat buyer, not yet mature.
         assert_eq!(rules.stage(&bought_on(&[0, 30, 60]), at(80)), Stage::Growth);
+        // Two orders at the same moment give no rhythm to decline from.
+        assert_eq!(rules.stage(&bought_on(&[5, 5]), at(10)), Stage::Growth);
         // Orders after the moment do not count.
         assert_eq!(rules.stage(&bought_on(&[50]), at(10)), Stage::Acquisition);
     }

@@ -476,6 +476,7 @@ impl SqliteLog {
         let moved = {
             let mut handle = tx.lock_handle().await?;
             let db = RawDb::new(&mut handle);
+            self.checkpoints.note(&db);
             blocking(|| -> Result<bool> {
                 let mut current =
                     db.prepare("SELECT position FROM projection_checkpoints WHERE name = ?1")?;
