@@ -20,13 +20,18 @@ use thiserror::Error;
 use crate::store::projection::{ProfileRow, ProfileTable};
 use crate::store::{EventStore, StoreError};
 
+/// How long the log must be quiet before a following projection catches up.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a following projection defers to a stream of writes at most.
+pub const FOLLOW_DEFER_MAX: Duration = Duration::from_secs(30);
+
 /// The profile projection's checkpoint.
 pub const PROFILES: &str = "profiles";
 /// The checkpoint of a profile rebuild in progress.
 const PROFILES_REBUILD: &str = "profiles@rebuild";
 /// The version of the profile fold: raised whenever what a profile holds changes, so that
 /// stored profiles are rebuilt once by the new code.
-pub const PROFILE_VERSION: &str = "3";
+pub const PROFILE_VERSION: &str = "5";
 /// The setting holding the version the stored profiles were folded with.
 const PROFILE_VERSION_SETTING: &str = "projection.profiles.version";
 
@@ -161,6 +166,13 @@ impl ProfileProjection {
     /// Applies every event stored so far; returns the position reached. Profiles folded by
     /// an earlier version of the fold are rebuilt first.
     pub async fn catch_up(&self) -> Result<Position, ProjectionError> {
+        self.ensure_fold_version().await?;
+        self.catch_up_to(Position::MAX).await
+    }
+
+    /// Rebuilds the profiles if an earlier version of the fold wrote them; refuses to touch
+    /// profiles a newer version wrote.
+    async fn ensure_fold_version(&self) -> Result<(), ProjectionError> {
         // Profiles stored before versions were recorded are of version 1.
         let unversioned = if self.store.checkpoint(PROFILES).await? == 0 {
             PROFILE_VERSION
@@ -185,24 +197,49 @@ impl ProfileProjection {
             tracing::info!(from = %stored, to = PROFILE_VERSION, "profiles folded by an earlier version: rebuilding");
             self.rebuild(|_, _| {}).await?;
         }
+        Ok(())
+    }
+
+    /// Applies events until the checkpoint reaches `target` or the head, whichever is first.
+    async fn catch_up_to(&self, target: Position) -> Result<Position, ProjectionError> {
         let mut at = self.store.checkpoint(PROFILES).await?;
-        while let Some(reached) = self.step(PROFILES, ProfileTable::Live).await? {
-            at = reached;
+        while at < target {
+            match self.step(PROFILES, ProfileTable::Live).await? {
+                Some(reached) => at = reached,
+                None => break,
+            }
         }
         Ok(at)
     }
 
-    /// Follows the log for as long as the task runs, applying new events as they are stored
-    /// (notified by this process's writes, and polling every second for other processes').
+    /// Follows the log for as long as the task runs. Ingestion comes first: while events keep
+    /// arriving the projection waits, and catches up once the log has been quiet for
+    /// [`FOLLOW_INTERVAL`] or at the latest every [`FOLLOW_DEFER_MAX`], up to the head as it
+    /// then is (large batches cost least per event). Profiles therefore lag by about a second
+    /// when the load pauses, and by at most [`FOLLOW_DEFER_MAX`] plus one catch-up under
+    /// sustained load. Other processes' writes are seen by polling.
     pub async fn follow(self) {
-        let mut stored = self.store.head_watch();
         loop {
-            if let Err(err) = self.catch_up().await {
+            let round = async {
+                self.ensure_fold_version().await?;
+                let head = self.store.head().await?;
+                self.catch_up_to(head).await
+            }
+            .await;
+            if let Err(err) = round {
                 tracing::error!(error = %err, code = err.code(), "the profile projection stopped a batch; retrying");
             }
-            tokio::select! {
-                _ = stored.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            let last_round = tokio::time::Instant::now();
+            // Wait for the log to be quiet for a whole interval, or for the deferral to run out.
+            loop {
+                let before = self.store.head().await.unwrap_or(0);
+                tokio::time::sleep(FOLLOW_INTERVAL).await;
+                let after = self.store.head().await.unwrap_or(before);
+                let checkpoint = self.store.checkpoint(PROFILES).await.unwrap_or(after);
+                let pending = checkpoint < after;
+                if pending && (after == before || last_round.elapsed() >= FOLLOW_DEFER_MAX) {
+                    break;
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use patron_domain::customer::CustomerId;
 use patron_domain::events::{
     CustomerMerged, CustomerMergedInto, CUSTOMER_ERASED, CUSTOMER_MERGED, CUSTOMER_MERGED_INTO,
 };
-use patron_domain::touchpoint::{Action, Channel, ConsentPurpose};
+use patron_domain::touchpoint::{Channel, ConsentPurpose, LineItem, Money};
 use patron_domain::RecordedEvent;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,10 @@ pub struct Consent {
 
 /// Money per currency, in minor units.
 pub type Amounts = BTreeMap<String, i64>;
+
+const ORDER_PLACED: &str = "order_placed";
+const ORDER_REFUNDED: &str = "order_refunded";
+const CONSENT_CHANGED: &str = "consent_changed";
 
 /// One customer's profile.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -69,10 +73,24 @@ pub struct Profile {
     /// lifecycle) are computed from.
     #[serde(default)]
     pub order_log: Vec<OrderEntry>,
-    /// Touchpoints per day (days since 1970-01-01, UTC), by event type (`order_placed`) and by
-    /// event type and channel (`page_viewed@app`): what segment windows count.
+    /// Touchpoints per day, by event type and channel (`page_viewed@app`): `(day, count)`
+    /// pairs in day order, days counted from 1970-01-01 (UTC). What segment windows count.
     #[serde(default)]
-    pub daily: BTreeMap<String, BTreeMap<i64, u32>>,
+    pub daily: BTreeMap<String, Vec<(i64, u32)>>,
+}
+
+/// Adds `n` touchpoints on `day` to day-ordered counts.
+fn bump(days: &mut Vec<(i64, u32)>, day: i64, n: u32) {
+    // Touchpoints mostly arrive in time order: look at the end first.
+    match days.last_mut() {
+        Some((last, count)) if *last == day => *count += n,
+        Some((last, _)) if *last < day => days.push((day, n)),
+        None => days.push((day, n)),
+        _ => match days.binary_search_by_key(&day, |(d, _)| *d) {
+            Ok(i) => days[i].1 += n,
+            Err(i) => days.insert(i, (day, n)),
+        },
+    }
 }
 
 /// The day of a moment: days since 1970-01-01, UTC.
@@ -83,7 +101,8 @@ pub fn day_of(at: DateTime<Utc>) -> i64 {
 /// One order in a profile's order log.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OrderEntry {
-    /// When it was placed.
+    /// When it was placed (stored as microseconds since 1970-01-01 UTC).
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub at: DateTime<Utc>,
     /// Its currency.
     pub currency: String,
@@ -91,13 +110,32 @@ pub struct OrderEntry {
     pub total_minor: i64,
 }
 
-/// The readable part of a touchpoint's payload.
+/// The readable part of a touchpoint's payload, as far as the profile needs it. The action is
+/// read as a plain struct of the fields the profile uses (its type is the event's type): an
+/// internally tagged enum would buffer every action before reading it.
 #[derive(Deserialize)]
 struct ClearTouchpoint {
     channel: Channel,
     /// Absent when sealed (a traits update).
     #[serde(default)]
-    action: Option<Action>,
+    action: Option<ActionFields>,
+}
+
+/// The fields of an order, a refund or a consent change the profile reads.
+#[derive(Deserialize)]
+struct ActionFields {
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    items: Vec<LineItem>,
+    #[serde(default)]
+    total_minor: Option<i64>,
+    #[serde(default)]
+    amount: Option<Money>,
+    #[serde(default)]
+    purpose: Option<ConsentPurpose>,
+    #[serde(default)]
+    granted: Option<bool>,
 }
 
 fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
@@ -138,21 +176,23 @@ impl Profile {
             self.by_hour.resize(24, 0);
         }
         self.by_hour[at.hour() as usize] += 1;
-        let day = day_of(at);
-        for key in [
-            event.event_type.clone(),
-            format!("{}@{}", event.event_type, touchpoint.channel.as_str()),
-        ] {
-            *self.daily.entry(key).or_default().entry(day).or_default() += 1;
-        }
-        match touchpoint.action {
-            Some(Action::OrderPlaced(order)) => {
+        let key = format!("{}@{}", event.event_type, touchpoint.channel.as_str());
+        bump(self.daily.entry(key).or_default(), day_of(at), 1);
+        let Some(action) = touchpoint.action else {
+            return Ok(());
+        };
+        match event.event_type.as_str() {
+            ORDER_PLACED => {
+                let (Some(currency), Some(total_minor)) = (action.currency, action.total_minor)
+                else {
+                    return Ok(());
+                };
                 self.orders += 1;
-                *self.revenue.entry(order.currency.clone()).or_default() += order.total_minor;
-                if order.items.iter().any(|i| i.discount_minor > 0) {
+                *self.revenue.entry(currency.clone()).or_default() += total_minor;
+                if action.items.iter().any(|i| i.discount_minor > 0) {
                     self.discounted_orders += 1;
                 }
-                for item in &order.items {
+                for item in &action.items {
                     if let Some(category) = &item.category {
                         *self.category_spend.entry(category.clone()).or_default() +=
                             item.amount_minor();
@@ -162,22 +202,23 @@ impl Profile {
                 self.last_order_at = latest(self.last_order_at, Some(at));
                 let entry = OrderEntry {
                     at,
-                    currency: order.currency,
-                    total_minor: order.total_minor,
+                    currency,
+                    total_minor,
                 };
                 let place = self.order_log.partition_point(|o| *o <= entry);
                 self.order_log.insert(place, entry);
             }
-            Some(Action::OrderRefunded(refund)) => {
-                *self
-                    .refunded
-                    .entry(refund.amount.currency.clone())
-                    .or_default() += refund.amount.minor;
+            ORDER_REFUNDED => {
+                if let Some(amount) = action.amount {
+                    *self.refunded.entry(amount.currency).or_default() += amount.minor;
+                }
             }
-            Some(Action::ConsentChanged { purpose, granted }) => {
-                let newer = self.consent.get(&purpose).is_none_or(|c| c.at <= at);
-                if newer {
-                    self.consent.insert(purpose, Consent { granted, at });
+            CONSENT_CHANGED => {
+                if let (Some(purpose), Some(granted)) = (action.purpose, action.granted) {
+                    let newer = self.consent.get(&purpose).is_none_or(|c| c.at <= at);
+                    if newer {
+                        self.consent.insert(purpose, Consent { granted, at });
+                    }
                 }
             }
             _ => {}
@@ -215,7 +256,7 @@ impl Profile {
         for (key, days) in &other.daily {
             let mine = self.daily.entry(key.clone()).or_default();
             for (day, n) in days {
-                *mine.entry(*day).or_default() += n;
+                bump(mine, *day, *n);
             }
         }
         for (purpose, consent) in &other.consent {
@@ -266,16 +307,27 @@ impl Profile {
         Some(revenue.div_euclid(orders))
     }
 
-    /// Touchpoints counted under `key` (an event type, or `type@channel`) on the `days` days
-    /// ending with the day of `as_of`.
+    /// Touchpoints of `key` (an event type in every channel, or `type@channel`) on the `days`
+    /// days ending with the day of `as_of`.
     pub fn count_in_last(&self, key: &str, days: i64, as_of: DateTime<Utc>) -> u64 {
-        let last = day_of(as_of);
-        self.daily.get(key).map_or(0, |per_day| {
-            per_day
-                .range(last - days + 1..=last)
+        let (last, first) = (day_of(as_of), day_of(as_of) - days + 1);
+        let in_window = |per_day: &Vec<(i64, u32)>| -> u64 {
+            let start = per_day.partition_point(|(d, _)| *d < first);
+            per_day[start..]
+                .iter()
+                .take_while(|(d, _)| *d <= last)
                 .map(|(_, n)| u64::from(*n))
                 .sum()
-        })
+        };
+        if key.contains('@') {
+            return self.daily.get(key).map_or(0, in_window);
+        }
+        let prefix = format!("{key}@");
+        self.daily
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, per_day)| in_window(per_day))
+            .sum()
     }
 
     /// Share of orders with a discount, 0 to 1.

@@ -757,19 +757,15 @@ mod tests {
                 currency: "CNY".into(),
                 total_minor: total,
             });
-            for key in ["order_placed", "order_placed@store"] {
-                *p.daily
-                    .entry(key.into())
-                    .or_default()
-                    .entry(crate::profile::day_of(at(day)))
-                    .or_default() += 1;
-            }
+            p.daily
+                .entry("order_placed@store".into())
+                .or_default()
+                .push((crate::profile::day_of(at(day)), 1));
         }
-        *p.daily
+        p.daily
             .entry("screen_viewed@app".into())
             .or_default()
-            .entry(crate::profile::day_of(at(45)))
-            .or_default() += 1;
+            .push((crate::profile::day_of(at(45)), 1));
         p.revenue.insert("CNY".into(), 800_000);
         p.by_channel.insert("store".into(), 2);
         p.by_channel.insert("app".into(), 1);
