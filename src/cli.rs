@@ -205,8 +205,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Segments: `patron segment preview RULE` counts the customers a rule selects, without
-    /// saving anything. The rule language is in `docs/projections.md`.
+    /// Segments: preview a rule, save, delete, list, read members, refresh. The rule language
+    /// is in `docs/projections.md`.
     #[command(subcommand)]
     Segment(SegmentCommand),
     /// Keys: `patron keys master` prints a new random master key for PATRON_MASTER_KEY.
@@ -220,6 +220,29 @@ pub enum Command {
 /// Segment commands.
 #[derive(Debug, Subcommand)]
 pub enum SegmentCommand {
+    /// Save a segment (or replace the rule of the one with that name); members follow at the
+    /// next refresh (`patron segment refresh`, `patron score`, hourly in the server).
+    Save {
+        /// The segment's name.
+        name: String,
+        /// Its rule.
+        rule: String,
+    },
+    /// Delete a segment and its members (its log of entries and exits stays).
+    Delete {
+        /// The segment's name.
+        name: String,
+    },
+    /// List the saved segments with their rules and member counts.
+    List,
+    /// Print a segment's members, one customer id per line.
+    Members {
+        /// The segment's name.
+        name: String,
+    },
+    /// Recompute every saved segment's members now (profiles brought up to date first; scores
+    /// and tags from the last `patron score`), logging who entered and who left.
+    Refresh,
     /// Count the live customers a rule selects as of now (profiles brought up to date first;
     /// scores and tags from the last `patron score`).
     Preview {
@@ -415,6 +438,69 @@ impl Cli {
                 let rules = self.scoring_rules()?;
                 let as_of = as_of.map_or_else(chrono::Utc::now, |t| t.to_utc());
                 score(&self.database_url, &rules, as_of, json).await
+            }
+            Command::Segment(SegmentCommand::Save { ref name, ref rule }) => {
+                anyhow::ensure!(!name.trim().is_empty(), "a segment needs a name");
+                Rule::parse(rule).map_err(|e| anyhow::anyhow!("the rule is invalid: {e}"))?;
+                let store = open(&self.database_url).await?;
+                let created = store
+                    .save_segment(name, rule, chrono::Utc::now())
+                    .await
+                    .context("cannot save the segment")?;
+                store.close().await;
+                println!(
+                    "{} segment {name}; its members follow at the next refresh",
+                    if created { "created" } else { "updated" }
+                );
+                Ok(())
+            }
+            Command::Segment(SegmentCommand::Delete { ref name }) => {
+                let store = open(&self.database_url).await?;
+                let deleted = store
+                    .delete_segment(name)
+                    .await
+                    .context("cannot delete the segment")?;
+                store.close().await;
+                anyhow::ensure!(deleted, "no segment named {name}");
+                println!("deleted segment {name}");
+                Ok(())
+            }
+            Command::Segment(SegmentCommand::List) => {
+                let store = open(&self.database_url).await?;
+                for segment in store.segments().await.context("cannot list the segments")? {
+                    println!("{}", serde_json::to_string(&segment)?);
+                }
+                store.close().await;
+                Ok(())
+            }
+            Command::Segment(SegmentCommand::Members { ref name }) => {
+                let store = open(&self.database_url).await?;
+                for customer in store
+                    .segment_members(name)
+                    .await
+                    .context("cannot read the members")?
+                {
+                    println!("{customer}");
+                }
+                store.close().await;
+                Ok(())
+            }
+            Command::Segment(SegmentCommand::Refresh) => {
+                let rules = self.scoring_rules()?;
+                let store = open(&self.database_url).await?;
+                ProfileProjection::new(store.clone(), 20_000)
+                    .catch_up()
+                    .await
+                    .context("cannot bring the profiles up to date")?;
+                let refreshed =
+                    segmentation::refresh(&store, &rules.tiers.currency, chrono::Utc::now())
+                        .await
+                        .context("cannot refresh the segments")?;
+                store.close().await;
+                for r in refreshed {
+                    println!("{}", serde_json::to_string(&r)?);
+                }
+                Ok(())
             }
             Command::Segment(SegmentCommand::Preview { ref rule, json }) => {
                 let rule =
@@ -788,6 +874,9 @@ async fn score(
     let report = scoring::score(&store, rules, as_of)
         .await
         .context("cannot score the customers")?;
+    let refreshed = segmentation::refresh(&store, &rules.tiers.currency, as_of)
+        .await
+        .context("cannot refresh the segments")?;
     store.close().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -806,6 +895,12 @@ async fn score(
         ] {
             let line: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
             println!("by {title}: {}", line.join(", "));
+        }
+        for r in &refreshed {
+            println!(
+                "segment {}: {} members ({} entered, {} left)",
+                r.name, r.members, r.entered, r.left
+            );
         }
     }
     Ok(())
@@ -826,11 +921,18 @@ fn spawn_scoring(store: EventStore, rules: ScoringRules) {
                 continue;
             }
             match scoring::score(&store, &rules, chrono::Utc::now()).await {
-                Ok(report) => tracing::info!(
-                    customers = report.customers,
-                    transitions = report.transitions,
-                    "customers scored"
-                ),
+                Ok(report) => {
+                    tracing::info!(
+                        customers = report.customers,
+                        transitions = report.transitions,
+                        "customers scored"
+                    );
+                    if let Err(err) =
+                        segmentation::refresh(&store, &rules.tiers.currency, report.as_of).await
+                    {
+                        tracing::warn!(error = %err, "segment refresh failed");
+                    }
+                }
                 Err(err) => tracing::warn!(error = %err, "scoring failed"),
             }
         }

@@ -1,7 +1,8 @@
 //! Segments over the whole customer base: previewing a rule (how many customers it selects,
-//! without saving anything), from the profiles and the last scoring run's scores and tags.
+//! without saving anything), and refreshing the saved segments' members, logging who entered
+//! and who left. Both judge the profiles with the last scoring run's scores and tags.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 use crate::projection::ProjectionError;
 use crate::store::projection::ProfileTable;
+use crate::store::scores::ScoreRow;
 use crate::store::EventStore;
 
 /// What a preview found.
@@ -29,6 +31,74 @@ pub struct Preview {
     pub evaluation_ms: f64,
 }
 
+/// What a refresh did to one saved segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refreshed {
+    /// The segment.
+    pub name: String,
+    /// Its members now.
+    pub members: u64,
+    /// Customers who entered.
+    pub entered: u64,
+    /// Customers who left.
+    pub left: u64,
+}
+
+/// Every live, not erased customer with what rules judge them on.
+struct Population {
+    profiles: Vec<(CustomerId, Profile)>,
+    scores: HashMap<CustomerId, ScoreRow>,
+    tags: HashMap<CustomerId, BTreeSet<String>>,
+}
+
+impl Population {
+    async fn load(store: &EventStore) -> Result<Self, ProjectionError> {
+        let scores = store.all_scores().await?;
+        let tags = store.all_tags().await?;
+        let mut profiles = Vec::new();
+        for row in store.all_profiles(ProfileTable::Live).await? {
+            if row.merged_into.is_some() {
+                continue;
+            }
+            let profile: Profile =
+                serde_json::from_str(&row.state).map_err(|e| ProjectionError::Row {
+                    customer: row.customer,
+                    reason: e.to_string(),
+                })?;
+            if !profile.erased {
+                profiles.push((row.customer, profile));
+            }
+        }
+        Ok(Self {
+            profiles,
+            scores,
+            tags,
+        })
+    }
+
+    /// The customers `rule` selects, in profile order.
+    fn judge(&self, rule: &Rule, currency: &str, as_of: DateTime<Utc>) -> Vec<CustomerId> {
+        let none = BTreeSet::new();
+        self.profiles
+            .iter()
+            .filter(|(customer, profile)| {
+                let score = self.scores.get(customer);
+                rule.matches(&Subject {
+                    profile,
+                    stage: score.map(|s| s.stage.as_str()),
+                    tier: score.map(|s| s.tier.as_str()),
+                    rfm_segment: score.and_then(|s| s.rfm_segment.as_deref()),
+                    rfm: score.and_then(|s| s.rfm),
+                    tags: self.tags.get(customer).unwrap_or(&none),
+                    currency,
+                    as_of,
+                })
+            })
+            .map(|(customer, _)| *customer)
+            .collect()
+    }
+}
+
 /// Judges every live, not erased customer against `rule` as of `as_of`, counting spend in
 /// `currency`.
 pub async fn preview(
@@ -37,50 +107,55 @@ pub async fn preview(
     currency: &str,
     as_of: DateTime<Utc>,
 ) -> Result<Preview, ProjectionError> {
-    let scores = store.all_scores().await?;
-    let tags = store.all_tags().await?;
-    let none = BTreeSet::new();
-    let mut profiles: Vec<(CustomerId, Profile)> = Vec::new();
-    for row in store.all_profiles(ProfileTable::Live).await? {
-        if row.merged_into.is_some() {
-            continue;
-        }
-        let profile: Profile =
-            serde_json::from_str(&row.state).map_err(|e| ProjectionError::Row {
-                customer: row.customer,
-                reason: e.to_string(),
-            })?;
-        if !profile.erased {
-            profiles.push((row.customer, profile));
-        }
-    }
+    let population = Population::load(store).await?;
     let started = Instant::now();
-    let mut matched = 0;
-    let mut examples = Vec::new();
-    for (customer, profile) in &profiles {
-        let score = scores.get(customer);
-        let subject = Subject {
-            profile,
-            stage: score.map(|s| s.stage.as_str()),
-            tier: score.map(|s| s.tier.as_str()),
-            rfm_segment: score.and_then(|s| s.rfm_segment.as_deref()),
-            rfm: score.and_then(|s| s.rfm),
-            tags: tags.get(customer).unwrap_or(&none),
-            currency,
-            as_of,
-        };
-        if rule.matches(&subject) {
-            matched += 1;
-            if examples.len() < 20 {
-                examples.push(*customer);
-            }
-        }
-    }
+    let matched = population.judge(rule, currency, as_of);
     Ok(Preview {
         rule: rule.text().to_owned(),
-        customers: profiles.len() as u64,
-        matched,
-        examples,
+        customers: population.profiles.len() as u64,
+        matched: matched.len() as u64,
+        examples: matched.iter().take(20).copied().collect(),
         evaluation_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
+}
+
+/// Refreshes every saved segment as of `as_of`: sets its members to the customers its rule
+/// selects now and logs who entered and who left. A saved rule that no longer reads (saved by
+/// another version) is skipped with a warning.
+#[tracing::instrument(name = "segments.refresh", skip(store))]
+pub async fn refresh(
+    store: &EventStore,
+    currency: &str,
+    as_of: DateTime<Utc>,
+) -> Result<Vec<Refreshed>, ProjectionError> {
+    let saved = store.segments().await?;
+    if saved.is_empty() {
+        return Ok(Vec::new());
+    }
+    let population = Population::load(store).await?;
+    let mut refreshed = Vec::with_capacity(saved.len());
+    for segment in saved {
+        let rule = match Rule::parse(&segment.rule) {
+            Ok(rule) => rule,
+            Err(err) => {
+                tracing::warn!(segment = %segment.name, error = %err, "a saved rule does not read; skipped");
+                continue;
+            }
+        };
+        let members: HashSet<CustomerId> = population
+            .judge(&rule, currency, as_of)
+            .into_iter()
+            .collect();
+        let changes = store
+            .set_segment_members(&segment.name, &members, as_of)
+            .await?;
+        let entered = changes.iter().filter(|c| c.entered).count() as u64;
+        refreshed.push(Refreshed {
+            name: segment.name,
+            members: members.len() as u64,
+            entered,
+            left: changes.len() as u64 - entered,
+        });
+    }
+    Ok(refreshed)
 }

@@ -15,6 +15,7 @@ mod postgres;
 pub mod projection;
 pub mod scores;
 pub mod scratch;
+pub mod segments;
 mod sqlite;
 mod subscription;
 

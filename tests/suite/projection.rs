@@ -4,7 +4,7 @@
 use patron::ingest::{Ingestor, RecordOutcome};
 use patron::projection::{ProfileProjection, PROFILES};
 use patron::scoring::{score, ScoringRules};
-use patron::segmentation::preview;
+use patron::segmentation::{preview, refresh};
 use patron::store::projection::{ProfileRow, ProfileTable};
 use patron::store::scores::ScoreColumn;
 use patron_domain::customer::CustomerId;
@@ -405,7 +405,100 @@ async fn a_rebuild_while_the_live_projection_runs_loses_nothing(t: &TestStore) {
     assert_eq!(orders, 70, "every order counted once");
 }
 
+async fn saved_segments_follow_their_rules_and_log_entries_and_exits(t: &TestStore) {
+    let ing = ingestor(t);
+    let mut records: Vec<String> = [0, 7, 14, 21, 28]
+        .iter()
+        .map(|d| order_on(*d, "13900000001", 200_000))
+        .collect();
+    records.push(order_on(0, "13900000002", 150_000));
+    let report = ing.ingest_json(&records).await.unwrap();
+    let (a, b) = (
+        customer_of(&report.records[0]),
+        customer_of(&report.records[5]),
+    );
+    ProfileProjection::new(t.store.clone(), 100)
+        .catch_up()
+        .await
+        .unwrap();
+    let day = |d: i64| {
+        chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00+00:00")
+            .unwrap()
+            .to_utc()
+            + chrono::Duration::days(d)
+    };
+    let store = &t.store;
+    assert!(store
+        .save_segment("active", "days_since_last_order <= 30", day(0))
+        .await
+        .unwrap());
+    assert!(store
+        .save_segment("lapsed", "stage = \"churned\"", day(0))
+        .await
+        .unwrap());
+    let rules = ScoringRules::default();
+    score(store, &rules, day(33)).await.unwrap();
+    // Two refreshes at once: each entry logged once.
+    let other = t.reopen().await;
+    let (one, two) = tokio::join!(
+        refresh(store, "CNY", day(33)),
+        refresh(&other, "CNY", day(33))
+    );
+    let entered: u64 = one
+        .unwrap()
+        .iter()
+        .chain(two.unwrap().iter())
+        .map(|r| r.entered)
+        .sum();
+    assert_eq!(entered, 1, "A bought 5 days ago; B 33 days ago");
+    assert_eq!(store.segment_members("active").await.unwrap(), vec![a]);
+    assert!(store.segment_members("lapsed").await.unwrap().is_empty());
+
+    // 100 days later A has lapsed too: A leaves `active`; both enter `lapsed`.
+    score(store, &rules, day(130)).await.unwrap();
+    let refreshed = refresh(store, "CNY", day(130)).await.unwrap();
+    let by_name: std::collections::HashMap<&str, (u64, u64, u64)> = refreshed
+        .iter()
+        .map(|r| (r.name.as_str(), (r.members, r.entered, r.left)))
+        .collect();
+    assert_eq!(by_name["active"], (0, 0, 1));
+    assert_eq!(by_name["lapsed"], (2, 2, 0));
+    let mut lapsed = store.segment_members("lapsed").await.unwrap();
+    lapsed.sort();
+    let mut both = vec![a, b];
+    both.sort();
+    assert_eq!(lapsed, both);
+    let log = store.segment_log("active").await.unwrap();
+    assert_eq!(
+        log.iter()
+            .map(|c| (c.customer, c.entered, c.at))
+            .collect::<Vec<_>>(),
+        vec![(a, true, day(33)), (a, false, day(130))]
+    );
+
+    // Rules can change; deleting a segment keeps its log.
+    assert!(!store
+        .save_segment("active", "orders >= 1", day(131))
+        .await
+        .unwrap());
+    assert_eq!(refresh(store, "CNY", day(131)).await.unwrap().len(), 2);
+    assert_eq!(store.segment_members("active").await.unwrap().len(), 2);
+    assert!(store.delete_segment("lapsed").await.unwrap());
+    assert!(!store.delete_segment("lapsed").await.unwrap());
+    assert!(store.segment_members("lapsed").await.unwrap().is_empty());
+    assert_eq!(store.segment_log("lapsed").await.unwrap().len(), 2);
+    let listed: Vec<(String, u64)> = store
+        .segments()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.members))
+        .collect();
+    assert_eq!(listed, vec![("active".to_owned(), 2)]);
+}
+
 crate::on_both_stores!(
+    saved_segments_follow_their_rules_and_log_entries_and_exits,
     a_rebuild_of_an_empty_log_finishes,
     a_rebuild_while_the_live_projection_runs_loses_nothing,
     profiles_of_an_earlier_fold_are_rebuilt_once,

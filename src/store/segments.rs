@@ -1,0 +1,222 @@
+//! Saved segments, their members and the log of entries and exits.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use patron_domain::customer::CustomerId;
+use serde::Serialize;
+use sqlx::QueryBuilder;
+use uuid::Uuid;
+
+use super::error::{Result, StoreError};
+use super::{Backend, EventStore};
+
+/// Rows per INSERT statement.
+const CHUNK: usize = 500;
+
+/// A saved segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SavedSegment {
+    /// Its name.
+    pub name: String,
+    /// Its rule, as written.
+    pub rule: String,
+    /// Members as of the last refresh.
+    pub members: u64,
+}
+
+/// An entry into or exit from a segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SegmentChange {
+    /// The customer.
+    pub customer: CustomerId,
+    /// Entered (`true`) or left.
+    pub entered: bool,
+    /// The refresh that saw it.
+    pub at: DateTime<Utc>,
+}
+
+/// Runs `$body` with `$pool` bound to the store's writing pool, on either backend (the SQL uses
+/// `$n` placeholders, which both read).
+macro_rules! with_pool {
+    ($self:expr, $pool:ident => $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite(b) => {
+                let $pool = b.writer();
+                $body
+            }
+            Backend::Postgres(b) => {
+                let $pool = b.pool();
+                $body
+            }
+        }
+    };
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn from_micros(at: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(at).ok_or_else(|| StoreError::Corrupt {
+        position: 0,
+        reason: format!("a segment time is out of range: {at}"),
+    })
+}
+
+impl EventStore {
+    /// Saves a segment, or replaces the rule of the one with that name; returns whether it was
+    /// new. A replaced rule keeps the members until the next refresh.
+    pub async fn save_segment(&self, name: &str, rule: &str, at: DateTime<Utc>) -> Result<bool> {
+        let sql = "INSERT INTO segments (name, rule, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+                   ON CONFLICT (name) DO UPDATE SET rule = excluded.rule, updated_at = excluded.updated_at \
+                   RETURNING created_at = updated_at";
+        let created: bool = with_pool!(self, pool => {
+            sqlx::query_scalar(sql)
+                .bind(name)
+                .bind(rule)
+                .bind(micros(at))
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(created)
+    }
+
+    /// Deletes a segment with its members (the log stays); returns whether it existed.
+    pub async fn delete_segment(&self, name: &str) -> Result<bool> {
+        let deleted = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM segment_members WHERE segment = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            let done = sqlx::query("DELETE FROM segments WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            done.rows_affected() > 0
+        });
+        Ok(deleted)
+    }
+
+    /// Every saved segment, by name, with its member count.
+    pub async fn segments(&self) -> Result<Vec<SavedSegment>> {
+        let sql = "SELECT s.name, s.rule, (SELECT count(*) FROM segment_members m \
+                   WHERE m.segment = s.name) FROM segments s ORDER BY s.name";
+        let rows: Vec<(String, String, i64)> =
+            with_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(name, rule, members)| SavedSegment {
+                name,
+                rule,
+                members: u64::try_from(members).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// A segment's members as of the last refresh.
+    pub async fn segment_members(&self, name: &str) -> Result<Vec<CustomerId>> {
+        let sql = "SELECT customer_id FROM segment_members WHERE segment = $1 ORDER BY customer_id";
+        let ids: Vec<Uuid> =
+            with_pool!(self, pool => sqlx::query_scalar(sql).bind(name).fetch_all(pool).await?);
+        Ok(ids.into_iter().map(CustomerId::from_uuid).collect())
+    }
+
+    /// A segment's entries and exits, oldest first.
+    pub async fn segment_log(&self, name: &str) -> Result<Vec<SegmentChange>> {
+        let sql = "SELECT customer_id, entered, at FROM segment_log WHERE segment = $1 ORDER BY id";
+        let rows: Vec<(Uuid, i16, i64)> =
+            with_pool!(self, pool => sqlx::query_as(sql).bind(name).fetch_all(pool).await?);
+        rows.into_iter()
+            .map(|(c, entered, at)| {
+                Ok(SegmentChange {
+                    customer: CustomerId::from_uuid(c),
+                    entered: entered != 0,
+                    at: from_micros(at)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets a segment's members to `members`, logging who entered and who left, in one
+    /// transaction; returns the changes. Nothing is written for a segment deleted meanwhile.
+    pub async fn set_segment_members(
+        &self,
+        name: &str,
+        members: &HashSet<CustomerId>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SegmentChange>> {
+        let changes = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // Takes the write lock (SQLite) or the segment's row lock (PostgreSQL) first, so
+            // that concurrent refreshes of one segment take turns.
+            let exists: Option<String> =
+                sqlx::query_scalar("UPDATE segments SET name = name WHERE name = $1 RETURNING name")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if exists.is_none() {
+                tx.rollback().await?;
+                return Ok(Vec::new());
+            }
+            let current: Vec<Uuid> =
+                sqlx::query_scalar("SELECT customer_id FROM segment_members WHERE segment = $1")
+                    .bind(name)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let current: HashSet<CustomerId> =
+                current.into_iter().map(CustomerId::from_uuid).collect();
+            let mut changes: Vec<SegmentChange> = members
+                .difference(&current)
+                .map(|c| SegmentChange { customer: *c, entered: true, at })
+                .chain(current.difference(members).map(|c| SegmentChange {
+                    customer: *c,
+                    entered: false,
+                    at,
+                }))
+                .collect();
+            changes.sort_by_key(|c| (!c.entered, c.customer));
+            for chunk in changes.chunks(CHUNK) {
+                let left: Vec<Uuid> = chunk
+                    .iter()
+                    .filter(|c| !c.entered)
+                    .map(|c| c.customer.as_uuid())
+                    .collect();
+                for customer in left {
+                    sqlx::query("DELETE FROM segment_members WHERE segment = $1 AND customer_id = $2")
+                        .bind(name)
+                        .bind(customer)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let entered: Vec<&SegmentChange> = chunk.iter().filter(|c| c.entered).collect();
+                if !entered.is_empty() {
+                    let mut q = QueryBuilder::new(
+                        "INSERT INTO segment_members (segment, customer_id, since) ",
+                    );
+                    q.push_values(entered, |mut b, c| {
+                        b.push_bind(name)
+                            .push_bind(c.customer.as_uuid())
+                            .push_bind(micros(at));
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                let mut log = QueryBuilder::new(
+                    "INSERT INTO segment_log (segment, customer_id, entered, at) ",
+                );
+                log.push_values(chunk, |mut b, c| {
+                    b.push_bind(name)
+                        .push_bind(c.customer.as_uuid())
+                        .push_bind(i16::from(c.entered))
+                        .push_bind(micros(at));
+                });
+                log.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            changes
+        });
+        Ok(changes)
+    }
+}
