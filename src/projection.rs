@@ -99,6 +99,9 @@ pub struct Lag {
 pub struct ProfileProjection {
     store: EventStore,
     batch: usize,
+    /// When set, the saved segments' memberships of the customers each batch touches are kept
+    /// current, counting spend in this currency.
+    segments: Option<String>,
 }
 
 impl ProfileProjection {
@@ -107,7 +110,15 @@ impl ProfileProjection {
         Self {
             store,
             batch: batch.max(1),
+            segments: None,
         }
+    }
+
+    /// Also keeps the saved segments' memberships of the customers each batch touches current
+    /// (spend counted in `currency`), as the server does.
+    pub fn with_segments(mut self, currency: impl Into<String>) -> Self {
+        self.segments = Some(currency.into());
+        self
     }
 
     /// Applies one batch after the checkpoint `name` to `table`; returns the position reached,
@@ -137,14 +148,14 @@ impl ProfileProjection {
             }
             profile::fold(&mut profiles, &events)?;
             let rows = profiles
-                .into_iter()
+                .iter()
                 .map(|(customer, profile)| {
                     Ok(ProfileRow {
-                        customer,
+                        customer: *customer,
                         merged_into: profile.merged_into,
-                        state: serde_json::to_string(&profile).map_err(|e| {
+                        state: serde_json::to_string(profile).map_err(|e| {
                             ProjectionError::Row {
-                                customer,
+                                customer: *customer,
                                 reason: e.to_string(),
                             }
                         })?,
@@ -156,6 +167,20 @@ impl ProfileProjection {
                 .commit_rows(name, table, from, last, &rows)
                 .await?
             {
+                if let (ProfileTable::Live, Some(currency)) = (table, &self.segments) {
+                    // The rows are committed; a membership update that fails is made good by
+                    // the next refresh.
+                    if let Err(err) = crate::segmentation::follow_changes(
+                        &self.store,
+                        &profiles,
+                        currency,
+                        Utc::now(),
+                    )
+                    .await
+                    {
+                        tracing::warn!(error = %err, "segment memberships not updated for a batch");
+                    }
+                }
                 return Ok(Some(last));
             }
             // The checkpoint moved under us (a rebuild was swapped in): start again from it.

@@ -1,6 +1,7 @@
 //! Segments over the whole customer base: previewing a rule (how many customers it selects,
-//! without saving anything), and refreshing the saved segments' members, logging who entered
-//! and who left. Both judge the profiles with the last scoring run's scores and tags.
+//! without saving anything), refreshing the saved segments' members, and keeping the members
+//! current as events change profiles; entries and exits are logged. All judge the profiles with
+//! the last scoring run's scores and tags.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
@@ -14,6 +15,7 @@ use serde::Serialize;
 use crate::projection::ProjectionError;
 use crate::store::projection::ProfileTable;
 use crate::store::scores::ScoreRow;
+use crate::store::segments::MembershipChange;
 use crate::store::EventStore;
 
 /// What a preview found.
@@ -158,4 +160,62 @@ pub async fn refresh(
         });
     }
     Ok(refreshed)
+}
+
+/// Keeps the saved segments' memberships of customers whose profiles just changed current:
+/// judges each against every saved rule as of `as_of` (with their last scores and tags) and
+/// records who entered and who left. A customer merged away or erased leaves every segment.
+#[tracing::instrument(name = "segments.follow", skip_all, fields(customers = profiles.len()))]
+pub async fn follow_changes(
+    store: &EventStore,
+    profiles: &HashMap<CustomerId, Profile>,
+    currency: &str,
+    as_of: DateTime<Utc>,
+) -> Result<Vec<MembershipChange>, ProjectionError> {
+    let rules: Vec<(String, Rule)> = store
+        .segments()
+        .await?
+        .into_iter()
+        .filter_map(|s| Rule::parse(&s.rule).ok().map(|rule| (s.name, rule)))
+        .collect();
+    if rules.is_empty() || profiles.is_empty() {
+        return Ok(Vec::new());
+    }
+    let customers: Vec<CustomerId> = profiles.keys().copied().collect();
+    let scores = store.scores_of(&customers).await?;
+    let memberships = store.memberships_of(&customers).await?;
+    let no_tags = Vec::new();
+    let none = HashSet::new();
+    let mut changes = Vec::new();
+    for (customer, profile) in profiles {
+        let live = profile.merged_into.is_none() && !profile.erased;
+        let score = scores.get(customer);
+        let tags: BTreeSet<String> = score
+            .map_or(&no_tags, |s| &s.tags)
+            .iter()
+            .cloned()
+            .collect();
+        let subject = Subject {
+            profile,
+            stage: score.map(|s| s.stage.as_str()),
+            tier: score.map(|s| s.tier.as_str()),
+            rfm_segment: score.and_then(|s| s.rfm_segment.as_deref()),
+            rfm: score.and_then(|s| s.rfm),
+            tags: &tags,
+            currency,
+            as_of,
+        };
+        let current = memberships.get(customer).unwrap_or(&none);
+        for (name, rule) in &rules {
+            let belongs = live && rule.matches(&subject);
+            if belongs != current.contains(name) {
+                changes.push(MembershipChange {
+                    segment: name.clone(),
+                    customer: *customer,
+                    entered: belongs,
+                });
+            }
+        }
+    }
+    Ok(store.apply_membership_changes(&changes, as_of).await?)
 }

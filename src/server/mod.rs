@@ -19,6 +19,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::ingest::{CommitQueue, Ingestor};
 use crate::projection::ProfileProjection;
+use patron_projections::value::TierRules;
 
 /// Events the server's profile projection applies per batch.
 const PROJECTION_BATCH: usize = 20_000;
@@ -60,7 +61,9 @@ impl Application {
         let listener = TcpListener::bind(address)?;
         let port = listener.local_addr()?.port();
         let projection = tokio::spawn(
-            ProfileProjection::new(ingestor.store().clone(), PROJECTION_BATCH).follow(),
+            ProfileProjection::new(ingestor.store().clone(), PROJECTION_BATCH)
+                .with_segments(TierRules::default().currency)
+                .follow(),
         );
         let state = Data::new(AppState {
             commits: CommitQueue::start(ingestor),

@@ -238,6 +238,72 @@ impl EventStore {
         })
     }
 
+    /// The scores and tags of `customers` that were scored.
+    pub async fn scores_of(
+        &self,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, ScoreRow>> {
+        let mut found = HashMap::new();
+        let sql =
+            "SELECT recency_days, frequency, monetary_minor, r, f, m, rfm_segment, tier, stage \
+                   FROM customer_scores WHERE customer_id = $1";
+        let tags_sql = "SELECT tag FROM customer_tags WHERE customer_id = $1";
+        type Row = (
+            Option<i64>,
+            i64,
+            i64,
+            Option<i16>,
+            Option<i16>,
+            Option<i16>,
+            Option<String>,
+            String,
+            String,
+        );
+        macro_rules! read {
+            ($pool:expr) => {{
+                let mut conn = $pool.acquire().await?;
+                for customer in customers {
+                    let row: Option<Row> = sqlx::query_as(sql)
+                        .bind(customer.as_uuid())
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    let Some((recency, frequency, monetary, r, f, m, segment, tier, stage)) = row
+                    else {
+                        continue;
+                    };
+                    let tags: Vec<String> = sqlx::query_scalar(tags_sql)
+                        .bind(customer.as_uuid())
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    let score = |v: Option<i16>| v.and_then(|v| u8::try_from(v).ok());
+                    let rfm = match (score(r), score(f), score(m)) {
+                        (Some(r), Some(f), Some(m)) => Some((r, f, m)),
+                        _ => None,
+                    };
+                    found.insert(
+                        *customer,
+                        ScoreRow {
+                            customer: *customer,
+                            recency_days: recency,
+                            frequency,
+                            monetary_minor: monetary,
+                            rfm,
+                            rfm_segment: segment,
+                            tier,
+                            stage,
+                            tags,
+                        },
+                    );
+                }
+            }};
+        }
+        match &self.backend {
+            Backend::Sqlite(b) => read!(b.reader()),
+            Backend::Postgres(b) => read!(b.pool()),
+        }
+        Ok(found)
+    }
+
     /// Every scored customer's scores, without tags.
     pub async fn all_scores(&self) -> Result<HashMap<CustomerId, ScoreRow>> {
         let sql = "SELECT customer_id, recency_days, frequency, monetary_minor, r, f, m, \

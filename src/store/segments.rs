@@ -64,7 +64,94 @@ fn from_micros(at: i64) -> Result<DateTime<Utc>> {
     })
 }
 
+/// An entry into or exit from a segment, to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// The segment.
+    pub segment: String,
+    /// The customer.
+    pub customer: CustomerId,
+    /// Entered (`true`) or left.
+    pub entered: bool,
+}
+
 impl EventStore {
+    /// The segments each of `customers` is a member of.
+    pub async fn memberships_of(
+        &self,
+        customers: &[CustomerId],
+    ) -> Result<std::collections::HashMap<CustomerId, HashSet<String>>> {
+        let mut found: std::collections::HashMap<CustomerId, HashSet<String>> =
+            std::collections::HashMap::new();
+        let sql = "SELECT segment FROM segment_members WHERE customer_id = $1";
+        with_pool!(self, pool => {
+            let mut conn = pool.acquire().await?;
+            for customer in customers {
+                let segments: Vec<String> = sqlx::query_scalar(sql)
+                    .bind(customer.as_uuid())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                if !segments.is_empty() {
+                    found.insert(*customer, segments.into_iter().collect());
+                }
+            }
+        });
+        Ok(found)
+    }
+
+    /// Records entries and exits for single customers (as events change their profiles), in
+    /// one transaction; an entry already recorded or an exit of a non-member changes nothing,
+    /// and only what changed is logged. Returns what changed.
+    pub async fn apply_membership_changes(
+        &self,
+        changes: &[MembershipChange],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<MembershipChange>> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let applied = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut applied = Vec::new();
+            for change in changes {
+                let done = if change.entered {
+                    sqlx::query(
+                        "INSERT INTO segment_members (segment, customer_id, since) \
+                         SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM segments WHERE name = $1) \
+                         ON CONFLICT (segment, customer_id) DO NOTHING",
+                    )
+                    .bind(&change.segment)
+                    .bind(change.customer.as_uuid())
+                    .bind(micros(at))
+                    .execute(&mut *tx)
+                    .await?
+                } else {
+                    sqlx::query("DELETE FROM segment_members WHERE segment = $1 AND customer_id = $2")
+                        .bind(&change.segment)
+                        .bind(change.customer.as_uuid())
+                        .execute(&mut *tx)
+                        .await?
+                };
+                if done.rows_affected() > 0 {
+                    sqlx::query(
+                        "INSERT INTO segment_log (segment, customer_id, entered, at) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&change.segment)
+                    .bind(change.customer.as_uuid())
+                    .bind(i16::from(change.entered))
+                    .bind(micros(at))
+                    .execute(&mut *tx)
+                    .await?;
+                    applied.push(change.clone());
+                }
+            }
+            tx.commit().await?;
+            applied
+        });
+        Ok(applied)
+    }
+
     /// Saves a segment, or replaces the rule of the one with that name; returns whether it was
     /// new. A replaced rule keeps the members until the next refresh.
     pub async fn save_segment(&self, name: &str, rule: &str, at: DateTime<Utc>) -> Result<bool> {

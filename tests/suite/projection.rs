@@ -497,7 +497,81 @@ async fn saved_segments_follow_their_rules_and_log_entries_and_exits(t: &TestSto
     assert_eq!(listed, vec![("active".to_owned(), 2)]);
 }
 
+async fn memberships_follow_events_as_they_arrive(t: &TestStore) {
+    let ing = ingestor(t);
+    let store = &t.store;
+    let now = chrono::Utc::now();
+    store
+        .save_segment("repeat", "orders >= 2", now)
+        .await
+        .unwrap();
+    store
+        .save_segment("web_only", "channel.web >= 1 and channel.store = 0", now)
+        .await
+        .unwrap();
+    let live = ProfileProjection::new(store.clone(), 50).with_segments("CNY");
+    let today = now.to_rfc3339();
+    let visit = |phone: &str| {
+        record(
+            "page_viewed",
+            "web",
+            &today,
+            json!({"phone": phone}),
+            json!({"url": "/"}),
+        )
+    };
+    let report = ing.ingest_json(&[visit("13900000001")]).await.unwrap();
+    let a = customer_of(&report.records[0]);
+    live.catch_up().await.unwrap();
+    assert_eq!(store.segment_members("web_only").await.unwrap(), vec![a]);
+    assert!(store.segment_members("repeat").await.unwrap().is_empty());
+
+    // Two store orders: A becomes a repeat buyer and is no longer web-only.
+    ing.ingest_json(&[
+        order_on(0, "13900000001", 100),
+        order_on(1, "13900000001", 100),
+    ])
+    .await
+    .unwrap();
+    live.catch_up().await.unwrap();
+    assert_eq!(store.segment_members("repeat").await.unwrap(), vec![a]);
+    assert!(store.segment_members("web_only").await.unwrap().is_empty());
+    let log: Vec<bool> = store
+        .segment_log("web_only")
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.entered)
+        .collect();
+    assert_eq!(log, vec![true, false]);
+
+    // B, web-only, is then merged into A through a shared email: B leaves the segment.
+    let b = customer_of(
+        &ing.ingest_json(&[visit("13900000002")])
+            .await
+            .unwrap()
+            .records[0],
+    );
+    live.catch_up().await.unwrap();
+    assert_eq!(store.segment_members("web_only").await.unwrap(), vec![b]);
+    for phone in ["13900000001", "13900000002"] {
+        ing.ingest_json(&[record(
+            "custom",
+            "app",
+            &today,
+            json!({"phone": phone, "email": "x@example.cn"}),
+            json!({"name": "link"}),
+        )])
+        .await
+        .unwrap();
+    }
+    live.catch_up().await.unwrap();
+    assert!(store.segment_members("web_only").await.unwrap().is_empty());
+    assert_eq!(store.segment_members("repeat").await.unwrap(), vec![a]);
+}
+
 crate::on_both_stores!(
+    memberships_follow_events_as_they_arrive,
     saved_segments_follow_their_rules_and_log_entries_and_exits,
     a_rebuild_of_an_empty_log_finishes,
     a_rebuild_while_the_live_projection_runs_loses_nothing,
