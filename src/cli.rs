@@ -293,6 +293,14 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Time how long one customer's profile change takes to update their segment memberships,
+    /// on the store named by --database-url (profiles and scores as they are): ten segments
+    /// named `bench:*` are saved for the run and deleted after it.
+    Membership {
+        /// Customers to time, one at a time.
+        #[arg(long, default_value_t = 1_000)]
+        customers: usize,
+    },
 }
 
 /// Options of `patron bench store`.
@@ -539,6 +547,9 @@ impl Cli {
             }) => bench_http(postgres_url.as_deref(), people, batch, clients).await,
             Command::Bench(BenchCommand::Read { read_batch, json }) => {
                 bench_read(&self.database_url, read_batch, json).await
+            }
+            Command::Bench(BenchCommand::Membership { customers }) => {
+                bench_membership(&self.database_url, customers).await
             }
         }
     }
@@ -1039,6 +1050,62 @@ async fn bench_http(
     scratch.finish(false).await?;
     let report = report?;
     println!("{report}");
+    Ok(())
+}
+
+async fn bench_membership(url: &str, customers: usize) -> Result<()> {
+    use patron_projections::profile::Profile;
+    use std::collections::HashMap;
+    let store = open(url).await?;
+    let rules = [
+        "tier = \"high_value\"",
+        "stage in (\"declining\", \"churned\") and orders >= 2",
+        "count(order_placed, channel = \"store\") in last 365 days >= 1 and count(order_placed, channel = \"web\") in last 365 days = 0",
+        "tag \"high_frequency\"",
+        "spend in last 90 days >= 50000",
+        "rfm_segment in (\"champions\", \"loyal\")",
+        "consent.marketing_sms = true and days_since_last_seen <= 30",
+        "count(page_viewed) in last 14 days >= 3 and orders = 0",
+        "preferred_channel = \"app\" and average_order_value > 20000",
+        "not tag \"promotion_sensitive\" and r >= 4",
+    ];
+    let names: Vec<String> = (0..rules.len()).map(|i| format!("bench:{i}")).collect();
+    for (name, rule) in names.iter().zip(rules) {
+        store.save_segment(name, rule, chrono::Utc::now()).await?;
+    }
+    let rows = store
+        .all_profiles(crate::store::projection::ProfileTable::Live)
+        .await?;
+    let mut timings = Vec::with_capacity(customers);
+    for row in rows
+        .iter()
+        .filter(|r| r.merged_into.is_none())
+        .take(customers)
+    {
+        let profile: Profile = serde_json::from_str(&row.state)?;
+        let one: HashMap<_, _> = [(row.customer, profile)].into();
+        let started = std::time::Instant::now();
+        segmentation::follow_changes(&store, &one, "CNY", chrono::Utc::now()).await?;
+        timings.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    for name in &names {
+        store.delete_segment(name).await?;
+    }
+    store.close().await;
+    anyhow::ensure!(
+        !timings.is_empty(),
+        "the store has no profiles: run `patron status --catch-up` first"
+    );
+    timings.sort_by(f64::total_cmp);
+    let at = |q: f64| timings[((timings.len() - 1) as f64 * q) as usize];
+    println!(
+        "{} customers, {} segments: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms per profile change",
+        timings.len(),
+        rules.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
     Ok(())
 }
 
