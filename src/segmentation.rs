@@ -130,17 +130,17 @@ pub async fn refresh(
     currency: &str,
     as_of: DateTime<Utc>,
 ) -> Result<Vec<Refreshed>, ProjectionError> {
-    let saved = store.segments().await?;
+    let saved = store.segment_rules().await?;
     if saved.is_empty() {
         return Ok(Vec::new());
     }
     let population = Population::load(store).await?;
     let mut refreshed = Vec::with_capacity(saved.len());
-    for segment in saved {
-        let rule = match Rule::parse(&segment.rule) {
+    for (name, rule) in saved {
+        let rule = match Rule::parse(&rule) {
             Ok(rule) => rule,
             Err(err) => {
-                tracing::warn!(segment = %segment.name, error = %err, "a saved rule does not read; skipped");
+                tracing::warn!(segment = %name, error = %err, "a saved rule does not read; skipped");
                 continue;
             }
         };
@@ -148,12 +148,10 @@ pub async fn refresh(
             .judge(&rule, currency, as_of)
             .into_iter()
             .collect();
-        let changes = store
-            .set_segment_members(&segment.name, &members, as_of)
-            .await?;
+        let changes = store.set_segment_members(&name, &members, as_of).await?;
         let entered = changes.iter().filter(|c| c.entered).count() as u64;
         refreshed.push(Refreshed {
-            name: segment.name,
+            name,
             members: members.len() as u64,
             entered,
             left: changes.len() as u64 - entered,
@@ -173,23 +171,24 @@ pub async fn follow_changes(
     as_of: DateTime<Utc>,
 ) -> Result<Vec<MembershipChange>, ProjectionError> {
     let rules: Vec<(String, Rule)> = store
-        .segments()
+        .segment_rules()
         .await?
         .into_iter()
-        .filter_map(|s| Rule::parse(&s.rule).ok().map(|rule| (s.name, rule)))
+        .filter_map(|(name, rule)| Rule::parse(&rule).ok().map(|rule| (name, rule)))
         .collect();
     if rules.is_empty() || profiles.is_empty() {
         return Ok(Vec::new());
     }
     let customers: Vec<CustomerId> = profiles.keys().copied().collect();
-    let scores = store.scores_of(&customers).await?;
-    let memberships = store.memberships_of(&customers).await?;
+    let standings = store.standings(&customers).await?;
     let no_tags = Vec::new();
-    let none = HashSet::new();
+    let nobody = Default::default();
     let mut changes = Vec::new();
     for (customer, profile) in profiles {
         let live = profile.merged_into.is_none() && !profile.erased;
-        let score = scores.get(customer);
+        let standing: &crate::store::segments::Standing =
+            standings.get(customer).unwrap_or(&nobody);
+        let score = standing.scores.as_ref();
         let tags: BTreeSet<String> = score
             .map_or(&no_tags, |s| &s.tags)
             .iter()
@@ -205,7 +204,7 @@ pub async fn follow_changes(
             currency,
             as_of,
         };
-        let current = memberships.get(customer).unwrap_or(&none);
+        let current = &standing.memberships;
         for (name, rule) in &rules {
             let belongs = live && rule.matches(&subject);
             if belongs != current.contains(name) {

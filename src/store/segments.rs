@@ -75,25 +75,93 @@ pub struct MembershipChange {
     pub entered: bool,
 }
 
+/// What judging a customer against saved segments needs from the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// The last scoring run's scores and tags, if the customer was scored.
+    pub scores: Option<super::scores::ScoreRow>,
+    /// The segments the customer is a member of.
+    pub memberships: HashSet<String>,
+}
+
+/// Separates the values `group_concat` / `string_agg` join.
+const UNIT: char = '\u{1f}';
+
 impl EventStore {
-    /// The segments each of `customers` is a member of.
-    pub async fn memberships_of(
+    /// The scores, tags and memberships of each of `customers`, one query per customer.
+    pub async fn standings(
         &self,
         customers: &[CustomerId],
-    ) -> Result<std::collections::HashMap<CustomerId, HashSet<String>>> {
-        let mut found: std::collections::HashMap<CustomerId, HashSet<String>> =
-            std::collections::HashMap::new();
-        let sql = "SELECT segment FROM segment_members WHERE customer_id = $1";
+    ) -> Result<std::collections::HashMap<CustomerId, Standing>> {
+        type Row = (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i16>,
+            Option<i16>,
+            Option<i16>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let sql = match &self.backend {
+            Backend::Sqlite(_) => {
+                "SELECT s.recency_days, s.frequency, s.monetary_minor, s.r, s.f, s.m, s.rfm_segment, \
+                 s.tier, s.stage, \
+                 (SELECT group_concat(tag, char(31)) FROM customer_tags WHERE customer_id = $1), \
+                 (SELECT group_concat(segment, char(31)) FROM segment_members WHERE customer_id = $1) \
+                 FROM (SELECT 1) LEFT JOIN customer_scores s ON s.customer_id = $1"
+            }
+            Backend::Postgres(_) => {
+                "SELECT s.recency_days, s.frequency, s.monetary_minor, s.r, s.f, s.m, s.rfm_segment, \
+                 s.tier, s.stage, \
+                 (SELECT string_agg(tag, chr(31)) FROM customer_tags WHERE customer_id = $1), \
+                 (SELECT string_agg(segment, chr(31)) FROM segment_members WHERE customer_id = $1) \
+                 FROM (SELECT 1) AS one LEFT JOIN customer_scores s ON s.customer_id = $1"
+            }
+        };
+        let split = |joined: Option<String>| -> Vec<String> {
+            joined
+                .map(|j| j.split(UNIT).map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        let mut found = std::collections::HashMap::with_capacity(customers.len());
         with_pool!(self, pool => {
             let mut conn = pool.acquire().await?;
             for customer in customers {
-                let segments: Vec<String> = sqlx::query_scalar(sql)
+                let row: Row = sqlx::query_as(sql)
                     .bind(customer.as_uuid())
-                    .fetch_all(&mut *conn)
+                    .fetch_one(&mut *conn)
                     .await?;
-                if !segments.is_empty() {
-                    found.insert(*customer, segments.into_iter().collect());
-                }
+                let (recency, frequency, monetary, r, f, m, segment, tier, stage, tags, members) =
+                    row;
+                let score = |v: Option<i16>| v.and_then(|v| u8::try_from(v).ok());
+                let scores = match (tier, stage) {
+                    (Some(tier), Some(stage)) => Some(super::scores::ScoreRow {
+                        customer: *customer,
+                        recency_days: recency,
+                        frequency: frequency.unwrap_or(0),
+                        monetary_minor: monetary.unwrap_or(0),
+                        rfm: match (score(r), score(f), score(m)) {
+                            (Some(r), Some(f), Some(m)) => Some((r, f, m)),
+                            _ => None,
+                        },
+                        rfm_segment: segment,
+                        tier,
+                        stage,
+                        tags: split(tags),
+                    }),
+                    _ => None,
+                };
+                found.insert(
+                    *customer,
+                    Standing {
+                        scores,
+                        memberships: split(members).into_iter().collect(),
+                    },
+                );
             }
         });
         Ok(found)
@@ -201,6 +269,12 @@ impl EventStore {
                 members: u64::try_from(members).unwrap_or(0),
             })
             .collect())
+    }
+
+    /// Every saved segment's name and rule, by name (without counting members).
+    pub async fn segment_rules(&self) -> Result<Vec<(String, String)>> {
+        let sql = "SELECT name, rule FROM segments ORDER BY name";
+        Ok(with_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
     }
 
     /// A segment's members as of the last refresh.
