@@ -330,3 +330,24 @@ impl ProfileProjection {
             .transpose()
     }
 }
+
+/// Every live customer's profile (not merged away, not erased), in customer order.
+pub async fn live_profiles(
+    store: &EventStore,
+) -> Result<Vec<(CustomerId, Profile)>, ProjectionError> {
+    let mut profiles = Vec::new();
+    for row in store.all_profiles(ProfileTable::Live).await? {
+        if row.merged_into.is_some() {
+            continue;
+        }
+        let profile: Profile =
+            serde_json::from_str(&row.state).map_err(|e| ProjectionError::Row {
+                customer: row.customer,
+                reason: e.to_string(),
+            })?;
+        if !profile.erased {
+            profiles.push((row.customer, profile));
+        }
+    }
+    Ok(profiles)
+}

@@ -11,13 +11,11 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
 use patron_projections::lifecycle::LifecycleRules;
-use patron_projections::profile::Profile;
 use patron_projections::tags::TagRules;
 use patron_projections::value::{activity, score_rfm, RfmSegment, TierRules};
 use serde::{Deserialize, Serialize};
 
-use crate::projection::ProjectionError;
-use crate::store::projection::ProfileTable;
+use crate::projection::{live_profiles, ProjectionError};
 use crate::store::scores::ScoreRow;
 use crate::store::EventStore;
 
@@ -80,20 +78,7 @@ pub async fn score(
     rules: &ScoringRules,
     as_of: DateTime<Utc>,
 ) -> Result<ScoringReport, ProjectionError> {
-    let mut profiles: Vec<(CustomerId, Profile)> = Vec::new();
-    for row in store.all_profiles(ProfileTable::Live).await? {
-        if row.merged_into.is_some() {
-            continue;
-        }
-        let profile: Profile =
-            serde_json::from_str(&row.state).map_err(|e| ProjectionError::Row {
-                customer: row.customer,
-                reason: e.to_string(),
-            })?;
-        if !profile.erased {
-            profiles.push((row.customer, profile));
-        }
-    }
+    let profiles = live_profiles(store).await?;
     let tiers = &rules.tiers;
     let activities: Vec<(CustomerId, _)> = profiles
         .iter()

@@ -12,8 +12,7 @@ use patron_projections::profile::Profile;
 use patron_projections::segment::{Rule, Subject};
 use serde::Serialize;
 
-use crate::projection::ProjectionError;
-use crate::store::projection::ProfileTable;
+use crate::projection::{live_profiles, ProjectionError};
 use crate::store::scores::ScoreRow;
 use crate::store::segments::MembershipChange;
 use crate::store::EventStore;
@@ -57,20 +56,7 @@ impl Population {
     async fn load(store: &EventStore) -> Result<Self, ProjectionError> {
         let scores = store.all_scores().await?;
         let tags = store.all_tags().await?;
-        let mut profiles = Vec::new();
-        for row in store.all_profiles(ProfileTable::Live).await? {
-            if row.merged_into.is_some() {
-                continue;
-            }
-            let profile: Profile =
-                serde_json::from_str(&row.state).map_err(|e| ProjectionError::Row {
-                    customer: row.customer,
-                    reason: e.to_string(),
-                })?;
-            if !profile.erased {
-                profiles.push((row.customer, profile));
-            }
-        }
+        let profiles = live_profiles(store).await?;
         Ok(Self {
             profiles,
             scores,
