@@ -390,7 +390,7 @@ impl Cli {
                     Some(path) => write_demo(&config, path),
                     None => {
                         let ingestor = self.ingestor().await?.with_actor("demo");
-                        demo(&ingestor, &config, batch, json).await
+                        demo(&ingestor, &config, batch, json, &self.scoring_rules()?).await
                     }
                 }
             }
@@ -675,11 +675,29 @@ fn write_demo(config: &DemoConfig, path: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn demo(ingestor: &Ingestor, config: &DemoConfig, batch: usize, json: bool) -> Result<()> {
+async fn demo(
+    ingestor: &Ingestor,
+    config: &DemoConfig,
+    batch: usize,
+    json: bool,
+    rules: &ScoringRules,
+) -> Result<()> {
     let summary = run_demo(ingestor, config, batch)
         .await
         .context("loading the demo data set failed")?;
-    ingestor.store().close().await;
+    // Bring the read models up to date, so that profiles, scores and segments answer at once.
+    let store = ingestor.store();
+    ProfileProjection::new(store.clone(), 20_000)
+        .catch_up()
+        .await
+        .context("cannot bring the profiles up to date")?;
+    let scored = scoring::score(store, rules, chrono::Utc::now())
+        .await
+        .context("cannot score the customers")?;
+    segmentation::refresh(store, &rules.tiers.currency, scored.as_of)
+        .await
+        .context("cannot refresh the segments")?;
+    store.close().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
@@ -712,6 +730,15 @@ async fn demo(ingestor: &Ingestor, config: &DemoConfig, batch: usize, json: bool
         "time:           {:.1} s ({:.0} records/s)",
         summary.seconds, summary.records_per_s
     );
+    let line = |counts: &std::collections::BTreeMap<String, u64>| {
+        counts
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("value tiers:    {}", line(&scored.by_tier));
+    println!("stages:         {}", line(&scored.by_stage));
     if summary.broken_accepted + summary.sound_rejected > 0 {
         println!(
             "warning: {} broken records stored, {} sound records refused",
