@@ -355,11 +355,15 @@ impl Cli {
                 let ingestor = self.ingestor().await?.with_actor("http");
                 spawn_quarantine_expiry(ingestor.store().clone(), self.quarantine_retention_days);
                 spawn_scoring(ingestor.store().clone(), self.scoring_rules()?);
+                let store = ingestor.store().clone();
                 let app = Application::build_with_write_keys(ingestor, address, write_keys.clone())
                     .with_context(|| format!("cannot listen on {address}"))?;
                 tracing::info!(port = app.port(), "serving on {address}");
                 eprintln!("listening on http://{address} (Ctrl-C to stop)");
-                app.run_until_stopped().await.context("the server failed")
+                let served = app.run_until_stopped().await.context("the server failed");
+                // Every request in flight has been answered: fold the WAL back and close.
+                store.close().await;
+                served
             }
             Command::Import {
                 ref file,
