@@ -444,3 +444,47 @@ pub struct FoldError {
     /// Why.
     pub source: serde_json::Error,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daily_counts_stay_in_day_order_and_windows_end_on_the_day() {
+        let mut days = Vec::new();
+        for day in [10, 12, 12, 11, 9, 15] {
+            bump(&mut days, day, 1);
+        }
+        assert_eq!(days, vec![(9, 1), (10, 1), (11, 1), (12, 2), (15, 1)]);
+
+        let mut profile = Profile::default();
+        profile.daily.insert("page_viewed@web".into(), days.clone());
+        profile
+            .daily
+            .insert("page_viewed@app".into(), vec![(12, 3), (16, 1)]);
+        profile
+            .daily
+            .insert("page_viewedx@web".into(), vec![(12, 100)]);
+        let at = |day: i64| DateTime::from_timestamp(day * 86_400 + 3_600, 0).unwrap();
+        // The 3 days ending on day 12: days 10, 11 and 12.
+        assert_eq!(profile.count_in_last("page_viewed@web", 3, at(12)), 4);
+        // Every channel of the type, and no other type sharing its prefix.
+        assert_eq!(profile.count_in_last("page_viewed", 3, at(12)), 7);
+        assert_eq!(profile.count_in_last("page_viewed", 1, at(16)), 1);
+        assert_eq!(profile.count_in_last("order_placed", 365, at(16)), 0);
+    }
+
+    #[test]
+    fn absorbing_equals_folding_both_histories() {
+        let mut a = Profile::default();
+        bump(a.daily.entry("x@web".into()).or_default(), 5, 2);
+        a.touchpoints = 2;
+        let mut b = Profile::default();
+        bump(b.daily.entry("x@web".into()).or_default(), 3, 1);
+        bump(b.daily.entry("x@web".into()).or_default(), 5, 1);
+        b.touchpoints = 2;
+        a.absorb(&b);
+        assert_eq!(a.daily["x@web"], vec![(3, 1), (5, 3)]);
+        assert_eq!(a.touchpoints, 4);
+    }
+}
