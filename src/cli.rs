@@ -500,10 +500,7 @@ impl Cli {
             Command::Segment(SegmentCommand::Refresh) => {
                 let rules = self.scoring_rules()?;
                 let store = open(&self.database_url).await?;
-                ProfileProjection::new(store.clone(), 20_000)
-                    .catch_up()
-                    .await
-                    .context("cannot bring the profiles up to date")?;
+                catch_up_profiles(&store).await?;
                 let refreshed =
                     segmentation::refresh(&store, &rules.tiers.currency, chrono::Utc::now())
                         .await
@@ -519,10 +516,7 @@ impl Cli {
                     Rule::parse(rule).map_err(|e| anyhow::anyhow!("the rule is invalid: {e}"))?;
                 let rules = self.scoring_rules()?;
                 let store = open(&self.database_url).await?;
-                ProfileProjection::new(store.clone(), 20_000)
-                    .catch_up()
-                    .await
-                    .context("cannot bring the profiles up to date")?;
+                catch_up_profiles(&store).await?;
                 let preview =
                     segmentation::preview(&store, &rule, &rules.tiers.currency, chrono::Utc::now())
                         .await
@@ -691,10 +685,7 @@ async fn demo(
         .context("loading the demo data set failed")?;
     // Bring the read models up to date, so that profiles, scores and segments answer at once.
     let store = ingestor.store();
-    ProfileProjection::new(store.clone(), 20_000)
-        .catch_up()
-        .await
-        .context("cannot bring the profiles up to date")?;
+    catch_up_profiles(store).await?;
     let scored = scoring::score(store, rules, chrono::Utc::now())
         .await
         .context("cannot score the customers")?;
@@ -902,6 +893,15 @@ async fn rebuild(url: &str, projection: &str, batch: usize) -> Result<()> {
     Ok(())
 }
 
+/// Brings the profiles up to the log's head.
+async fn catch_up_profiles(store: &EventStore) -> Result<()> {
+    ProfileProjection::new(store.clone(), 20_000)
+        .catch_up()
+        .await
+        .context("cannot bring the profiles up to date")?;
+    Ok(())
+}
+
 async fn score(
     url: &str,
     rules: &ScoringRules,
@@ -909,10 +909,7 @@ async fn score(
     json: bool,
 ) -> Result<()> {
     let store = open(url).await?;
-    ProfileProjection::new(store.clone(), 20_000)
-        .catch_up()
-        .await
-        .context("cannot bring the profiles up to date")?;
+    catch_up_profiles(&store).await?;
     let report = scoring::score(&store, rules, as_of)
         .await
         .context("cannot score the customers")?;

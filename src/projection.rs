@@ -31,7 +31,7 @@ pub const PROFILES: &str = "profiles";
 const PROFILES_REBUILD: &str = "profiles@rebuild";
 /// The version of the profile fold: raised whenever what a profile holds changes, so that
 /// stored profiles are rebuilt once by the new code.
-pub const PROFILE_VERSION: &str = "5";
+pub const PROFILE_VERSION: u32 = 5;
 /// The setting holding the version the stored profiles were folded with.
 const PROFILE_VERSION_SETTING: &str = "projection.profiles.version";
 
@@ -64,7 +64,7 @@ pub enum ProjectionError {
         /// The stored version.
         stored: String,
         /// This binary's version.
-        current: &'static str,
+        current: u32,
     },
 }
 
@@ -198,27 +198,29 @@ impl ProfileProjection {
     /// Rebuilds the profiles if an earlier version of the fold wrote them; refuses to touch
     /// profiles a newer version wrote.
     async fn ensure_fold_version(&self) -> Result<(), ProjectionError> {
-        // Profiles stored before versions were recorded are of version 1.
-        let unversioned = if self.store.checkpoint(PROFILES).await? == 0 {
-            PROFILE_VERSION
-        } else {
-            "1"
+        // Read first: the runner asks on every round, and only the first ever writes.
+        let stored = match self.store.setting(PROFILE_VERSION_SETTING).await? {
+            Some(stored) => stored,
+            None => {
+                // Profiles stored before versions were recorded are of version 1.
+                let unversioned = if self.store.checkpoint(PROFILES).await? == 0 {
+                    PROFILE_VERSION
+                } else {
+                    1
+                };
+                self.store
+                    .setting_or_insert(PROFILE_VERSION_SETTING, &unversioned.to_string())
+                    .await?
+            }
         };
-        let stored = self
-            .store
-            .setting_or_insert(PROFILE_VERSION_SETTING, unversioned)
-            .await?;
-        let (stored_version, current) = (
-            stored.parse::<u32>().unwrap_or(0),
-            PROFILE_VERSION.parse::<u32>().unwrap_or(0),
-        );
-        if stored_version > current {
+        let stored_version = stored.parse::<u32>().unwrap_or(0);
+        if stored_version > PROFILE_VERSION {
             return Err(ProjectionError::NewerFold {
                 stored,
                 current: PROFILE_VERSION,
             });
         }
-        if stored_version < current {
+        if stored_version < PROFILE_VERSION {
             tracing::info!(from = %stored, to = PROFILE_VERSION, "profiles folded by an earlier version: rebuilding");
             self.rebuild(|_, _| {}).await?;
         }
@@ -291,7 +293,7 @@ impl ProfileProjection {
             return Err(ProjectionError::ConcurrentRebuild(PROFILES));
         }
         self.store
-            .put_setting(PROFILE_VERSION_SETTING, PROFILE_VERSION)
+            .put_setting(PROFILE_VERSION_SETTING, &PROFILE_VERSION.to_string())
             .await?;
         Ok(at)
     }

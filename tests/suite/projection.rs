@@ -360,7 +360,7 @@ async fn profiles_of_an_earlier_fold_are_rebuilt_once(t: &TestStore) {
             .setting_or_insert("projection.profiles.version", "?")
             .await
             .unwrap(),
-        patron::projection::PROFILE_VERSION
+        patron::projection::PROFILE_VERSION.to_string()
     );
 }
 
