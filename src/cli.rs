@@ -16,7 +16,7 @@ use crate::privacy::{self, Opener};
 use crate::projection::{ProfileProjection, PROFILES};
 use crate::scoring::{self, ScoringRules};
 use crate::segmentation;
-use crate::server::Application;
+use crate::server::{Application, ServerOptions};
 use crate::store::scratch::ScratchPostgres;
 use crate::store::{redact_url, EventStore};
 use patron_domain::identity::{IdentityRules, RulesFile};
@@ -101,10 +101,13 @@ pub enum Command {
     },
     /// Serve the HTTP API (ingestion at POST /v1/events, /healthz, /readyz) until stopped.
     Serve {
-        /// The address to listen on. The API has no authentication yet: keep it on a
-        /// loopback or private address.
+        /// The address to listen on. GraphQL needs an API key (`patron keys create`); the
+        /// ingestion endpoint `/v1/events` does not yet: keep it on a private address.
         #[arg(long, env = "PATRON_ADDRESS", default_value = "127.0.0.1:8080")]
         address: String,
+        /// `/readyz` answers 503 while the profiles lag the log by more than this, seconds.
+        #[arg(long, env = "PATRON_READY_LAG_SECONDS", default_value_t = crate::server::DEFAULT_READY_LAG_SECONDS)]
+        ready_lag_seconds: i64,
         /// A write key accepted by the Segment-shaped endpoints (/v1/batch, /v1/track ...);
         /// repeat for several. Without one, those endpoints refuse every request.
         #[arg(
@@ -209,7 +212,8 @@ pub enum Command {
     /// is in `docs/projections.md`.
     #[command(subcommand)]
     Segment(SegmentCommand),
-    /// Keys: `patron keys master` prints a new random master key for PATRON_MASTER_KEY.
+    /// Keys: API keys for GraphQL (`create`, `list`, `revoke`); `master` prints a new random
+    /// master key for PATRON_MASTER_KEY.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Run a benchmark on a scratch database and print its figures.
@@ -260,6 +264,23 @@ pub enum KeysCommand {
     /// Print a new random master key (base64 of 32 bytes). Keep it out of the database: in
     /// PATRON_MASTER_KEY, from a secret store.
     Master,
+    /// Create an API key and print its secret (shown this once; only its hash is stored).
+    Create {
+        /// What it may do: viewer (personal data masked), analyst (segments), operator
+        /// (personal data, quarantine, ingestion, corrections) or admin (erasure, keys).
+        #[arg(long)]
+        role: patron_graphql::Role,
+        /// A name for people, for example `marketing-ui`.
+        #[arg(long)]
+        name: String,
+    },
+    /// List the API keys (never their secrets).
+    List,
+    /// Revoke an API key: it is refused from the next request on.
+    Revoke {
+        /// The key's id (from `patron keys list`).
+        id: uuid::Uuid,
+    },
 }
 
 /// The benchmarks.
@@ -351,12 +372,17 @@ impl Cli {
             Command::Serve {
                 ref address,
                 ref write_keys,
+                ready_lag_seconds,
             } => {
                 let ingestor = self.ingestor().await?.with_actor("http");
                 spawn_quarantine_expiry(ingestor.store().clone(), self.quarantine_retention_days);
                 spawn_scoring(ingestor.store().clone(), self.scoring_rules()?);
                 let store = ingestor.store().clone();
-                let app = Application::build_with_write_keys(ingestor, address, write_keys.clone())
+                let options = ServerOptions {
+                    write_keys: write_keys.clone(),
+                    ready_lag_seconds,
+                };
+                let app = Application::build_with(ingestor, address, options)
                     .with_context(|| format!("cannot listen on {address}"))?;
                 tracing::info!(port = app.port(), "serving on {address}");
                 eprintln!("listening on http://{address} (Ctrl-C to stop)");
@@ -534,6 +560,55 @@ impl Cli {
             }
             Command::Keys(KeysCommand::Master) => {
                 println!("{}", MasterKey::generate());
+                Ok(())
+            }
+            Command::Keys(KeysCommand::Create { role, ref name }) => {
+                let store = open(&self.database_url).await?;
+                let secret = crate::server::new_secret();
+                let key = store
+                    .create_api_key(
+                        name,
+                        role.as_str(),
+                        &crate::server::secret_hash(&secret),
+                        chrono::Utc::now(),
+                    )
+                    .await
+                    .context("cannot store the key")?;
+                store.close().await;
+                eprintln!(
+                    "created {} key {:?} ({}); its secret, shown this once:",
+                    key.role, key.name, key.id
+                );
+                println!("{secret}");
+                Ok(())
+            }
+            Command::Keys(KeysCommand::List) => {
+                let store = open(&self.database_url).await?;
+                let keys = store.api_keys().await.context("cannot read the keys")?;
+                store.close().await;
+                for key in keys {
+                    let state = key.revoked_at.map_or("live".to_owned(), |at| {
+                        format!("revoked {}", at.to_rfc3339())
+                    });
+                    println!(
+                        "{}  {:<8}  {:<24}  created {}  {state}",
+                        key.id,
+                        key.role,
+                        key.name,
+                        key.created_at.to_rfc3339()
+                    );
+                }
+                Ok(())
+            }
+            Command::Keys(KeysCommand::Revoke { id }) => {
+                let store = open(&self.database_url).await?;
+                let revoked = store
+                    .revoke_api_key(id, chrono::Utc::now())
+                    .await
+                    .context("cannot revoke the key")?;
+                store.close().await;
+                anyhow::ensure!(revoked, "no live key {id}");
+                eprintln!("revoked {id}");
                 Ok(())
             }
             Command::Bench(BenchCommand::Store(args)) => bench_store(args).await,

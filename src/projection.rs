@@ -10,12 +10,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
 use patron_domain::Position;
 use patron_projections::profile::{self, FoldError, Profile};
 use serde::Serialize;
 use thiserror::Error;
+use tokio::sync::broadcast;
 
 use crate::store::projection::{ProfileRow, ProfileTable};
 use crate::store::{EventStore, StoreError};
@@ -31,7 +32,7 @@ pub const PROFILES: &str = "profiles";
 const PROFILES_REBUILD: &str = "profiles@rebuild";
 /// The version of the profile fold: raised whenever what a profile holds changes, so that
 /// stored profiles are rebuilt once by the new code.
-pub const PROFILE_VERSION: u32 = 5;
+pub const PROFILE_VERSION: u32 = 6;
 /// The setting holding the version the stored profiles were folded with.
 const PROFILE_VERSION_SETTING: &str = "projection.profiles.version";
 
@@ -102,6 +103,31 @@ pub struct ProfileProjection {
     /// When set, the saved segments' memberships of the customers each batch touches are kept
     /// current, counting spend in this currency.
     segments: Option<String>,
+    /// Where profile updates and membership changes are announced, if anywhere.
+    announce: Option<broadcast::Sender<Announcement>>,
+}
+
+/// What the live projection announces after each committed batch (subscriptions read it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Announcement {
+    /// A live customer's profile changed.
+    ProfileUpdated {
+        /// The customer.
+        customer: CustomerId,
+        /// The log position the profile now reflects.
+        position: Position,
+    },
+    /// A customer entered or left a saved segment.
+    Membership {
+        /// The segment.
+        segment: String,
+        /// The customer.
+        customer: CustomerId,
+        /// Entered (`true`) or left.
+        entered: bool,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 impl ProfileProjection {
@@ -111,6 +137,23 @@ impl ProfileProjection {
             store,
             batch: batch.max(1),
             segments: None,
+            announce: None,
+        }
+    }
+
+    /// Announces each committed batch's profile updates and membership changes on `sender`.
+    pub fn with_announcements(mut self, sender: broadcast::Sender<Announcement>) -> Self {
+        self.announce = Some(sender);
+        self
+    }
+
+    /// Sends `announcements` if anyone listens.
+    fn announce(&self, announcements: impl IntoIterator<Item = Announcement>) {
+        if let Some(sender) = self.announce.as_ref().filter(|s| s.receiver_count() > 0) {
+            for announcement in announcements {
+                // No receiver left: nothing to do.
+                let _ = sender.send(announcement);
+            }
         }
     }
 
@@ -167,18 +210,35 @@ impl ProfileProjection {
                 .commit_rows(name, table, from, last, &rows)
                 .await?
             {
+                if table == ProfileTable::Live {
+                    self.announce(
+                        profiles
+                            .iter()
+                            .filter(|(_, p)| p.merged_into.is_none())
+                            .map(|(customer, _)| Announcement::ProfileUpdated {
+                                customer: *customer,
+                                position: last,
+                            }),
+                    );
+                }
                 if let (ProfileTable::Live, Some(currency)) = (table, &self.segments) {
                     // The rows are committed; a membership update that fails is made good by
                     // the next refresh.
-                    if let Err(err) = crate::segmentation::follow_changes(
-                        &self.store,
-                        &profiles,
-                        currency,
-                        Utc::now(),
-                    )
-                    .await
+                    let at = Utc::now();
+                    match crate::segmentation::follow_changes(&self.store, &profiles, currency, at)
+                        .await
                     {
-                        tracing::warn!(error = %err, "segment memberships not updated for a batch");
+                        Ok(changes) => {
+                            self.announce(changes.into_iter().map(|c| Announcement::Membership {
+                                segment: c.segment,
+                                customer: c.customer,
+                                entered: c.entered,
+                                at,
+                            }))
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "segment memberships not updated for a batch")
+                        }
                     }
                 }
                 return Ok(Some(last));

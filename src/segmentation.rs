@@ -50,6 +50,7 @@ struct Population {
     profiles: Vec<(CustomerId, Profile)>,
     scores: HashMap<CustomerId, ScoreRow>,
     tags: HashMap<CustomerId, BTreeSet<String>>,
+    no_tags: BTreeSet<String>,
 }
 
 impl Population {
@@ -61,30 +62,77 @@ impl Population {
             profiles,
             scores,
             tags,
+            no_tags: BTreeSet::new(),
         })
     }
 
     /// The customers `rule` selects, in profile order.
     fn judge(&self, rule: &Rule, currency: &str, as_of: DateTime<Utc>) -> Vec<CustomerId> {
-        let none = BTreeSet::new();
-        self.profiles
-            .iter()
-            .filter(|(customer, profile)| {
-                let score = self.scores.get(customer);
-                rule.matches(&Subject {
-                    profile,
-                    stage: score.map(|s| s.stage.as_str()),
-                    tier: score.map(|s| s.tier.as_str()),
-                    rfm_segment: score.and_then(|s| s.rfm_segment.as_deref()),
-                    rfm: score.and_then(|s| s.rfm),
-                    tags: self.tags.get(customer).unwrap_or(&none),
-                    currency,
-                    as_of,
-                })
-            })
+        self.selected(Some(rule), currency, as_of)
             .map(|(customer, _)| *customer)
             .collect()
     }
+
+    /// The customers and profiles `rule` selects (all without one), in customer order.
+    fn selected<'a>(
+        &'a self,
+        rule: Option<&'a Rule>,
+        currency: &'a str,
+        as_of: DateTime<Utc>,
+    ) -> impl Iterator<Item = &'a (CustomerId, Profile)> + 'a {
+        let none = &self.no_tags;
+        self.profiles.iter().filter(move |(customer, profile)| {
+            let Some(rule) = rule else {
+                return true;
+            };
+            let score = self.scores.get(customer);
+            rule.matches(&Subject {
+                profile,
+                stage: score.map(|s| s.stage.as_str()),
+                tier: score.map(|s| s.tier.as_str()),
+                rfm_segment: score.and_then(|s| s.rfm_segment.as_deref()),
+                rfm: score.and_then(|s| s.rfm),
+                tags: self.tags.get(customer).unwrap_or(none),
+                currency,
+                as_of,
+            })
+        })
+    }
+}
+
+/// How [`search`] orders the customers it finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// By customer id.
+    Id,
+    /// Most recently seen first.
+    LastSeen,
+    /// Most revenue in the currency first.
+    Revenue,
+    /// Most orders first.
+    Orders,
+}
+
+/// Every live, not erased customer `rule` selects (all without one) as of `as_of`, in
+/// `order` (ties by customer id).
+pub async fn search(
+    store: &EventStore,
+    rule: Option<&Rule>,
+    order: Order,
+    currency: &str,
+    as_of: DateTime<Utc>,
+) -> Result<Vec<CustomerId>, ProjectionError> {
+    let population = Population::load(store).await?;
+    let mut found: Vec<&(CustomerId, Profile)> =
+        population.selected(rule, currency, as_of).collect();
+    let revenue = |p: &Profile| p.revenue.get(currency).copied().unwrap_or(0);
+    match order {
+        Order::Id => {}
+        Order::LastSeen => found.sort_by_key(|(_, p)| std::cmp::Reverse(p.last_seen)),
+        Order::Revenue => found.sort_by_key(|(_, p)| std::cmp::Reverse(revenue(p))),
+        Order::Orders => found.sort_by_key(|(_, p)| std::cmp::Reverse(p.orders)),
+    }
+    Ok(found.into_iter().map(|(customer, _)| *customer).collect())
 }
 
 /// Judges every live, not erased customer against `rule` as of `as_of`, counting spend in

@@ -105,7 +105,8 @@ struct PersonalBody<'a> {
     identifiers: &'a [Identifier],
     #[serde(skip_serializing_if = "Map::is_empty")]
     properties: &'a Map<String, Value>,
-    /// Traits are personal: a traits update's action is sealed whole.
+    /// A traits update's personal traits (all but the clear ones), as an action whose members
+    /// are added to the clear action's when opened.
     #[serde(skip_serializing_if = "Option::is_none")]
     action: Option<&'a Action>,
 }
@@ -129,11 +130,26 @@ impl EncodedTouchpoint {
     /// Encodes everything of `touchpoint` that is stored, except how it was resolved; the
     /// personal part is sealed under a fresh event key.
     pub fn new(touchpoint: &Touchpoint) -> Result<Self, PrivacyError> {
+        // A traits update keeps its clear traits readable and seals the rest.
+        let (clear, personal) = match &touchpoint.action {
+            Action::TraitsUpdated(traits) => {
+                let (clear, personal) = traits.split_clear();
+                (
+                    (!clear.is_empty()).then_some(Action::TraitsUpdated(clear)),
+                    (!personal.is_empty()).then_some(Action::TraitsUpdated(personal)),
+                )
+            }
+            _ => (None, None),
+        };
         let traits = matches!(touchpoint.action, Action::TraitsUpdated(_));
         let mut open = serde_json::to_string(&ClearBody {
             channel: touchpoint.channel,
             source: &touchpoint.source,
-            action: (!traits).then_some(&touchpoint.action),
+            action: if traits {
+                clear.as_ref()
+            } else {
+                Some(&touchpoint.action)
+            },
         })
         .map_err(|e| PrivacyError::Malformed(e.to_string()))?;
         // A struct serializes as `{...}`; dropping the brace leaves room for one more member.
@@ -142,7 +158,7 @@ impl EncodedTouchpoint {
         let personal = serde_json::to_vec(&PersonalBody {
             identifiers: &touchpoint.identifiers,
             properties: &touchpoint.properties,
-            action: traits.then_some(&touchpoint.action),
+            action: personal.as_ref(),
         })
         .map_err(|e| PrivacyError::Malformed(e.to_string()))?;
         Ok(Self {

@@ -305,7 +305,15 @@ pub fn open_payload(payload: Value, key: Option<&CustomerKey>) -> Result<Value, 
         Some(key) => {
             let sealed: Sealed = serde_json::from_value(sealed)
                 .map_err(|e| PrivacyError::Malformed(e.to_string()))?;
-            members.extend(sealed.open(key)?);
+            for (name, value) in sealed.open(key)? {
+                // An object sealed in part (a traits update's action) reads whole again.
+                match (members.get_mut(&name), value) {
+                    (Some(Value::Object(clear)), Value::Object(sealed)) => clear.extend(sealed),
+                    (_, value) => {
+                        members.insert(name, value);
+                    }
+                }
+            }
         }
         None => {
             members.insert(ERASED_FIELD.into(), Value::Bool(true));

@@ -133,6 +133,10 @@ pub enum ConsentPurpose {
     Profiling,
 }
 
+/// The traits that identify no one on their own, kept readable in stored events so that
+/// profiles and segments can use them (`city = "Shanghai"`); every other trait is sealed.
+pub const CLEAR_TRAITS: &[&str] = &["gender", "city", "province"];
+
 /// Descriptive traits of a person.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Traits {
@@ -154,6 +158,30 @@ pub struct Traits {
     /// Any other trait.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+impl Traits {
+    /// Splits the traits into the clear ones ([`CLEAR_TRAITS`]) and the personal rest.
+    pub fn split_clear(&self) -> (Traits, Traits) {
+        let clear = Traits {
+            gender: self.gender.clone(),
+            city: self.city.clone(),
+            province: self.province.clone(),
+            ..Traits::default()
+        };
+        let personal = Traits {
+            name: self.name.clone(),
+            birthday: self.birthday,
+            other: self.other.clone(),
+            ..Traits::default()
+        };
+        (clear, personal)
+    }
+
+    /// Whether no trait is given.
+    pub fn is_empty(&self) -> bool {
+        self == &Traits::default()
+    }
 }
 
 /// What happened.

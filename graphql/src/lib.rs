@@ -1,2 +1,91 @@
-//! Patron's GraphQL schema, served to the marketing UI. No schema exists yet; this crate is where
-//! it will live, over the read models of `patron-projections`.
+//! Patron's GraphQL API for the marketing UI: the schema (queries, mutations, subscriptions)
+//! over the read models, with access control by role, masking of personal data and batch
+//! loading.
+//!
+//! The schema reads and writes through the [`Backend`] port, which the server implements over
+//! the event store; the server authenticates each request's API key and hands it in with
+//! [`prepare`]. The SDL is checked in as `graphql/schema.graphql` (see [`sdl`]).
+
+pub mod access;
+pub mod backend;
+mod cursor;
+pub mod customer;
+pub mod loader;
+pub mod mask;
+pub mod mutation;
+pub mod query;
+pub mod subscription;
+
+use std::sync::Arc;
+
+use async_graphql::{Error, Schema};
+use futures::future::BoxFuture;
+
+pub use access::{codes, ApiKey, Role};
+pub use backend::{Backend, BackendError, BackendResult};
+pub use loader::Loaders;
+pub use mutation::Mutation;
+pub use query::Query;
+pub use subscription::Subscription;
+
+/// The schema type.
+pub type PatronSchema = Schema<Query, Mutation, Subscription>;
+
+/// Deepest query accepted.
+pub const MAX_DEPTH: usize = 12;
+/// Most complex query accepted (each field counts 1; a list field counts its page size times
+/// its children).
+pub const MAX_COMPLEXITY: usize = 50_000;
+
+/// The schema over `backend`, with the depth and complexity limits.
+pub fn schema(backend: Arc<dyn Backend>) -> PatronSchema {
+    Schema::build(Query, Mutation, Subscription)
+        .data(backend)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .finish()
+}
+
+/// The schema's SDL, as checked in at `graphql/schema.graphql`.
+pub fn sdl() -> String {
+    Schema::build(Query, Mutation, Subscription).finish().sdl()
+}
+
+/// A request ready to run for `key`: with the key and this request's loaders, whose batches
+/// are spawned with `spawn`.
+pub fn prepare<S>(
+    request: async_graphql::Request,
+    backend: Arc<dyn Backend>,
+    key: ApiKey,
+    spawn: S,
+) -> async_graphql::Request
+where
+    S: Fn(BoxFuture<'static, ()>) + Send + Sync + Clone + 'static,
+{
+    request.data(key).data(Loaders::new(backend, spawn))
+}
+
+/// A backend failure as an API error with its code.
+pub(crate) fn backend_error(e: BackendError) -> Error {
+    access::api_error(&e.code, e.message)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The checked-in SDL is the schema's: regenerate it with
+    /// `PATRON_WRITE_SDL=1 cargo test -p patron-graphql sdl`.
+    #[test]
+    fn checked_in_sdl_matches_the_schema() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql");
+        let sdl = super::sdl();
+        if std::env::var_os("PATRON_WRITE_SDL").is_some() {
+            std::fs::write(path, &sdl).expect("write schema.graphql");
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == sdl,
+            "graphql/schema.graphql is not the schema's SDL; regenerate it with \
+             PATRON_WRITE_SDL=1 cargo test -p patron-graphql sdl"
+        );
+    }
+}

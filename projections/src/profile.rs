@@ -31,6 +31,7 @@ pub type Amounts = BTreeMap<String, i64>;
 const ORDER_PLACED: &str = "order_placed";
 const ORDER_REFUNDED: &str = "order_refunded";
 const CONSENT_CHANGED: &str = "consent_changed";
+const TRAITS_UPDATED: &str = "traits_updated";
 
 /// One customer's profile.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -77,6 +78,27 @@ pub struct Profile {
     /// pairs in day order, days counted from 1970-01-01 (UTC). What segment windows count.
     #[serde(default)]
     pub daily: BTreeMap<String, Vec<(i64, u32)>>,
+    /// The clear traits (`city`, `province`, `gender`: see
+    /// [`patron_domain::touchpoint::CLEAR_TRAITS`]) as last given; dropped on erasure.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub traits: BTreeMap<String, TraitValue>,
+}
+
+/// A clear trait's value and when it was given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraitValue {
+    /// The value.
+    pub value: String,
+    /// When the touchpoint that gave it happened.
+    pub at: DateTime<Utc>,
+}
+
+/// Keeps the newer of a trait's values.
+fn set_trait(traits: &mut BTreeMap<String, TraitValue>, name: &str, value: TraitValue) {
+    let newer = traits.get(name).is_none_or(|t| t.at <= value.at);
+    if newer {
+        traits.insert(name.to_owned(), value);
+    }
 }
 
 /// Adds `n` touchpoints on `day` to day-ordered counts.
@@ -136,6 +158,12 @@ struct ActionFields {
     purpose: Option<ConsentPurpose>,
     #[serde(default)]
     granted: Option<bool>,
+    #[serde(default)]
+    gender: Option<String>,
+    #[serde(default)]
+    city: Option<String>,
+    #[serde(default)]
+    province: Option<String>,
 }
 
 fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
@@ -221,6 +249,17 @@ impl Profile {
                     }
                 }
             }
+            TRAITS_UPDATED => {
+                for (name, value) in [
+                    ("gender", action.gender),
+                    ("city", action.city),
+                    ("province", action.province),
+                ] {
+                    if let Some(value) = value {
+                        set_trait(&mut self.traits, name, TraitValue { value, at });
+                    }
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -258,6 +297,9 @@ impl Profile {
             for (day, n) in days {
                 bump(mine, *day, *n);
             }
+        }
+        for (name, value) in &other.traits {
+            set_trait(&mut self.traits, name, value.clone());
         }
         for (purpose, consent) in &other.consent {
             let newer = self.consent.get(purpose).is_none_or(|c| c.at < consent.at);
@@ -410,7 +452,11 @@ pub fn fold(
             ProfileChange::MergedAway(survivor) => {
                 profiles.entry(customer).or_default().merged_into = Some(survivor);
             }
-            ProfileChange::Erased => profiles.entry(customer).or_default().erased = true,
+            ProfileChange::Erased => {
+                let profile = profiles.entry(customer).or_default();
+                profile.erased = true;
+                profile.traits.clear();
+            }
         }
     }
     Ok(())

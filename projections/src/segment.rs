@@ -142,10 +142,17 @@ enum Term {
     FavouriteCategory,
     PreferredChannel,
     PromotionSensitivity,
+    /// A clear trait: `city`, `province`, `gender`.
+    Trait(&'static str),
     Channel(String),
     Consent(ConsentPurpose),
-    Count { key: String, days: i64 },
-    Spend { days: i64 },
+    Count {
+        key: String,
+        days: i64,
+    },
+    Spend {
+        days: i64,
+    },
 }
 
 impl Term {
@@ -155,7 +162,8 @@ impl Term {
             | Self::Tier
             | Self::RfmSegment
             | Self::FavouriteCategory
-            | Self::PreferredChannel => Kind::Text,
+            | Self::PreferredChannel
+            | Self::Trait(_) => Kind::Text,
             Self::Consent(_) => Kind::Bool,
             _ => Kind::Number,
         }
@@ -188,6 +196,7 @@ impl Term {
             Self::FavouriteCategory => text(p.favourite_category()),
             Self::PreferredChannel => text(p.preferred_channel()),
             Self::PromotionSensitivity => p.promotion_sensitivity().map(Value::Number),
+            Self::Trait(name) => text(p.traits.get(*name).map(|t| t.value.as_str())),
             Self::Channel(c) => number(p.by_channel.get(c).copied().unwrap_or(0) as f64),
             Self::Consent(purpose) => Some(Value::Bool(
                 p.consent.get(purpose).is_some_and(|c| c.granted),
@@ -642,6 +651,9 @@ impl Parser<'_> {
             "favourite_category" => Term::FavouriteCategory,
             "preferred_channel" => Term::PreferredChannel,
             "promotion_sensitivity" => Term::PromotionSensitivity,
+            "city" => Term::Trait("city"),
+            "province" => Term::Trait("province"),
+            "gender" => Term::Trait("gender"),
             "spend" => Term::Spend {
                 days: self.window()?,
             },
@@ -697,7 +709,7 @@ impl Parser<'_> {
                     return Err(self.error_at(at, format!(
                         "unknown field `{word}`; fields: stage, tier, rfm_segment, r, f, m, orders, touchpoints, revenue, \
                          average_order_value, days_since_last_order, days_since_last_seen, favourite_category, \
-                         preferred_channel, promotion_sensitivity, channel.<channel>, consent.<purpose>, \
+                         preferred_channel, promotion_sensitivity, city, province, gender, channel.<channel>, consent.<purpose>, \
                          count(...) in last N days, spend in last N days, tag \"...\""
                     )));
                 }

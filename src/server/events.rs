@@ -88,7 +88,7 @@ pub(crate) async fn post_events(
             ),
         );
     }
-    match state.commits.ingest(incoming).await {
+    match state.ingest(incoming).await {
         Ok(report) => HttpResponse::Ok().json(EventsResponse {
             accepted: report.accepted,
             duplicates: report.duplicates,

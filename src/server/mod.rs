@@ -1,30 +1,65 @@
-//! The HTTP server: ingestion (`POST /v1/events`) and health checks, on actix-web; while it
-//! runs, the profile projection follows the log.
+//! The HTTP server on actix-web: the GraphQL API (`/graphql`, GraphiQL, subscriptions on
+//! `/graphql/ws`), ingestion (`POST /v1/events` and the Segment-shaped endpoints), health
+//! (`/healthz`, `/readyz`) and metrics (`/metrics`); while it runs, the profile projection
+//! follows the log and announces its changes to subscribers.
 //!
 //! [`Application::build`] binds the listener (port 0 picks a free one, as the tests do) and
 //! [`Application::run_until_stopped`] serves until SIGINT or SIGTERM, finishing the requests in
 //! flight first: a record is answered `accepted` only once it is committed, so stopping the
 //! server loses no accepted event.
 
+mod api;
 mod events;
+mod graphql;
 mod health;
+mod metrics;
 mod segment;
 
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::web::{self, Data};
 use actix_web::{App, HttpServer};
+use patron_graphql::{Backend, PatronSchema};
+use tokio::sync::broadcast;
 use tracing_actix_web::TracingLogger;
 
-use crate::ingest::{CommitQueue, Ingestor};
+use crate::ingest::{CommitQueue, Incoming, IngestError, IngestReport, Ingestor};
 use crate::projection::ProfileProjection;
 use patron_projections::value::TierRules;
+
+pub use api::{new_secret, secret_hash, StoreBackend, ANNOUNCEMENT_BUFFER};
+pub use graphql::REQUEST_TIMEOUT;
+pub use metrics::Metrics;
 
 /// Events the server's profile projection applies per batch.
 const PROJECTION_BATCH: usize = 20_000;
 
 pub use events::{EventsResponse, MAX_BODY_BYTES, MAX_RECORDS};
+
+/// How a server is set up beyond its address.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Write keys accepted by the Segment-shaped endpoints.
+    pub write_keys: Vec<String>,
+    /// `/readyz` answers 503 while the profiles lag the log by more than this many seconds.
+    pub ready_lag_seconds: i64,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            write_keys: Vec::new(),
+            ready_lag_seconds: DEFAULT_READY_LAG_SECONDS,
+        }
+    }
+}
+
+/// The default bound on projection lag for readiness, seconds: the projection defers to
+/// ingestion for up to 30 s under sustained load.
+pub const DEFAULT_READY_LAG_SECONDS: i64 = 120;
 
 /// A bound, ready-to-run server.
 pub struct Application {
@@ -42,6 +77,25 @@ pub(crate) struct AppState {
     pub commits: CommitQueue,
     /// Write keys accepted by the Segment-shaped endpoints.
     pub write_keys: Vec<String>,
+    /// The GraphQL schema.
+    pub schema: PatronSchema,
+    /// What the schema reads and writes through.
+    pub backend: Arc<dyn Backend>,
+    /// Counters and latencies.
+    pub metrics: Arc<Metrics>,
+    /// The live profile projection (for its lag).
+    pub projection: ProfileProjection,
+    /// The readiness bound on projection lag, seconds.
+    pub ready_lag_seconds: i64,
+}
+
+impl AppState {
+    /// Ingests records through the commit queue, counting them.
+    pub(crate) async fn ingest(&self, records: Vec<Incoming>) -> Result<IngestReport, IngestError> {
+        let report = self.commits.ingest(records).await?;
+        self.metrics.count_ingested(&report);
+        Ok(report)
+    }
 }
 
 impl Application {
@@ -49,7 +103,7 @@ impl Application {
     /// prepares the server. Must be called within a Tokio runtime, which runs the committing
     /// task.
     pub fn build(ingestor: Ingestor, address: &str) -> std::io::Result<Self> {
-        Self::build_with_write_keys(ingestor, address, Vec::new())
+        Self::build_with(ingestor, address, ServerOptions::default())
     }
 
     /// Like [`Application::build`], accepting `write_keys` on the Segment-shaped endpoints.
@@ -58,22 +112,57 @@ impl Application {
         address: &str,
         write_keys: Vec<String>,
     ) -> std::io::Result<Self> {
+        Self::build_with(
+            ingestor,
+            address,
+            ServerOptions {
+                write_keys,
+                ..ServerOptions::default()
+            },
+        )
+    }
+
+    /// Like [`Application::build`], set up by `options`.
+    pub fn build_with(
+        ingestor: Ingestor,
+        address: &str,
+        options: ServerOptions,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address)?;
         let port = listener.local_addr()?.port();
-        let projection = tokio::spawn(
-            ProfileProjection::new(ingestor.store().clone(), PROJECTION_BATCH)
-                .with_segments(TierRules::default().currency)
-                .follow(),
-        );
+        let currency = TierRules::default().currency;
+        let (announcements, _) = broadcast::channel(ANNOUNCEMENT_BUFFER);
+        let live = ProfileProjection::new(ingestor.store().clone(), PROJECTION_BATCH)
+            .with_segments(currency.clone())
+            .with_announcements(announcements.clone());
+        let projection = tokio::spawn(live.clone().follow());
+        let metrics = Metrics::new().map_err(std::io::Error::other)?;
+        let commits = CommitQueue::start(ingestor);
+        let backend: Arc<dyn Backend> = Arc::new(StoreBackend::new(
+            commits.clone(),
+            currency,
+            announcements,
+            metrics.clone(),
+        ));
         let state = Data::new(AppState {
-            commits: CommitQueue::start(ingestor),
-            write_keys,
+            commits,
+            write_keys: options.write_keys,
+            schema: patron_graphql::schema(backend.clone()),
+            backend,
+            metrics,
+            projection: live,
+            ready_lag_seconds: options.ready_lag_seconds,
         });
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(metrics::track))
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())
                 .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+                .app_data(web::JsonConfig::default().limit(MAX_BODY_BYTES))
+                .route("/graphql", web::post().to(graphql::post))
+                .route("/graphql", web::get().to(graphql::graphiql))
+                .route("/graphql/ws", web::get().to(graphql::websocket))
                 .route("/v1/events", web::post().to(events::post_events))
                 .route(
                     "/v1/batch",
@@ -105,6 +194,7 @@ impl Application {
                 )
                 .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(health::readyz))
+                .route("/metrics", web::get().to(metrics::metrics))
         })
         .listen(listener)?
         .shutdown_timeout(30)

@@ -286,7 +286,7 @@ pub(crate) async fn handle(
             parsed: to_record(t, m),
         })
         .collect();
-    match state.commits.ingest(incoming).await {
+    match state.ingest(incoming).await {
         Ok(report) => HttpResponse::Ok().json(json!({
             "success": true,
             "accepted": report.accepted,

@@ -8,6 +8,41 @@
 //!   position `p` has seen every event before it ([`Subscription`] relies on this);
 //! - old payload shapes are upcast on read through the store's [`Upcasters`].
 
+/// Runs `$body` with `$pool` bound to a pool that writes (SQLite's writer, PostgreSQL's pool),
+/// on either backend; the SQL uses `$n` placeholders, which both read.
+macro_rules! writing {
+    ($self:expr, $pool:ident => $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite(b) => {
+                let $pool = b.writer();
+                $body
+            }
+            Backend::Postgres(b) => {
+                let $pool = b.pool();
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$pool` bound to a pool that reads (SQLite's readers, PostgreSQL's pool),
+/// on either backend.
+macro_rules! reading {
+    ($self:expr, $pool:ident => $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite(b) => {
+                let $pool = b.reader();
+                $body
+            }
+            Backend::Postgres(b) => {
+                let $pool = b.pool();
+                $body
+            }
+        }
+    };
+}
+
+pub mod access;
 mod error;
 pub mod identity;
 mod plan;

@@ -142,6 +142,35 @@ impl EventStore {
         Ok(found)
     }
 
+    /// A page of live (not merged away) customers with a profile, in customer order, after
+    /// skipping `offset` of them.
+    pub async fn live_customer_offset_page(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<CustomerId>> {
+        let sql = "SELECT customer_id FROM profiles WHERE merged_into IS NULL \
+                   ORDER BY customer_id LIMIT $1 OFFSET $2";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        let ids: Vec<Uuid> = reading!(self, pool => sqlx::query_scalar(sql)
+                    .bind(limit)
+                    .bind(offset)
+                    .fetch_all(pool)
+                    .await?);
+        Ok(ids.into_iter().map(CustomerId::from_uuid).collect())
+    }
+
+    /// How many live (not merged away) customers have a profile.
+    pub async fn live_customer_count(&self) -> Result<u64> {
+        let sql = "SELECT count(*) FROM profiles WHERE merged_into IS NULL";
+        let n: i64 = match &self.backend {
+            Backend::Sqlite(b) => sqlx::query_scalar(sql).fetch_one(b.reader()).await?,
+            Backend::Postgres(b) => sqlx::query_scalar(sql).fetch_one(b.pool()).await?,
+        };
+        to_u64(n, 0, "count")
+    }
+
     /// Every row of `table`, in customer order.
     pub async fn all_profiles(&self, table: ProfileTable) -> Result<Vec<ProfileRow>> {
         let sql = format!(

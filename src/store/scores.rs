@@ -51,6 +51,54 @@ pub struct Transition {
     pub at: DateTime<Utc>,
 }
 
+/// The columns a [`ScoreRow`] is read from, in [`ScoreTuple`] order.
+const SCORE_COLUMNS: &str = "customer_id, recency_days, frequency, monetary_minor, r, f, m, \
+                             rfm_segment, tier, stage";
+
+/// A `customer_scores` row as read.
+type ScoreTuple = (
+    Uuid,
+    Option<i64>,
+    i64,
+    i64,
+    Option<i16>,
+    Option<i16>,
+    Option<i16>,
+    Option<String>,
+    String,
+    String,
+);
+
+fn score_row(row: ScoreTuple) -> ScoreRow {
+    let (c, recency, frequency, monetary, r, f, m, segment, tier, stage) = row;
+    let score = |v: Option<i16>| v.and_then(|v| u8::try_from(v).ok());
+    let rfm = match (score(r), score(f), score(m)) {
+        (Some(r), Some(f), Some(m)) => Some((r, f, m)),
+        _ => None,
+    };
+    ScoreRow {
+        customer: CustomerId::from_uuid(c),
+        recency_days: recency,
+        frequency,
+        monetary_minor: monetary,
+        rfm,
+        rfm_segment: segment,
+        tier,
+        stage,
+        tags: Vec::new(),
+    }
+}
+
+/// `n` SQLite placeholders: `?, ?, ?`.
+pub(super) fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// The customers' UUIDs, for a PostgreSQL `= ANY($1::uuid[])`.
+pub(super) fn uuids(customers: &[CustomerId]) -> Vec<Uuid> {
+    customers.iter().map(|c| c.as_uuid()).collect()
+}
+
 macro_rules! insert_scores {
     ($db:ty, $tx:expr, $rows:expr, $as_of_value:expr) => {{
         for chunk in $rows.chunks(CHUNK) {
@@ -240,51 +288,85 @@ impl EventStore {
 
     /// Every scored customer's scores, without tags.
     pub async fn all_scores(&self) -> Result<HashMap<CustomerId, ScoreRow>> {
-        let sql = "SELECT customer_id, recency_days, frequency, monetary_minor, r, f, m, \
-                   rfm_segment, tier, stage FROM customer_scores";
-        type Row = (
-            Uuid,
-            Option<i64>,
-            i64,
-            i64,
-            Option<i16>,
-            Option<i16>,
-            Option<i16>,
-            Option<String>,
-            String,
-            String,
-        );
-        let rows: Vec<Row> = match &self.backend {
-            Backend::Sqlite(b) => sqlx::query_as(sql).fetch_all(b.reader()).await?,
-            Backend::Postgres(b) => sqlx::query_as(sql).fetch_all(b.pool()).await?,
+        let sql = format!("SELECT {SCORE_COLUMNS} FROM customer_scores");
+        let rows: Vec<ScoreTuple> = match &self.backend {
+            Backend::Sqlite(b) => sqlx::query_as(&sql).fetch_all(b.reader()).await?,
+            Backend::Postgres(b) => sqlx::query_as(&sql).fetch_all(b.pool()).await?,
         };
-        let score = |v: Option<i16>| v.and_then(|v| u8::try_from(v).ok());
         Ok(rows
             .into_iter()
-            .map(
-                |(c, recency, frequency, monetary, r, f, m, segment, tier, stage)| {
-                    let customer = CustomerId::from_uuid(c);
-                    let rfm = match (score(r), score(f), score(m)) {
-                        (Some(r), Some(f), Some(m)) => Some((r, f, m)),
-                        _ => None,
-                    };
-                    (
-                        customer,
-                        ScoreRow {
-                            customer,
-                            recency_days: recency,
-                            frequency,
-                            monetary_minor: monetary,
-                            rfm,
-                            rfm_segment: segment,
-                            tier,
-                            stage,
-                            tags: Vec::new(),
-                        },
-                    )
-                },
-            )
+            .map(score_row)
+            .map(|r| (r.customer, r))
             .collect())
+    }
+
+    /// The scores of `customers` (those scored), without tags.
+    pub async fn scores_of(
+        &self,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, ScoreRow>> {
+        let rows: Vec<ScoreTuple> = match &self.backend {
+            Backend::Sqlite(b) => {
+                let sql = format!(
+                    "SELECT {SCORE_COLUMNS} FROM customer_scores WHERE customer_id IN ({})",
+                    placeholders(customers.len())
+                );
+                let mut q = sqlx::query_as(&sql);
+                for c in customers {
+                    q = q.bind(c.as_uuid());
+                }
+                q.fetch_all(b.reader()).await?
+            }
+            Backend::Postgres(b) => {
+                let sql = format!(
+                    "SELECT {SCORE_COLUMNS} FROM customer_scores WHERE customer_id = ANY($1::uuid[])"
+                );
+                sqlx::query_as(&sql)
+                    .bind(uuids(customers))
+                    .fetch_all(b.pool())
+                    .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(score_row)
+            .map(|r| (r.customer, r))
+            .collect())
+    }
+
+    /// The tags of `customers`, each in name order (customers without tags left out).
+    pub async fn tags_of_many(
+        &self,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, Vec<String>>> {
+        let rows: Vec<(Uuid, String)> = match &self.backend {
+            Backend::Sqlite(b) => {
+                let sql = format!(
+                    "SELECT customer_id, tag FROM customer_tags WHERE customer_id IN ({}) \
+                     ORDER BY customer_id, tag",
+                    placeholders(customers.len())
+                );
+                let mut q = sqlx::query_as(&sql);
+                for c in customers {
+                    q = q.bind(c.as_uuid());
+                }
+                q.fetch_all(b.reader()).await?
+            }
+            Backend::Postgres(b) => {
+                sqlx::query_as(
+                    "SELECT customer_id, tag FROM customer_tags \
+                     WHERE customer_id = ANY($1::uuid[]) ORDER BY customer_id, tag",
+                )
+                .bind(uuids(customers))
+                .fetch_all(b.pool())
+                .await?
+            }
+        };
+        let mut tags: HashMap<CustomerId, Vec<String>> = HashMap::new();
+        for (c, tag) in rows {
+            tags.entry(CustomerId::from_uuid(c)).or_default().push(tag);
+        }
+        Ok(tags)
     }
 
     /// Every tagged customer's tags.

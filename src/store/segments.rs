@@ -36,23 +36,6 @@ pub struct SegmentChange {
     pub at: DateTime<Utc>,
 }
 
-/// Runs `$body` with `$pool` bound to the store's writing pool, on either backend (the SQL uses
-/// `$n` placeholders, which both read).
-macro_rules! with_pool {
-    ($self:expr, $pool:ident => $body:expr) => {
-        match &$self.backend {
-            Backend::Sqlite(b) => {
-                let $pool = b.writer();
-                $body
-            }
-            Backend::Postgres(b) => {
-                let $pool = b.pool();
-                $body
-            }
-        }
-    };
-}
-
 fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
@@ -128,7 +111,7 @@ impl EventStore {
                 .unwrap_or_default()
         };
         let mut found = std::collections::HashMap::with_capacity(customers.len());
-        with_pool!(self, pool => {
+        writing!(self, pool => {
             let mut conn = pool.acquire().await?;
             for customer in customers {
                 let row: Row = sqlx::query_as(sql)
@@ -178,7 +161,7 @@ impl EventStore {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let applied = with_pool!(self, pool => {
+        let applied = writing!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut applied = Vec::new();
             for change in changes {
@@ -226,7 +209,7 @@ impl EventStore {
         let sql = "INSERT INTO segments (name, rule, created_at, updated_at) VALUES ($1, $2, $3, $3) \
                    ON CONFLICT (name) DO UPDATE SET rule = excluded.rule, updated_at = excluded.updated_at \
                    RETURNING created_at = updated_at";
-        let created: bool = with_pool!(self, pool => {
+        let created: bool = writing!(self, pool => {
             sqlx::query_scalar(sql)
                 .bind(name)
                 .bind(rule)
@@ -239,7 +222,7 @@ impl EventStore {
 
     /// Deletes a segment with its members (the log stays); returns whether it existed.
     pub async fn delete_segment(&self, name: &str) -> Result<bool> {
-        let deleted = with_pool!(self, pool => {
+        let deleted = writing!(self, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query("DELETE FROM segment_members WHERE segment = $1")
                 .bind(name)
@@ -260,7 +243,7 @@ impl EventStore {
         let sql = "SELECT s.name, s.rule, (SELECT count(*) FROM segment_members m \
                    WHERE m.segment = s.name) FROM segments s ORDER BY s.name";
         let rows: Vec<(String, String, i64)> =
-            with_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+            writing!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
         Ok(rows
             .into_iter()
             .map(|(name, rule, members)| SavedSegment {
@@ -274,22 +257,83 @@ impl EventStore {
     /// Every saved segment's name and rule, by name (without counting members).
     pub async fn segment_rules(&self) -> Result<Vec<(String, String)>> {
         let sql = "SELECT name, rule FROM segments ORDER BY name";
-        Ok(with_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+        Ok(writing!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
     }
 
     /// A segment's members as of the last refresh.
     pub async fn segment_members(&self, name: &str) -> Result<Vec<CustomerId>> {
         let sql = "SELECT customer_id FROM segment_members WHERE segment = $1 ORDER BY customer_id";
         let ids: Vec<Uuid> =
-            with_pool!(self, pool => sqlx::query_scalar(sql).bind(name).fetch_all(pool).await?);
+            writing!(self, pool => sqlx::query_scalar(sql).bind(name).fetch_all(pool).await?);
         Ok(ids.into_iter().map(CustomerId::from_uuid).collect())
+    }
+
+    /// A page of a segment's members in customer order, after `after`.
+    pub async fn segment_member_page(
+        &self,
+        name: &str,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<CustomerId>> {
+        let sql =
+            "SELECT customer_id FROM segment_members WHERE segment = $1 AND customer_id > $2 \
+                   ORDER BY customer_id LIMIT $3";
+        let after = after.map_or(Uuid::nil(), |c| c.as_uuid());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ids: Vec<Uuid> = reading!(self, pool => sqlx::query_scalar(sql)
+                    .bind(name)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?);
+        Ok(ids.into_iter().map(CustomerId::from_uuid).collect())
+    }
+
+    /// The saved segments each of `customers` belongs to, in name order (customers in none
+    /// left out).
+    pub async fn memberships_of(
+        &self,
+        customers: &[CustomerId],
+    ) -> Result<std::collections::HashMap<CustomerId, Vec<String>>> {
+        let rows: Vec<(Uuid, String)> = match &self.backend {
+            Backend::Sqlite(b) => {
+                let sql = format!(
+                    "SELECT customer_id, segment FROM segment_members WHERE customer_id IN ({}) \
+                     ORDER BY customer_id, segment",
+                    super::scores::placeholders(customers.len())
+                );
+                let mut q = sqlx::query_as(&sql);
+                for c in customers {
+                    q = q.bind(c.as_uuid());
+                }
+                q.fetch_all(b.reader()).await?
+            }
+            Backend::Postgres(b) => {
+                sqlx::query_as(
+                    "SELECT customer_id, segment FROM segment_members \
+                     WHERE customer_id = ANY($1::uuid[]) ORDER BY customer_id, segment",
+                )
+                .bind(super::scores::uuids(customers))
+                .fetch_all(b.pool())
+                .await?
+            }
+        };
+        let mut found: std::collections::HashMap<CustomerId, Vec<String>> =
+            std::collections::HashMap::new();
+        for (c, segment) in rows {
+            found
+                .entry(CustomerId::from_uuid(c))
+                .or_default()
+                .push(segment);
+        }
+        Ok(found)
     }
 
     /// A segment's entries and exits, oldest first.
     pub async fn segment_log(&self, name: &str) -> Result<Vec<SegmentChange>> {
         let sql = "SELECT customer_id, entered, at FROM segment_log WHERE segment = $1 ORDER BY id";
         let rows: Vec<(Uuid, i16, i64)> =
-            with_pool!(self, pool => sqlx::query_as(sql).bind(name).fetch_all(pool).await?);
+            writing!(self, pool => sqlx::query_as(sql).bind(name).fetch_all(pool).await?);
         rows.into_iter()
             .map(|(c, entered, at)| {
                 Ok(SegmentChange {
@@ -309,7 +353,7 @@ impl EventStore {
         members: &HashSet<CustomerId>,
         at: DateTime<Utc>,
     ) -> Result<Vec<SegmentChange>> {
-        let changes = with_pool!(self, pool => {
+        let changes = writing!(self, pool => {
             let mut tx = pool.begin().await?;
             // Takes the write lock (SQLite) or the segment's row lock (PostgreSQL) first, so
             // that concurrent refreshes of one segment take turns.

@@ -5,6 +5,7 @@ mod helpers;
 
 mod append;
 mod concurrency;
+mod graphql;
 mod http;
 mod idempotency;
 mod ingest;

@@ -1,0 +1,312 @@
+//! What the schema needs from the rest of Patron: the [`Backend`] port, implemented over the
+//! event store by the server, and the plain records it answers with.
+//!
+//! The schema decides who may see what and how it is shown (masking, pagination); the backend
+//! only reads and writes.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use patron_projections::profile::Profile;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::access::{ApiKey, Role};
+
+/// A failure of the backend, with a stable code the API passes on.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    /// A stable, machine-readable code, for example `INVALID_RULE` or `STORE_UNAVAILABLE`.
+    pub code: String,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+impl BackendError {
+    /// An error with `code` and `message`.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A backend answer.
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// A customer's value and lifecycle scores, as of the last scoring run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scores {
+    /// The value tier, for example `high_value`.
+    pub tier: String,
+    /// The lifecycle stage, for example `declining`.
+    pub stage: String,
+    /// The named RFM segment, for example `At Risk`; none without orders in the window.
+    pub rfm_segment: Option<String>,
+    /// Recency, frequency and monetary scores, 1-5 each.
+    pub rfm: Option<(u8, u8, u8)>,
+    /// Days since the last order in the window.
+    pub recency_days: Option<i64>,
+    /// Orders in the window.
+    pub frequency: i64,
+    /// Spend in the window, minor units of the scoring currency.
+    pub monetary_minor: i64,
+}
+
+/// Everything the read models hold about one live customer.
+#[derive(Clone, Debug, Default)]
+pub struct CustomerRecord {
+    /// The customer.
+    pub id: Uuid,
+    /// The profile.
+    pub profile: Profile,
+    /// Scores, once scored.
+    pub scores: Option<Scores>,
+    /// Tags, in name order.
+    pub tags: Vec<String>,
+    /// Saved segments the customer belongs to, in name order.
+    pub segments: Vec<String>,
+}
+
+/// One event of a customer's history, its personal part opened (or marked erased).
+#[derive(Clone, Debug)]
+pub struct HistoryEvent {
+    /// Its place in the log.
+    pub position: u64,
+    /// Its idempotency key.
+    pub event_id: Uuid,
+    /// The customer whose stream holds it (a customer merged into the one asked for, perhaps).
+    pub customer: Uuid,
+    /// Its type, for example `order_placed`.
+    pub event_type: String,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// When it was stored.
+    pub recorded_at: DateTime<Utc>,
+    /// Its channel, if a touchpoint.
+    pub channel: Option<String>,
+    /// The system that sent it.
+    pub source: Option<String>,
+    /// Who appended it.
+    pub actor: Option<String>,
+    /// Why, for manual actions.
+    pub reason: Option<String>,
+    /// The payload, opened.
+    pub payload: Value,
+}
+
+/// A saved segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentRecord {
+    /// Its name.
+    pub name: String,
+    /// Its rule.
+    pub rule: String,
+    /// Members as of the last refresh.
+    pub size: u64,
+}
+
+/// An entry into or exit from a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// The segment.
+    pub segment: String,
+    /// The customer.
+    pub customer: Uuid,
+    /// Entered (`true`) or left.
+    pub entered: bool,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A change the server announces to subscribers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A customer's profile was updated by new events.
+    CustomerUpdated {
+        /// The customer.
+        customer: Uuid,
+        /// The log position the profile now reflects.
+        position: u64,
+    },
+    /// A customer entered or left a segment.
+    Membership(MembershipChange),
+}
+
+/// How a list of customers is ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, async_graphql::Enum)]
+#[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
+pub enum CustomerSort {
+    /// By customer id: stable, and the cheapest.
+    Id,
+    /// Most recently seen first.
+    LastSeen,
+    /// Most revenue (scoring currency) first.
+    Revenue,
+    /// Most orders first.
+    Orders,
+}
+
+/// One page of customers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CustomerPage {
+    /// The customers, in order.
+    pub ids: Vec<Uuid>,
+    /// Whether more follow.
+    pub has_more: bool,
+    /// How many match in all, when known without extra work.
+    pub total: Option<u64>,
+}
+
+/// A record refused at ingestion, kept with its reason.
+#[derive(Clone, Debug, PartialEq, Eq, async_graphql::SimpleObject)]
+#[graphql(name = "QuarantinedRecord")]
+pub struct QuarantineRecord {
+    /// Its number in the quarantine.
+    pub id: u64,
+    /// When it was refused.
+    pub received_at: DateTime<Utc>,
+    /// The system that sent it.
+    pub source: Option<String>,
+    /// The rejection code.
+    pub code: String,
+    /// The field at fault.
+    pub field: String,
+    /// What is wrong; empty once expired.
+    pub reason: String,
+    /// The record as received; empty once expired (see the retention setting).
+    pub record: String,
+    /// When its text expired, if it has.
+    pub expired_at: Option<DateTime<Utc>>,
+}
+
+/// The answer to one ingested record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestAnswer {
+    /// `accepted`, `duplicate` or `rejected`.
+    pub status: String,
+    /// The record's event id, unless rejected.
+    pub event_id: Option<Uuid>,
+    /// The customer it was resolved to, when accepted now.
+    pub customer: Option<Uuid>,
+    /// The rejection code.
+    pub code: Option<String>,
+    /// The field at fault.
+    pub field: Option<String>,
+    /// Why it was refused.
+    pub reason: Option<String>,
+    /// Its number in the quarantine.
+    pub quarantine_id: Option<u64>,
+}
+
+/// What an erasure did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErasureRecord {
+    /// The live customer erased.
+    pub customer: Uuid,
+    /// Every customer whose key was destroyed.
+    pub keys_destroyed: Vec<Uuid>,
+    /// Identity index entries removed.
+    pub identifiers_removed: u64,
+    /// Quarantined records removed.
+    pub quarantined_removed: u64,
+    /// Whether the deleted data was scrubbed from the files too.
+    pub scrubbed: bool,
+}
+
+/// A newly created API key, with its secret (shown once).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewApiKey {
+    /// The key's record.
+    pub key: ApiKey,
+    /// The secret to send as `Authorization: Bearer ...`.
+    pub secret: String,
+}
+
+/// A count per value of a dimension (tier, stage, RFM segment, channel, tag).
+#[derive(Clone, Debug, PartialEq, Eq, async_graphql::SimpleObject)]
+pub struct Bucket {
+    /// The value.
+    pub value: String,
+    /// Customers with it.
+    pub customers: u64,
+}
+
+/// What the schema reads and writes. Implemented over the event store by the server.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The live customer an id stands for: itself, or the survivor it was merged into; none
+    /// if unknown.
+    async fn live_customer(&self, id: Uuid) -> BackendResult<Option<Uuid>>;
+    /// The live customer holding an identifier (kind and raw value, normalized as at
+    /// ingestion), if any.
+    async fn customer_by_identifier(&self, kind: &str, value: &str) -> BackendResult<Option<Uuid>>;
+    /// The read models of live customers, by id; ids without a profile are left out.
+    async fn customers(&self, ids: &[Uuid]) -> BackendResult<HashMap<Uuid, CustomerRecord>>;
+    /// A page of live customers matching a segment rule (all if none), in `sort` order,
+    /// skipping `offset`.
+    async fn search(
+        &self,
+        rule: Option<&str>,
+        sort: CustomerSort,
+        offset: usize,
+        first: usize,
+    ) -> BackendResult<CustomerPage>;
+    /// Every event of a live customer and of those merged into it, opened, in log order.
+    async fn history(&self, id: Uuid) -> BackendResult<Vec<HistoryEvent>>;
+    /// Writes that `key` read `customer`'s unmasked personal data (`what`: which fields).
+    async fn log_access(&self, key: &ApiKey, customer: Uuid, what: &str) -> BackendResult<()>;
+    /// Saved segments, by name.
+    async fn segments(&self) -> BackendResult<Vec<SegmentRecord>>;
+    /// A page of a segment's members, after a customer id.
+    async fn segment_members(
+        &self,
+        name: &str,
+        after: Option<Uuid>,
+        first: usize,
+    ) -> BackendResult<Vec<Uuid>>;
+    /// How many live customers a rule selects now, without saving it.
+    async fn preview_segment(&self, rule: &str) -> BackendResult<u64>;
+    /// Saves a segment (new or changed rule) and computes its members.
+    async fn save_segment(&self, name: &str, rule: &str) -> BackendResult<SegmentRecord>;
+    /// Deletes a segment; `false` if there was none.
+    async fn delete_segment(&self, name: &str) -> BackendResult<bool>;
+    /// Live customers per value of a dimension.
+    async fn distribution(&self, dimension: Dimension) -> BackendResult<Vec<Bucket>>;
+    /// Quarantined records, after a number, oldest first.
+    async fn quarantine(&self, after: u64, first: usize) -> BackendResult<Vec<QuarantineRecord>>;
+    /// Ingests records (JSON text each), answering each.
+    async fn ingest(&self, records: Vec<String>, actor: &str) -> BackendResult<Vec<IngestAnswer>>;
+    /// Erases a customer.
+    async fn erase(&self, id: Uuid, actor: &str, reason: &str) -> BackendResult<ErasureRecord>;
+    /// The key a secret belongs to, unless unknown or revoked.
+    async fn authenticate(&self, secret: &str) -> BackendResult<Option<ApiKey>>;
+    /// Creates an API key.
+    async fn create_key(&self, name: &str, role: Role) -> BackendResult<NewApiKey>;
+    /// Revokes an API key; `false` if there was no such live key.
+    async fn revoke_key(&self, id: Uuid) -> BackendResult<bool>;
+    /// API keys, revoked ones included.
+    async fn keys(&self) -> BackendResult<Vec<ApiKey>>;
+    /// Changes as they happen: profiles updated and segment entries and exits.
+    fn changes(&self) -> BoxStream<'static, Change>;
+}
+
+/// A dimension customers are counted by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, async_graphql::Enum)]
+#[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
+pub enum Dimension {
+    /// Value tier.
+    Tier,
+    /// Lifecycle stage.
+    Stage,
+    /// Named RFM segment.
+    RfmSegment,
+    /// Preferred channel (most touchpoints).
+    Channel,
+    /// Tag.
+    Tag,
+}

@@ -1,0 +1,245 @@
+//! The mutations: segments, ingestion, erasure and API keys.
+
+use async_graphql::{Context, Json, Object, Result, SimpleObject, ID};
+use serde_json::Value;
+
+use crate::access::{api_error, codes, require, ApiKey, Role};
+use crate::backend::{ErasureRecord, IngestAnswer};
+use crate::backend_error;
+use crate::query::{backend, parse_id, Segment};
+
+/// The most records one `ingest` mutation takes.
+pub const MAX_INGEST_RECORDS: usize = 5_000;
+
+/// The answer to one ingested record.
+#[derive(SimpleObject)]
+pub struct IngestResult {
+    /// `accepted` (stored now), `duplicate` (stored before) or `rejected` (quarantined).
+    pub status: String,
+    /// The record's event id, unless rejected.
+    pub event_id: Option<ID>,
+    /// The customer it was resolved to, when accepted now.
+    pub customer: Option<ID>,
+    /// The rejection code.
+    pub code: Option<String>,
+    /// The field at fault.
+    pub field: Option<String>,
+    /// Why it was refused.
+    pub reason: Option<String>,
+    /// Its number in the quarantine.
+    pub quarantine_id: Option<u64>,
+}
+
+impl From<IngestAnswer> for IngestResult {
+    fn from(a: IngestAnswer) -> Self {
+        Self {
+            status: a.status,
+            event_id: a.event_id.map(|id| ID(id.to_string())),
+            customer: a.customer.map(|id| ID(id.to_string())),
+            code: a.code,
+            field: a.field,
+            reason: a.reason,
+            quarantine_id: a.quarantine_id,
+        }
+    }
+}
+
+/// What an erasure did.
+#[derive(SimpleObject)]
+pub struct Erasure {
+    /// The live customer erased.
+    pub customer: ID,
+    /// Every customer whose key was destroyed: the live one and those merged into it.
+    pub keys_destroyed: Vec<ID>,
+    /// Identity index entries removed.
+    pub identifiers_removed: u64,
+    /// Quarantined records removed because they held the customer's data.
+    pub quarantined_removed: u64,
+    /// Whether the deleted data was also scrubbed from the database files.
+    pub scrubbed: bool,
+}
+
+impl From<ErasureRecord> for Erasure {
+    fn from(e: ErasureRecord) -> Self {
+        Self {
+            customer: ID(e.customer.to_string()),
+            keys_destroyed: e
+                .keys_destroyed
+                .into_iter()
+                .map(|id| ID(id.to_string()))
+                .collect(),
+            identifiers_removed: e.identifiers_removed,
+            quarantined_removed: e.quarantined_removed,
+            scrubbed: e.scrubbed,
+        }
+    }
+}
+
+/// A new API key and its secret, shown this once.
+#[derive(SimpleObject)]
+pub struct CreatedApiKey {
+    /// The key.
+    pub key: ApiKey,
+    /// The secret, sent as `Authorization: Bearer <secret>`; it cannot be shown again.
+    pub secret: String,
+}
+
+/// The root of every change.
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// Saves a new segment and computes its members (analyst role). `CONFLICT` if the name
+    /// is taken; `INVALID_RULE` with the bad part pointed at.
+    async fn create_segment(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        rule: String,
+    ) -> Result<Segment> {
+        require(ctx, Role::Analyst)?;
+        let backend = backend(ctx)?;
+        if backend
+            .segments()
+            .await
+            .map_err(backend_error)?
+            .iter()
+            .any(|s| s.name == name)
+        {
+            return Err(api_error(
+                "CONFLICT",
+                format!("a segment named {name:?} exists"),
+            ));
+        }
+        check_name(&name)?;
+        Ok(Segment(
+            backend
+                .save_segment(&name, &rule)
+                .await
+                .map_err(backend_error)?,
+        ))
+    }
+
+    /// Changes a segment's rule and recomputes its members (analyst role).
+    async fn update_segment(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        rule: String,
+    ) -> Result<Segment> {
+        require(ctx, Role::Analyst)?;
+        let backend = backend(ctx)?;
+        if !backend
+            .segments()
+            .await
+            .map_err(backend_error)?
+            .iter()
+            .any(|s| s.name == name)
+        {
+            return Err(api_error(
+                codes::NOT_FOUND,
+                format!("no segment named {name:?}"),
+            ));
+        }
+        Ok(Segment(
+            backend
+                .save_segment(&name, &rule)
+                .await
+                .map_err(backend_error)?,
+        ))
+    }
+
+    /// Deletes a segment (analyst role); `false` if there was none.
+    async fn delete_segment(&self, ctx: &Context<'_>, name: String) -> Result<bool> {
+        require(ctx, Role::Analyst)?;
+        backend(ctx)?
+            .delete_segment(&name)
+            .await
+            .map_err(backend_error)
+    }
+
+    /// Ingests touchpoint records (operator role), as `POST /v1/events` does: each record is
+    /// answered; refused ones are quarantined with the field at fault.
+    async fn ingest(
+        &self,
+        ctx: &Context<'_>,
+        records: Vec<Json<Value>>,
+    ) -> Result<Vec<IngestResult>> {
+        let key = require(ctx, Role::Operator)?;
+        if records.len() > MAX_INGEST_RECORDS {
+            return Err(api_error(
+                codes::INVALID_ARGUMENT,
+                format!(
+                    "`records`: at most {MAX_INGEST_RECORDS} per call, not {}",
+                    records.len()
+                ),
+            ));
+        }
+        let texts = records.into_iter().map(|Json(v)| v.to_string()).collect();
+        Ok(backend(ctx)?
+            .ingest(texts, &format!("api-key:{}", key.name))
+            .await
+            .map_err(backend_error)?
+            .into_iter()
+            .map(IngestResult::from)
+            .collect())
+    }
+
+    /// Erases a customer for good (admin role): their keys and identity index entries are
+    /// destroyed, their history reads as erased, their quarantined records are removed.
+    async fn erase_customer(&self, ctx: &Context<'_>, id: ID, reason: String) -> Result<Erasure> {
+        let key = require(ctx, Role::Admin)?;
+        if reason.trim().is_empty() {
+            return Err(api_error(
+                codes::INVALID_ARGUMENT,
+                "`reason`: say why the customer is erased",
+            ));
+        }
+        let id = parse_id(&id)?;
+        Ok(backend(ctx)?
+            .erase(id, &format!("api-key:{}", key.name), &reason)
+            .await
+            .map_err(backend_error)?
+            .into())
+    }
+
+    /// Creates an API key (admin role).
+    async fn create_api_key(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        role: Role,
+    ) -> Result<CreatedApiKey> {
+        require(ctx, Role::Admin)?;
+        check_name(&name)?;
+        let created = backend(ctx)?
+            .create_key(&name, role)
+            .await
+            .map_err(backend_error)?;
+        Ok(CreatedApiKey {
+            key: created.key,
+            secret: created.secret,
+        })
+    }
+
+    /// Revokes an API key (admin role): it is refused from the next request on. `false` if
+    /// there was no such live key.
+    async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        require(ctx, Role::Admin)?;
+        let id = id
+            .parse()
+            .map_err(|_| api_error(codes::INVALID_ARGUMENT, "`id`: not a key id (a UUID)"))?;
+        backend(ctx)?.revoke_key(id).await.map_err(backend_error)
+    }
+}
+
+/// Names of segments and keys: 1 to 100 characters, not blank.
+fn check_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        return Err(api_error(
+            codes::INVALID_ARGUMENT,
+            "`name`: 1 to 100 characters, not blank",
+        ));
+    }
+    Ok(())
+}

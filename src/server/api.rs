@@ -1,0 +1,538 @@
+//! The GraphQL backend: the [`patron_graphql::Backend`] port implemented over the event store,
+//! the ingestion queue and the keys.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::stream::{BoxStream, StreamExt};
+use patron_domain::customer::CustomerId;
+use patron_graphql::backend::{
+    Bucket, Change, CustomerPage, CustomerRecord, CustomerSort, Dimension, ErasureRecord,
+    HistoryEvent, IngestAnswer, MembershipChange, NewApiKey, QuarantineRecord, Scores,
+    SegmentRecord,
+};
+use patron_graphql::{ApiKey, Backend, BackendError, BackendResult, Role};
+use patron_projections::profile::Profile;
+use patron_projections::segment::Rule;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use uuid::Uuid;
+
+use crate::ingest::{CommitQueue, Incoming, RecordOutcome};
+use crate::privacy::{erase, Opener};
+use crate::projection::{Announcement, ProjectionError};
+use crate::segmentation::{self, Order};
+use crate::store::access::{AccessEntry, StoredKey};
+use crate::store::projection::ProfileTable;
+use crate::store::scores::{ScoreColumn, ScoreRow};
+use crate::store::{EventStore, StoreError};
+
+use super::Metrics;
+
+/// Announcements kept for slow subscribers before they miss some.
+pub const ANNOUNCEMENT_BUFFER: usize = 4_096;
+
+/// The backend of the server's GraphQL schema.
+pub struct StoreBackend {
+    store: EventStore,
+    commits: CommitQueue,
+    opener: Opener,
+    currency: String,
+    announcements: broadcast::Sender<Announcement>,
+    metrics: Arc<Metrics>,
+}
+
+impl StoreBackend {
+    /// A backend over `commits`' store, ingesting through `commits`, judging spend in
+    /// `currency`, relaying `announcements` to subscribers, counting ingestion in `metrics`.
+    pub fn new(
+        commits: CommitQueue,
+        currency: impl Into<String>,
+        announcements: broadcast::Sender<Announcement>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let store = commits.ingestor().store().clone();
+        let opener = Opener::new(store.clone(), commits.ingestor().master_key().clone());
+        Self {
+            store,
+            commits,
+            opener,
+            currency: currency.into(),
+            announcements,
+            metrics,
+        }
+    }
+}
+
+/// The SHA-256 of an API key's secret, as stored.
+pub fn secret_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A new random API key secret: `patron_` and 32 random bytes in hex.
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("patron_{}", hex::encode(bytes))
+}
+
+fn store_error(e: StoreError) -> BackendError {
+    BackendError::new(e.code(), e.to_string())
+}
+
+fn projection_error(e: ProjectionError) -> BackendError {
+    BackendError::new(e.code(), e.to_string())
+}
+
+fn api_key(stored: StoredKey) -> BackendResult<ApiKey> {
+    let role = stored
+        .role
+        .parse::<Role>()
+        .map_err(|e| BackendError::new("CORRUPT_KEY", e.to_string()))?;
+    Ok(ApiKey {
+        id: stored.id,
+        name: stored.name,
+        role,
+        created_at: stored.created_at,
+        revoked_at: stored.revoked_at,
+    })
+}
+
+fn parse_rule(rule: &str) -> BackendResult<Rule> {
+    Rule::parse(rule).map_err(|e| BackendError::new("INVALID_RULE", e.to_string()))
+}
+
+fn scores(row: ScoreRow) -> Scores {
+    Scores {
+        tier: row.tier,
+        stage: row.stage,
+        rfm_segment: row.rfm_segment,
+        rfm: row.rfm,
+        recency_days: row.recency_days,
+        frequency: row.frequency,
+        monetary_minor: row.monetary_minor,
+    }
+}
+
+fn ids(customers: &[Uuid]) -> Vec<CustomerId> {
+    customers
+        .iter()
+        .map(|c| CustomerId::from_uuid(*c))
+        .collect()
+}
+
+#[async_trait]
+impl Backend for StoreBackend {
+    async fn live_customer(&self, id: Uuid) -> BackendResult<Option<Uuid>> {
+        let live = self
+            .store
+            .live_customer(CustomerId::from_uuid(id))
+            .await
+            .map_err(store_error)?;
+        Ok(Some(live.as_uuid()))
+    }
+
+    async fn customer_by_identifier(&self, kind: &str, value: &str) -> BackendResult<Option<Uuid>> {
+        let found = self
+            .commits
+            .ingestor()
+            .customer_by_identifier(kind, value)
+            .await
+            .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
+        Ok(found.map(|c| c.as_uuid()))
+    }
+
+    #[tracing::instrument(name = "api.customers", skip_all, fields(customers = customers.len()))]
+    async fn customers(&self, customers: &[Uuid]) -> BackendResult<HashMap<Uuid, CustomerRecord>> {
+        let wanted = ids(customers);
+        let (states, mut scores_of, mut tags, mut segments) = tokio::try_join!(
+            self.store.load_profiles(ProfileTable::Live, &wanted),
+            self.store.scores_of(&wanted),
+            self.store.tags_of_many(&wanted),
+            self.store.memberships_of(&wanted),
+        )
+        .map_err(store_error)?;
+        let mut found = HashMap::with_capacity(states.len());
+        for (customer, state) in states {
+            let profile: Profile = serde_json::from_str(&state).map_err(|e| {
+                BackendError::new(
+                    "CORRUPT_PROFILE",
+                    format!("customer {customer}: a stored profile does not read: {e}"),
+                )
+            })?;
+            if profile.merged_into.is_some() {
+                continue;
+            }
+            found.insert(
+                customer.as_uuid(),
+                CustomerRecord {
+                    id: customer.as_uuid(),
+                    profile,
+                    scores: scores_of.remove(&customer).map(scores),
+                    tags: tags.remove(&customer).unwrap_or_default(),
+                    segments: segments.remove(&customer).unwrap_or_default(),
+                },
+            );
+        }
+        Ok(found)
+    }
+
+    #[tracing::instrument(name = "api.search", skip(self))]
+    async fn search(
+        &self,
+        rule: Option<&str>,
+        sort: CustomerSort,
+        offset: usize,
+        first: usize,
+    ) -> BackendResult<CustomerPage> {
+        if rule.is_none() && sort == CustomerSort::Id {
+            // Read straight from the profiles table, a page at a time.
+            let page = self
+                .store
+                .live_customer_offset_page(offset, first + 1)
+                .await
+                .map_err(store_error)?;
+            let total = self
+                .store
+                .live_customer_count()
+                .await
+                .map_err(store_error)?;
+            let has_more = page.len() > first;
+            return Ok(CustomerPage {
+                ids: page.into_iter().take(first).map(|c| c.as_uuid()).collect(),
+                has_more,
+                total: Some(total),
+            });
+        }
+        let rule = rule.map(parse_rule).transpose()?;
+        let order = match sort {
+            CustomerSort::Id => Order::Id,
+            CustomerSort::LastSeen => Order::LastSeen,
+            CustomerSort::Revenue => Order::Revenue,
+            CustomerSort::Orders => Order::Orders,
+        };
+        let found = segmentation::search(
+            &self.store,
+            rule.as_ref(),
+            order,
+            &self.currency,
+            Utc::now(),
+        )
+        .await
+        .map_err(projection_error)?;
+        Ok(CustomerPage {
+            total: Some(found.len() as u64),
+            has_more: found.len() > offset + first,
+            ids: found
+                .into_iter()
+                .skip(offset)
+                .take(first)
+                .map(|c| c.as_uuid())
+                .collect(),
+        })
+    }
+
+    #[tracing::instrument(name = "api.history", skip(self))]
+    async fn history(&self, id: Uuid) -> BackendResult<Vec<HistoryEvent>> {
+        let events = self
+            .opener
+            .history(CustomerId::from_uuid(id))
+            .await
+            .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
+        Ok(events
+            .into_iter()
+            .map(|e| {
+                let payload: serde_json::Value =
+                    serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null);
+                let channel = payload
+                    .get("channel")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_owned)
+                    .or(e.metadata.channel.clone());
+                let source = payload
+                    .get("source")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_owned)
+                    .or(e.metadata.source.clone());
+                HistoryEvent {
+                    position: e.position,
+                    event_id: e.event_id.as_uuid(),
+                    customer: CustomerId::from_stream(&e.stream_id)
+                        .map_or(Uuid::nil(), |c| c.as_uuid()),
+                    event_type: e.event_type,
+                    occurred_at: e.occurred_at,
+                    recorded_at: e.recorded_at,
+                    channel,
+                    source,
+                    actor: e.metadata.actor,
+                    reason: e.metadata.reason,
+                    payload,
+                }
+            })
+            .collect())
+    }
+
+    async fn log_access(&self, key: &ApiKey, customer: Uuid, what: &str) -> BackendResult<()> {
+        self.store
+            .log_access(&AccessEntry {
+                at: Utc::now(),
+                key_id: key.id,
+                key_name: key.name.clone(),
+                customer: CustomerId::from_uuid(customer),
+                what: what.to_owned(),
+            })
+            .await
+            .map_err(store_error)
+    }
+
+    async fn segments(&self) -> BackendResult<Vec<SegmentRecord>> {
+        Ok(self
+            .store
+            .segments()
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|s| SegmentRecord {
+                name: s.name,
+                rule: s.rule,
+                size: s.members,
+            })
+            .collect())
+    }
+
+    async fn segment_members(
+        &self,
+        name: &str,
+        after: Option<Uuid>,
+        first: usize,
+    ) -> BackendResult<Vec<Uuid>> {
+        Ok(self
+            .store
+            .segment_member_page(name, after.map(CustomerId::from_uuid), first)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|c| c.as_uuid())
+            .collect())
+    }
+
+    #[tracing::instrument(name = "api.preview_segment", skip(self))]
+    async fn preview_segment(&self, rule: &str) -> BackendResult<u64> {
+        let rule = parse_rule(rule)?;
+        let preview = segmentation::preview(&self.store, &rule, &self.currency, Utc::now())
+            .await
+            .map_err(projection_error)?;
+        Ok(preview.matched)
+    }
+
+    #[tracing::instrument(name = "api.save_segment", skip(self))]
+    async fn save_segment(&self, name: &str, rule: &str) -> BackendResult<SegmentRecord> {
+        let parsed = parse_rule(rule)?;
+        let now = Utc::now();
+        self.store
+            .save_segment(name, parsed.text(), now)
+            .await
+            .map_err(store_error)?;
+        segmentation::refresh(&self.store, &self.currency, now)
+            .await
+            .map_err(projection_error)?;
+        self.segments()
+            .await?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| BackendError::new("NOT_FOUND", format!("segment {name:?} vanished")))
+    }
+
+    async fn delete_segment(&self, name: &str) -> BackendResult<bool> {
+        self.store.delete_segment(name).await.map_err(store_error)
+    }
+
+    async fn distribution(&self, dimension: Dimension) -> BackendResult<Vec<Bucket>> {
+        let counts = match dimension {
+            Dimension::Tier => self.store.score_counts(ScoreColumn::Tier).await,
+            Dimension::Stage => self.store.score_counts(ScoreColumn::Stage).await,
+            Dimension::RfmSegment => self.store.score_counts(ScoreColumn::RfmSegment).await,
+            Dimension::Tag => self.store.tag_counts().await,
+            Dimension::Channel => {
+                let profiles = crate::projection::live_profiles(&self.store)
+                    .await
+                    .map_err(projection_error)?;
+                let mut counts: HashMap<String, u64> = HashMap::new();
+                for (_, p) in &profiles {
+                    if let Some(channel) = p.preferred_channel() {
+                        *counts.entry(channel.to_owned()).or_default() += 1;
+                    }
+                }
+                Ok(counts.into_iter().collect())
+            }
+        }
+        .map_err(store_error)?;
+        Ok(counts
+            .into_iter()
+            .map(|(value, customers)| Bucket { value, customers })
+            .collect())
+    }
+
+    async fn quarantine(&self, after: u64, first: usize) -> BackendResult<Vec<QuarantineRecord>> {
+        Ok(self
+            .store
+            .quarantined(after, first)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|r| QuarantineRecord {
+                id: r.id,
+                received_at: r.received_at,
+                source: r.source,
+                code: r.code,
+                field: r.field,
+                reason: r.reason,
+                record: r.record,
+                expired_at: r.expired_at,
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(name = "api.ingest", skip_all, fields(records = records.len(), actor))]
+    async fn ingest(&self, records: Vec<String>, actor: &str) -> BackendResult<Vec<IngestAnswer>> {
+        tracing::Span::current().record("actor", actor);
+        let report = self
+            .commits
+            .ingest(records.into_iter().map(Incoming::json).collect())
+            .await
+            .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
+        self.metrics.count_ingested(&report);
+        Ok(report
+            .records
+            .into_iter()
+            .map(|outcome| match outcome {
+                RecordOutcome::Accepted {
+                    event_id, customer, ..
+                } => IngestAnswer {
+                    status: "accepted".into(),
+                    event_id: Some(event_id.as_uuid()),
+                    customer: Some(customer.as_uuid()),
+                    code: None,
+                    field: None,
+                    reason: None,
+                    quarantine_id: None,
+                },
+                RecordOutcome::Duplicate { event_id, .. } => IngestAnswer {
+                    status: "duplicate".into(),
+                    event_id: Some(event_id.as_uuid()),
+                    customer: None,
+                    code: None,
+                    field: None,
+                    reason: None,
+                    quarantine_id: None,
+                },
+                RecordOutcome::Rejected {
+                    rejection,
+                    quarantine_id,
+                } => IngestAnswer {
+                    status: "rejected".into(),
+                    event_id: None,
+                    customer: None,
+                    code: Some(rejection.code.as_str().to_owned()),
+                    field: Some(rejection.field),
+                    reason: Some(rejection.reason),
+                    quarantine_id: Some(quarantine_id),
+                },
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(name = "api.erase", skip(self))]
+    async fn erase(&self, id: Uuid, actor: &str, reason: &str) -> BackendResult<ErasureRecord> {
+        let erasure = erase(
+            &self.store,
+            self.commits.ingestor().master_key(),
+            CustomerId::from_uuid(id),
+            actor,
+            reason,
+        )
+        .await
+        .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
+        Ok(ErasureRecord {
+            customer: erasure.customer.as_uuid(),
+            keys_destroyed: erasure.keys_destroyed.iter().map(|c| c.as_uuid()).collect(),
+            identifiers_removed: erasure.identifiers_removed,
+            quarantined_removed: erasure.quarantined_removed,
+            scrubbed: erasure.scrubbed,
+        })
+    }
+
+    async fn authenticate(&self, secret: &str) -> BackendResult<Option<ApiKey>> {
+        match self
+            .store
+            .api_key_by_hash(&secret_hash(secret))
+            .await
+            .map_err(store_error)?
+        {
+            Some(stored) if stored.revoked_at.is_none() => Ok(Some(api_key(stored)?)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn create_key(&self, name: &str, role: Role) -> BackendResult<NewApiKey> {
+        let secret = new_secret();
+        let stored = self
+            .store
+            .create_api_key(name, role.as_str(), &secret_hash(&secret), Utc::now())
+            .await
+            .map_err(store_error)?;
+        Ok(NewApiKey {
+            key: api_key(stored)?,
+            secret,
+        })
+    }
+
+    async fn revoke_key(&self, id: Uuid) -> BackendResult<bool> {
+        self.store
+            .revoke_api_key(id, Utc::now())
+            .await
+            .map_err(store_error)
+    }
+
+    async fn keys(&self) -> BackendResult<Vec<ApiKey>> {
+        self.store
+            .api_keys()
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(api_key)
+            .collect()
+    }
+
+    fn changes(&self) -> BoxStream<'static, Change> {
+        BroadcastStream::new(self.announcements.subscribe())
+            .filter_map(|announcement| async move {
+                // A subscriber too slow to keep up misses announcements rather than stalling
+                // the projection.
+                match announcement.ok()? {
+                    Announcement::ProfileUpdated { customer, position } => {
+                        Some(Change::CustomerUpdated {
+                            customer: customer.as_uuid(),
+                            position,
+                        })
+                    }
+                    Announcement::Membership {
+                        segment,
+                        customer,
+                        entered,
+                        at,
+                    } => Some(Change::Membership(MembershipChange {
+                        segment,
+                        customer: customer.as_uuid(),
+                        entered,
+                        at,
+                    })),
+                }
+            })
+            .boxed()
+    }
+}

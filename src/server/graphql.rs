@@ -1,0 +1,151 @@
+//! `/graphql`: the API (POST, with an API key), GraphiQL (GET) and subscriptions over
+//! websockets (`/graphql/ws`, the key in the connection's `Authorization` header or in the
+//! `connection_init` payload).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::web::{Data, Payload};
+use actix_web::{HttpRequest, HttpResponse};
+use async_graphql::http::GraphiQLSource;
+use async_graphql_actix_web::{GraphQLRequest, GraphQLResponse, GraphQLSubscription};
+use futures::future::BoxFuture;
+use patron_graphql::{codes, prepare, ApiKey, Backend, Loaders};
+use serde_json::json;
+
+use super::AppState;
+
+/// The longest a GraphQL request may run before it is answered with `TIMEOUT`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn spawn(future: BoxFuture<'static, ()>) {
+    tokio::spawn(future);
+}
+
+fn unauthenticated(message: &str) -> HttpResponse {
+    HttpResponse::Unauthorized()
+        .insert_header(("WWW-Authenticate", "Bearer"))
+        .json(json!({
+            "errors": [{"message": message, "extensions": {"code": codes::UNAUTHENTICATED}}]
+        }))
+}
+
+/// The secret of an `Authorization: Bearer <secret>` value.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, secret) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| secret.trim())
+        .filter(|s| !s.is_empty())
+}
+
+/// The key a secret stands for, or the reason it does not.
+async fn authenticate(backend: &Arc<dyn Backend>, secret: Option<&str>) -> Result<ApiKey, String> {
+    let Some(secret) = secret else {
+        return Err("an API key is required: send `Authorization: Bearer <key>`".into());
+    };
+    match backend.authenticate(secret).await {
+        Ok(Some(key)) => Ok(key),
+        Ok(None) => Err("the API key is unknown or revoked".into()),
+        Err(e) => Err(format!("the API key could not be checked: {e}")),
+    }
+}
+
+/// `POST /graphql`.
+#[tracing::instrument(name = "http.graphql", skip_all, fields(key, operation))]
+pub(crate) async fn post(
+    state: Data<AppState>,
+    http: HttpRequest,
+    request: GraphQLRequest,
+) -> HttpResponse {
+    let secret = http
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer);
+    let key = match authenticate(&state.backend, secret).await {
+        Ok(key) => key,
+        Err(message) => return unauthenticated(&message),
+    };
+    let span = tracing::Span::current();
+    span.record("key", key.name.as_str());
+    let request = request.into_inner();
+    if let Some(operation) = &request.operation_name {
+        span.record("operation", operation.as_str());
+    }
+    let request = prepare(request, state.backend.clone(), key, spawn);
+    match tokio::time::timeout(REQUEST_TIMEOUT, state.schema.execute(request)).await {
+        Ok(response) => {
+            let response: GraphQLResponse = response.into();
+            actix_web::Responder::respond_to(response, &http).map_into_boxed_body()
+        }
+        Err(_) => HttpResponse::GatewayTimeout().json(json!({
+            "errors": [{
+                "message": format!("the request ran longer than {} s", REQUEST_TIMEOUT.as_secs()),
+                "extensions": {"code": "TIMEOUT"}
+            }]
+        })),
+    }
+}
+
+/// `GET /graphql`: GraphiQL.
+pub(crate) async fn graphiql() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(
+            GraphiQLSource::build()
+                .endpoint("/graphql")
+                .subscription_endpoint("/graphql/ws")
+                .title("Patron GraphQL")
+                .finish(),
+        )
+}
+
+/// `GET /graphql/ws`: subscriptions (graphql-ws and graphql-transport-ws protocols).
+pub(crate) async fn websocket(
+    state: Data<AppState>,
+    http: HttpRequest,
+    payload: Payload,
+) -> actix_web::Result<HttpResponse> {
+    let header_secret = http
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .map(str::to_owned);
+    let backend = state.backend.clone();
+    GraphQLSubscription::new(state.schema.clone())
+        .on_connection_init(move |init| async move {
+            let from_init = init
+                .get("Authorization")
+                .or_else(|| init.get("authorization"))
+                .and_then(|v| v.as_str())
+                .and_then(bearer)
+                .map(str::to_owned);
+            let secret = header_secret.or(from_init);
+            let key = authenticate(&backend, secret.as_deref())
+                .await
+                .map_err(|message| {
+                    patron_graphql::access::api_error(codes::UNAUTHENTICATED, message)
+                })?;
+            let mut data = async_graphql::Data::default();
+            data.insert(key);
+            data.insert(Loaders::new(backend, spawn));
+            Ok(data)
+        })
+        .start(&http, payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn bearer_secrets_are_read_from_the_header_value() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! `GET /metrics`: Prometheus counters of requests, their latencies, ingested records and the
+//! profile projection's lag.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web::Data;
+use actix_web::HttpResponse;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use super::AppState;
+use crate::ingest::IngestReport;
+
+/// The server's metrics, in a registry of their own (several servers may run in one process).
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    records: IntCounterVec,
+    lag_events: IntGauge,
+    lag_seconds: IntGauge,
+}
+
+impl Metrics {
+    /// Registers the metrics.
+    pub fn new() -> prometheus::Result<Arc<Self>> {
+        let registry = Registry::new_custom(Some("patron".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests answered, by route and status",
+            ),
+            &["route", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency, seconds",
+            )
+            .buckets(vec![
+                0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
+            &["route"],
+        )?;
+        let records = IntCounterVec::new(
+            Opts::new(
+                "ingested_records_total",
+                "Touchpoint records ingested, by outcome (accepted, duplicate, rejected)",
+            ),
+            &["outcome"],
+        )?;
+        let lag_events = IntGauge::new(
+            "projection_lag_events",
+            "Events stored but not yet in the profiles (at the last scrape)",
+        )?;
+        let lag_seconds = IntGauge::new(
+            "projection_lag_seconds",
+            "Age of the oldest event not yet in the profiles, seconds (at the last scrape)",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(records.clone()))?;
+        registry.register(Box::new(lag_events.clone()))?;
+        registry.register(Box::new(lag_seconds.clone()))?;
+        Ok(Arc::new(Self {
+            registry,
+            requests,
+            latency,
+            records,
+            lag_events,
+            lag_seconds,
+        }))
+    }
+
+    /// Counts an ingestion report's records.
+    pub fn count_ingested(&self, report: &IngestReport) {
+        for (outcome, n) in [
+            ("accepted", report.accepted),
+            ("duplicate", report.duplicates),
+            ("rejected", report.rejected),
+        ] {
+            self.records.with_label_values(&[outcome]).inc_by(n as u64);
+        }
+    }
+}
+
+/// Counts and times every request, by its route pattern (not its path: ids stay out of the
+/// labels).
+pub(crate) async fn track(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let metrics = request
+        .app_data::<Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let route = request
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let response = next.call(request).await?;
+    if let Some(metrics) = metrics {
+        metrics
+            .requests
+            .with_label_values(&[route.as_str(), response.status().as_str()])
+            .inc();
+        metrics
+            .latency
+            .with_label_values(&[route.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(response)
+}
+
+/// `GET /metrics`, in the Prometheus text format.
+pub(crate) async fn metrics(state: Data<AppState>) -> HttpResponse {
+    match state.projection.lag().await {
+        Ok(lag) => {
+            state.metrics.lag_events.set(lag.events as i64);
+            state.metrics.lag_seconds.set(lag.seconds);
+        }
+        Err(e) => tracing::warn!(error = %e, "projection lag not measured"),
+    }
+    let mut text = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&state.metrics.registry.gather(), &mut text) {
+        return HttpResponse::InternalServerError().body(format!("metrics not encoded: {e}"));
+    }
+    HttpResponse::Ok()
+        .content_type(encoder.format_type())
+        .body(text)
+}
