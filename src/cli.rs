@@ -322,6 +322,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000)]
         customers: usize,
     },
+    /// GraphQL read latency on the store named by --database-url (load it first, for example
+    /// with `patron demo --people 1000000 --touchpoints 2`): `customer(id)` for random
+    /// customers at a fixed rate, then pages of 50 customers with their tags and segments.
+    Graphql {
+        /// `customer(id)` requests per second.
+        #[arg(long, default_value_t = 1_000.0)]
+        rate: f64,
+        /// Page requests per second.
+        #[arg(long, default_value_t = 50.0)]
+        page_rate: f64,
+        /// Seconds each scenario runs.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options of `patron bench store`.
@@ -385,7 +402,15 @@ impl Cli {
                 let app = Application::build_with(ingestor, address, options)
                     .with_context(|| format!("cannot listen on {address}"))?;
                 tracing::info!(port = app.port(), "serving on {address}");
-                eprintln!("listening on http://{address} (Ctrl-C to stop)");
+                eprintln!("listening on http://{address} (Ctrl-C to stop); GraphiQL at http://{address}/graphql");
+                if store
+                    .api_keys()
+                    .await
+                    .context("cannot read the API keys")?
+                    .is_empty()
+                {
+                    eprintln!("no API key yet: create one with `patron keys create --role admin --name <you>`");
+                }
                 let served = app.run_until_stopped().await.context("the server failed");
                 // Every request in flight has been answered: fold the WAL back and close.
                 store.close().await;
@@ -624,6 +649,25 @@ impl Cli {
             Command::Bench(BenchCommand::Membership { customers }) => {
                 bench_membership(&self.database_url, customers).await
             }
+            Command::Bench(BenchCommand::Graphql {
+                rate,
+                page_rate,
+                seconds,
+                json,
+            }) => {
+                let ingestor = self.ingestor().await?;
+                let store = ingestor.store().clone();
+                let report = crate::bench::run_graphql_bench(ingestor, rate, page_rate, seconds)
+                    .await
+                    .context("the GraphQL benchmark failed")?;
+                store.close().await;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{report}");
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -767,7 +811,35 @@ async fn demo(
     segmentation::refresh(store, &rules.tiers.currency, scored.as_of)
         .await
         .context("cannot refresh the segments")?;
+    // A first key, so that the GraphQL API can be tried at once.
+    let admin_key = if store
+        .api_keys()
+        .await
+        .context("cannot read the keys")?
+        .is_empty()
+    {
+        let secret = crate::server::new_secret();
+        store
+            .create_api_key(
+                "demo-admin",
+                patron_graphql::Role::Admin.as_str(),
+                &crate::server::secret_hash(&secret),
+                chrono::Utc::now(),
+            )
+            .await
+            .context("cannot store an API key")?;
+        Some(secret)
+    } else {
+        None
+    };
     store.close().await;
+    if let Some(secret) = &admin_key {
+        eprintln!(
+            "created the admin API key \"demo-admin\" (shown this once; `patron keys` manages keys):\n  {secret}\n\
+             start the server with `patron serve`, open http://127.0.0.1:8080/graphql and send the header\n  \
+             {{\"Authorization\": \"Bearer {secret}\"}}"
+        );
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());

@@ -276,3 +276,65 @@ fn a_customer_erased_from_the_command_line_reads_as_erased_and_leaves_no_trace()
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("no customer holds phone"));
 }
+
+#[test]
+fn api_keys_are_created_listed_and_revoked_and_only_their_hash_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("patron.db");
+    let url = format!("sqlite://{}", db.display());
+    let out = patron(
+        &[
+            "keys",
+            "create",
+            "--role",
+            "viewer",
+            "--name",
+            "marketing-ui",
+        ],
+        &url,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        secret.starts_with("patron_") && secret.len() > 40,
+        "{secret}"
+    );
+
+    let out = patron(&["keys", "list"], &url);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        listed.contains("marketing-ui") && listed.contains("viewer") && listed.contains("live"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret), "the secret is never listed");
+    let id = listed.split_whitespace().next().unwrap().to_owned();
+
+    let out = patron(&["status"], &url);
+    assert!(out.status.success());
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes.extend(std::fs::read(dir.path().join("patron.db-wal")).unwrap_or_default());
+    let secret_bytes = secret.as_bytes();
+    assert!(
+        !bytes.windows(secret_bytes.len()).any(|w| w == secret_bytes),
+        "the secret is not stored"
+    );
+
+    let out = patron(&["keys", "revoke", &id], &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8(patron(&["keys", "list"], &url).stdout).unwrap();
+    assert!(listed.contains("revoked"), "{listed}");
+    let again = patron(&["keys", "revoke", &id], &url);
+    assert!(!again.status.success(), "a key is revoked once");
+
+    let bad = patron(&["keys", "create", "--role", "root", "--name", "x"], &url);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("viewer, analyst, operator or admin"));
+}

@@ -326,4 +326,51 @@ mod tests {
         assert!(stored.resolution.created);
         assert_eq!(stored.resolution.rules_version, 3);
     }
+
+    #[test]
+    fn a_traits_update_keeps_only_its_clear_traits_readable() {
+        let rules = IdentityRules::default();
+        let raw: RawTouchpoint = serde_json::from_value(json!({
+            "event_id": "0192f0c4-7c1e-7a33-9d5e-1b2c3d4e5f61", "type": "traits_updated",
+            "channel": "membership_desk", "source": "desk", "occurred_at": "2026-03-08T09:30:15+08:00",
+            "identifiers": {"phone": "13912340001"},
+            "traits": {"name": "Li Wei", "birthday": "1990-04-01", "city": "Shanghai",
+                       "gender": "female", "vip_note": "prefers calls"}
+        }))
+        .unwrap();
+        let touchpoint = raw.validate(&rules, chrono::Utc::now()).unwrap();
+        let master = MasterKey::parse(&MasterKey::generate()).unwrap();
+        let (key, _) = master.new_customer_key();
+        let resolution = Resolution {
+            customer: CustomerId::new(),
+            created: true,
+            merges: vec![],
+            links: vec![],
+            skipped: vec![],
+            rules_version: 1,
+        };
+        let event = EncodedTouchpoint::new(&touchpoint)
+            .unwrap()
+            .into_event(
+                "traits_updated",
+                &ResolutionRecord::of(&resolution, |_| None),
+                &key,
+            )
+            .unwrap();
+        for personal in ["Li Wei", "1990", "prefers calls", "13912340001"] {
+            assert!(!event.payload().contains(personal), "{personal} is sealed");
+        }
+        let payload: Value = serde_json::from_str(event.payload()).unwrap();
+        assert_eq!(payload["action"]["city"], "Shanghai");
+        assert_eq!(payload["action"]["gender"], "female");
+        let opened = open_payload(payload.clone(), Some(&key)).unwrap();
+        let stored: TouchpointRecorded = serde_json::from_value(opened).unwrap();
+        assert_eq!(
+            stored.action, touchpoint.action,
+            "opened, the traits read whole"
+        );
+        let erased = open_payload(payload, None).unwrap();
+        assert_eq!(erased["action"]["city"], "Shanghai");
+        assert!(erased["action"].get("name").is_none());
+    }
 }

@@ -8,7 +8,7 @@
 
 pub mod access;
 pub mod backend;
-mod cursor;
+pub mod cursor;
 pub mod customer;
 pub mod loader;
 pub mod mask;

@@ -861,6 +861,37 @@ mod tests {
     }
 
     #[test]
+    fn clear_traits_are_text_fields() {
+        let mut profile = Profile::default();
+        profile.traits.insert(
+            "city".into(),
+            crate::profile::TraitValue {
+                value: "Shanghai".into(),
+                at: chrono::Utc::now(),
+            },
+        );
+        let tags = BTreeSet::new();
+        let subject = Subject {
+            profile: &profile,
+            stage: None,
+            tier: None,
+            rfm_segment: None,
+            rfm: None,
+            tags: &tags,
+            currency: "CNY",
+            as_of: chrono::Utc::now(),
+        };
+        assert!(Rule::parse("city = \"Shanghai\"")
+            .unwrap()
+            .matches(&subject));
+        assert!(!Rule::parse("city = \"Beijing\"").unwrap().matches(&subject));
+        assert!(!Rule::parse("province = \"Zhejiang\"")
+            .unwrap()
+            .matches(&subject));
+        assert!(Rule::parse("city = 3").is_err(), "a city is text");
+    }
+
+    #[test]
     fn a_bad_rule_is_refused_where_it_is_bad() {
         let e = error("tier = \"high_value\" and orderz >= 3");
         assert_eq!(&e.rule[e.at..e.at + 6], "orderz");

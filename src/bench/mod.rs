@@ -3,6 +3,10 @@
 //! Figures are reported in events per second and mebibytes of resident memory; the results of
 //! runs on the reference machine are kept in `docs/benchmarks.md`.
 
+mod graphql;
+
+pub use graphql::{run_graphql_bench, GraphqlBenchReport, Scenario};
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
