@@ -29,6 +29,11 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://patron.db";
 #[derive(Debug, Parser)]
 #[command(name = "patron", version, about)]
 pub struct Cli {
+    /// A configuration file (TOML; keys are the PATRON_* variables' names without the prefix,
+    /// in lower case); `patron.toml` in the working directory when there is one. See
+    /// `docs/configuration.md`.
+    #[arg(long, global = true, env = "PATRON_CONFIG")]
+    pub config: Option<PathBuf>,
     /// The store: `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DATABASE`.
     #[arg(long, global = true, env = "PATRON_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,

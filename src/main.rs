@@ -7,9 +7,16 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = patron::cli::Cli::parse();
-    patron::telemetry::init(std::io::stderr);
-    cli.run().await
+fn main() -> anyhow::Result<()> {
+    // The configuration file sets environment variables, so it is read before any thread runs.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    patron::config::apply(&args)?;
+    let cli = patron::cli::Cli::parse_from(args);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            patron::telemetry::init(std::io::stderr);
+            cli.run().await
+        })
 }

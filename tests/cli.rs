@@ -338,3 +338,47 @@ fn api_keys_are_created_listed_and_revoked_and_only_their_hash_is_stored() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("viewer, analyst, operator or admin"));
 }
+
+#[test]
+fn settings_come_from_the_configuration_file_unless_the_environment_gives_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let from_file = dir.path().join("from-file.db");
+    std::fs::write(
+        dir.path().join("patron.toml"),
+        format!("database_url = \"sqlite://{}\"\n", from_file.display()),
+    )
+    .unwrap();
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_patron"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("PATRON_DATABASE_URL")
+            .env_remove("PATRON_CONFIG")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run patron")
+    };
+    let out = run(&[], &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(from_file.exists(), "the file's store was opened");
+
+    let from_env = dir.path().join("from-env.db");
+    let url = format!("sqlite://{}", from_env.display());
+    let out = run(&[("PATRON_DATABASE_URL", &url)], &["status"]);
+    assert!(out.status.success());
+    assert!(from_env.exists(), "the environment wins over the file");
+
+    std::fs::write(dir.path().join("other.toml"), "databse_url = \"x\"\n").unwrap();
+    let out = run(&[], &["--config", "other.toml", "status"]);
+    assert!(!out.status.success());
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("`databse_url`") && message.contains("database_url"),
+        "{message}"
+    );
+}
