@@ -23,6 +23,7 @@ pub mod config;
 pub mod demo;
 pub mod import;
 pub mod ingest;
+pub mod population;
 pub mod privacy;
 pub mod projection;
 pub mod scoring;

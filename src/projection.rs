@@ -8,6 +8,7 @@
 //! up, so readers keep reading the old one meanwhile.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,6 +19,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::broadcast;
 
+use crate::population::ResidentPopulation;
 use crate::store::projection::{ProfileRow, ProfileTable};
 use crate::store::{EventStore, StoreError};
 
@@ -105,6 +107,8 @@ pub struct ProfileProjection {
     segments: Option<String>,
     /// Where profile updates and membership changes are announced, if anywhere.
     announce: Option<broadcast::Sender<Announcement>>,
+    /// A resident population kept current with the live profiles, if any.
+    population: Option<Arc<ResidentPopulation>>,
 }
 
 /// What the live projection announces after each committed batch (subscriptions read it).
@@ -138,7 +142,14 @@ impl ProfileProjection {
             batch: batch.max(1),
             segments: None,
             announce: None,
+            population: None,
         }
+    }
+
+    /// Keeps `population` current with each committed batch of live profiles.
+    pub fn with_population(mut self, population: Arc<ResidentPopulation>) -> Self {
+        self.population = Some(population);
+        self
     }
 
     /// Announces each committed batch's profile updates and membership changes on `sender`.
@@ -210,6 +221,9 @@ impl ProfileProjection {
                 .commit_rows(name, table, from, last, &rows)
                 .await?
             {
+                if let (ProfileTable::Live, Some(population)) = (table, &self.population) {
+                    population.apply(&profiles, last).await;
+                }
                 if table == ProfileTable::Live {
                     self.announce(
                         profiles

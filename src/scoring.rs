@@ -124,5 +124,11 @@ pub async fn score(
     report.customers = rows.len() as u64;
     report.with_rfm = rfm.len() as u64;
     report.transitions = store.write_scores(as_of, &rows).await?.len() as u64;
+    store
+        .put_setting(
+            crate::population::SCORING_RUN_SETTING,
+            &uuid::Uuid::now_v7().to_string(),
+        )
+        .await?;
     Ok(report)
 }

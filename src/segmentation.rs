@@ -12,8 +12,8 @@ use patron_projections::profile::Profile;
 use patron_projections::segment::{Rule, Subject};
 use serde::Serialize;
 
-use crate::projection::{live_profiles, ProjectionError};
-use crate::store::scores::ScoreRow;
+use crate::population::Population;
+use crate::projection::ProjectionError;
 use crate::store::segments::MembershipChange;
 use crate::store::EventStore;
 
@@ -45,96 +45,6 @@ pub struct Refreshed {
     pub left: u64,
 }
 
-/// Every live, not erased customer with what rules judge them on.
-struct Population {
-    profiles: Vec<(CustomerId, Profile)>,
-    scores: HashMap<CustomerId, ScoreRow>,
-    tags: HashMap<CustomerId, BTreeSet<String>>,
-    no_tags: BTreeSet<String>,
-}
-
-impl Population {
-    async fn load(store: &EventStore) -> Result<Self, ProjectionError> {
-        let scores = store.all_scores().await?;
-        let tags = store.all_tags().await?;
-        let profiles = live_profiles(store).await?;
-        Ok(Self {
-            profiles,
-            scores,
-            tags,
-            no_tags: BTreeSet::new(),
-        })
-    }
-
-    /// The customers `rule` selects, in profile order.
-    fn judge(&self, rule: &Rule, currency: &str, as_of: DateTime<Utc>) -> Vec<CustomerId> {
-        self.selected(Some(rule), currency, as_of)
-            .map(|(customer, _)| *customer)
-            .collect()
-    }
-
-    /// The customers and profiles `rule` selects (all without one), in customer order.
-    fn selected<'a>(
-        &'a self,
-        rule: Option<&'a Rule>,
-        currency: &'a str,
-        as_of: DateTime<Utc>,
-    ) -> impl Iterator<Item = &'a (CustomerId, Profile)> + 'a {
-        let none = &self.no_tags;
-        self.profiles.iter().filter(move |(customer, profile)| {
-            let Some(rule) = rule else {
-                return true;
-            };
-            let score = self.scores.get(customer);
-            rule.matches(&Subject {
-                profile,
-                stage: score.map(|s| s.stage.as_str()),
-                tier: score.map(|s| s.tier.as_str()),
-                rfm_segment: score.and_then(|s| s.rfm_segment.as_deref()),
-                rfm: score.and_then(|s| s.rfm),
-                tags: self.tags.get(customer).unwrap_or(none),
-                currency,
-                as_of,
-            })
-        })
-    }
-}
-
-/// How [`search`] orders the customers it finds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Order {
-    /// By customer id.
-    Id,
-    /// Most recently seen first.
-    LastSeen,
-    /// Most revenue in the currency first.
-    Revenue,
-    /// Most orders first.
-    Orders,
-}
-
-/// Every live, not erased customer `rule` selects (all without one) as of `as_of`, in
-/// `order` (ties by customer id).
-pub async fn search(
-    store: &EventStore,
-    rule: Option<&Rule>,
-    order: Order,
-    currency: &str,
-    as_of: DateTime<Utc>,
-) -> Result<Vec<CustomerId>, ProjectionError> {
-    let population = Population::load(store).await?;
-    let mut found: Vec<&(CustomerId, Profile)> =
-        population.selected(rule, currency, as_of).collect();
-    let revenue = |p: &Profile| p.revenue.get(currency).copied().unwrap_or(0);
-    match order {
-        Order::Id => {}
-        Order::LastSeen => found.sort_by_key(|(_, p)| std::cmp::Reverse(p.last_seen)),
-        Order::Revenue => found.sort_by_key(|(_, p)| std::cmp::Reverse(revenue(p))),
-        Order::Orders => found.sort_by_key(|(_, p)| std::cmp::Reverse(p.orders)),
-    }
-    Ok(found.into_iter().map(|(customer, _)| *customer).collect())
-}
-
 /// Judges every live, not erased customer against `rule` as of `as_of`, counting spend in
 /// `currency`.
 pub async fn preview(
@@ -148,7 +58,7 @@ pub async fn preview(
     let matched = population.judge(rule, currency, as_of);
     Ok(Preview {
         rule: rule.text().to_owned(),
-        customers: population.profiles.len() as u64,
+        customers: population.len() as u64,
         matched: matched.len() as u64,
         examples: matched.iter().take(20).copied().collect(),
         evaluation_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -178,20 +88,33 @@ pub async fn refresh(
                 continue;
             }
         };
-        let members: HashSet<CustomerId> = population
-            .judge(&rule, currency, as_of)
-            .into_iter()
-            .collect();
-        let changes = store.set_segment_members(&name, &members, as_of).await?;
-        let entered = changes.iter().filter(|c| c.entered).count() as u64;
-        refreshed.push(Refreshed {
-            name,
-            members: members.len() as u64,
-            entered,
-            left: changes.len() as u64 - entered,
-        });
+        refreshed.push(refresh_one(store, &population, &name, &rule, currency, as_of).await?);
     }
     Ok(refreshed)
+}
+
+/// Refreshes one saved segment over `population` as of `as_of`: sets its members to the
+/// customers `rule` selects and logs who entered and who left.
+pub async fn refresh_one(
+    store: &EventStore,
+    population: &Population,
+    name: &str,
+    rule: &Rule,
+    currency: &str,
+    as_of: DateTime<Utc>,
+) -> Result<Refreshed, ProjectionError> {
+    let members: HashSet<CustomerId> = population
+        .judge(rule, currency, as_of)
+        .into_iter()
+        .collect();
+    let changes = store.set_segment_members(name, &members, as_of).await?;
+    let entered = changes.iter().filter(|c| c.entered).count() as u64;
+    Ok(Refreshed {
+        name: name.to_owned(),
+        members: members.len() as u64,
+        entered,
+        left: changes.len() as u64 - entered,
+    })
 }
 
 /// Keeps the saved segments' memberships of customers whose profiles just changed current:

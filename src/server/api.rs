@@ -23,9 +23,10 @@ use tokio_stream::wrappers::BroadcastStream;
 use uuid::Uuid;
 
 use crate::ingest::{CommitQueue, Incoming, RecordOutcome};
+use crate::population::{Order, ResidentPopulation};
 use crate::privacy::{erase, Opener};
 use crate::projection::{Announcement, ProjectionError};
-use crate::segmentation::{self, Order};
+use crate::segmentation;
 use crate::store::access::{AccessEntry, StoredKey};
 use crate::store::projection::ProfileTable;
 use crate::store::scores::{ScoreColumn, ScoreRow};
@@ -44,16 +45,19 @@ pub struct StoreBackend {
     currency: String,
     announcements: broadcast::Sender<Announcement>,
     metrics: Arc<Metrics>,
+    population: Arc<ResidentPopulation>,
 }
 
 impl StoreBackend {
     /// A backend over `commits`' store, ingesting through `commits`, judging spend in
-    /// `currency`, relaying `announcements` to subscribers, counting ingestion in `metrics`.
+    /// `currency`, relaying `announcements` to subscribers, counting ingestion in `metrics`,
+    /// searching the resident `population`.
     pub fn new(
         commits: CommitQueue,
         currency: impl Into<String>,
         announcements: broadcast::Sender<Announcement>,
         metrics: Arc<Metrics>,
+        population: Arc<ResidentPopulation>,
     ) -> Self {
         let store = commits.ingestor().store().clone();
         let opener = Opener::new(store.clone(), commits.ingestor().master_key().clone());
@@ -64,6 +68,7 @@ impl StoreBackend {
             currency: currency.into(),
             announcements,
             metrics,
+            population,
         }
     }
 }
@@ -215,15 +220,12 @@ impl Backend for StoreBackend {
             CustomerSort::Revenue => Order::Revenue,
             CustomerSort::Orders => Order::Orders,
         };
-        let found = segmentation::search(
-            &self.store,
-            rule.as_ref(),
-            order,
-            &self.currency,
-            Utc::now(),
-        )
-        .await
-        .map_err(projection_error)?;
+        let found = self
+            .population
+            .read()
+            .await
+            .map_err(projection_error)?
+            .search(rule.as_ref(), order, &self.currency, Utc::now());
         Ok(CustomerPage {
             total: Some(found.len() as u64),
             has_more: found.len() > offset + first,
@@ -323,10 +325,8 @@ impl Backend for StoreBackend {
     #[tracing::instrument(name = "api.preview_segment", skip(self))]
     async fn preview_segment(&self, rule: &str) -> BackendResult<u64> {
         let rule = parse_rule(rule)?;
-        let preview = segmentation::preview(&self.store, &rule, &self.currency, Utc::now())
-            .await
-            .map_err(projection_error)?;
-        Ok(preview.matched)
+        let population = self.population.read().await.map_err(projection_error)?;
+        Ok(population.judge(&rule, &self.currency, Utc::now()).len() as u64)
     }
 
     #[tracing::instrument(name = "api.save_segment", skip(self))]
@@ -337,9 +337,11 @@ impl Backend for StoreBackend {
             .save_segment(name, parsed.text(), now)
             .await
             .map_err(store_error)?;
-        segmentation::refresh(&self.store, &self.currency, now)
+        let population = self.population.read().await.map_err(projection_error)?;
+        segmentation::refresh_one(&self.store, &population, name, &parsed, &self.currency, now)
             .await
             .map_err(projection_error)?;
+        drop(population);
         self.segments()
             .await?
             .into_iter()
@@ -358,16 +360,8 @@ impl Backend for StoreBackend {
             Dimension::RfmSegment => self.store.score_counts(ScoreColumn::RfmSegment).await,
             Dimension::Tag => self.store.tag_counts().await,
             Dimension::Channel => {
-                let profiles = crate::projection::live_profiles(&self.store)
-                    .await
-                    .map_err(projection_error)?;
-                let mut counts: HashMap<String, u64> = HashMap::new();
-                for (_, p) in &profiles {
-                    if let Some(channel) = p.preferred_channel() {
-                        *counts.entry(channel.to_owned()).or_default() += 1;
-                    }
-                }
-                Ok(counts.into_iter().collect())
+                let population = self.population.read().await.map_err(projection_error)?;
+                Ok(population.preferred_channels().into_iter().collect())
             }
         }
         .map_err(store_error)?;

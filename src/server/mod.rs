@@ -27,6 +27,7 @@ use tokio::sync::broadcast;
 use tracing_actix_web::TracingLogger;
 
 use crate::ingest::{CommitQueue, Incoming, IngestError, IngestReport, Ingestor};
+use crate::population::ResidentPopulation;
 use crate::projection::ProfileProjection;
 use patron_projections::value::TierRules;
 
@@ -132,9 +133,11 @@ impl Application {
         let port = listener.local_addr()?.port();
         let currency = TierRules::default().currency;
         let (announcements, _) = broadcast::channel(ANNOUNCEMENT_BUFFER);
+        let population = Arc::new(ResidentPopulation::new(ingestor.store().clone()));
         let live = ProfileProjection::new(ingestor.store().clone(), PROJECTION_BATCH)
             .with_segments(currency.clone())
-            .with_announcements(announcements.clone());
+            .with_announcements(announcements.clone())
+            .with_population(population.clone());
         let projection = tokio::spawn(live.clone().follow());
         let metrics = Metrics::new().map_err(std::io::Error::other)?;
         let commits = CommitQueue::start(ingestor);
@@ -143,6 +146,7 @@ impl Application {
             currency,
             announcements,
             metrics.clone(),
+            population,
         ));
         let state = Data::new(AppState {
             commits,
