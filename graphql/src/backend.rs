@@ -247,6 +247,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn customer_by_identifier(&self, kind: &str, value: &str) -> BackendResult<Option<Uuid>>;
     /// The read models of live customers, by id; ids without a profile are left out.
     async fn customers(&self, ids: &[Uuid]) -> BackendResult<HashMap<Uuid, CustomerRecord>>;
+    /// A page of every live customer in id order, after a customer; the total counted only
+    /// when `count` is set.
+    async fn list(
+        &self,
+        after: Option<Uuid>,
+        first: usize,
+        count: bool,
+    ) -> BackendResult<CustomerPage>;
     /// A page of live customers matching a segment rule (all if none), in `sort` order,
     /// skipping `offset`.
     async fn search(

@@ -85,7 +85,7 @@ pub async fn run_graphql_bench(
         "the store has no profiles: load data first (patron demo)"
     );
     let mut ids = store
-        .live_customer_offset_page(0, customers as usize)
+        .live_customer_page(None, customers as usize)
         .await
         .context("cannot read the customer ids")?;
     ids.shuffle(&mut rand::thread_rng());
@@ -126,7 +126,7 @@ pub async fn run_graphql_bench(
         )
         .await?,
     );
-    let pages = (customers / 50).max(1);
+    let page_ids = Arc::clone(&ids);
     scenarios.push(
         run(
             "page of 50 customers with tags and segments",
@@ -136,8 +136,9 @@ pub async fn run_graphql_bench(
             page_rate,
             seconds,
             move |rng| {
-                let offset = rng.gen_range(0..pages) as usize * 50;
-                let after = (offset > 0).then(|| patron_graphql::cursor::encode_offset(offset));
+                // A page after a random customer: as deep in the list as a cursor goes.
+                let after = page_ids[rng.gen_range(0..page_ids.len())];
+                let after = patron_graphql::cursor::encode_customer(after.as_uuid());
                 (PAGE_QUERY, json!({"after": after}))
             },
         )

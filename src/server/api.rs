@@ -186,6 +186,36 @@ impl Backend for StoreBackend {
         Ok(found)
     }
 
+    #[tracing::instrument(name = "api.list", skip(self))]
+    async fn list(
+        &self,
+        after: Option<Uuid>,
+        first: usize,
+        count: bool,
+    ) -> BackendResult<CustomerPage> {
+        let page = self
+            .store
+            .live_customer_page(after.map(CustomerId::from_uuid), first + 1)
+            .await
+            .map_err(store_error)?;
+        let total = if count {
+            Some(
+                self.store
+                    .live_customer_count()
+                    .await
+                    .map_err(store_error)?,
+            )
+        } else {
+            None
+        };
+        let has_more = page.len() > first;
+        Ok(CustomerPage {
+            ids: page.into_iter().take(first).map(|c| c.as_uuid()).collect(),
+            has_more,
+            total,
+        })
+    }
+
     #[tracing::instrument(name = "api.search", skip(self))]
     async fn search(
         &self,
@@ -194,25 +224,6 @@ impl Backend for StoreBackend {
         offset: usize,
         first: usize,
     ) -> BackendResult<CustomerPage> {
-        if rule.is_none() && sort == CustomerSort::Id {
-            // Read straight from the profiles table, a page at a time.
-            let page = self
-                .store
-                .live_customer_offset_page(offset, first + 1)
-                .await
-                .map_err(store_error)?;
-            let total = self
-                .store
-                .live_customer_count()
-                .await
-                .map_err(store_error)?;
-            let has_more = page.len() > first;
-            return Ok(CustomerPage {
-                ids: page.into_iter().take(first).map(|c| c.as_uuid()).collect(),
-                has_more,
-                total: Some(total),
-            });
-        }
         let rule = rule.map(parse_rule).transpose()?;
         let order = match sort {
             CustomerSort::Id => Order::Id,

@@ -143,21 +143,22 @@ impl EventStore {
     }
 
     /// A page of live (not merged away) customers with a profile, in customer order, after
-    /// skipping `offset` of them.
-    pub async fn live_customer_offset_page(
+    /// `after` (from the first without it).
+    pub async fn live_customer_page(
         &self,
-        offset: usize,
+        after: Option<CustomerId>,
         limit: usize,
     ) -> Result<Vec<CustomerId>> {
-        let sql = "SELECT customer_id FROM profiles WHERE merged_into IS NULL \
-                   ORDER BY customer_id LIMIT $1 OFFSET $2";
+        let sql =
+            "SELECT customer_id FROM profiles WHERE merged_into IS NULL AND customer_id > $1 \
+                   ORDER BY customer_id LIMIT $2";
+        let after = after.map_or(Uuid::nil(), |c| c.as_uuid());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
         let ids: Vec<Uuid> = reading!(self, pool => sqlx::query_scalar(sql)
-                    .bind(limit)
-                    .bind(offset)
-                    .fetch_all(pool)
-                    .await?);
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?);
         Ok(ids.into_iter().map(CustomerId::from_uuid).collect())
     }
 

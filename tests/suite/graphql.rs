@@ -443,6 +443,27 @@ async fn customers_are_filtered_by_rules_sorted_and_paged(t: &TestStore) {
     let in_order = ids.clone();
     ids.sort();
     assert_eq!(ids, in_order, "without a sort, customers come in id order");
+    // Paged two at a time, the same customers in the same order.
+    let mut paged = Vec::new();
+    let mut after = Value::Null;
+    loop {
+        let page = app
+            .graphql(
+                &viewer,
+                "query($after: String) { customers(first: 2, after: $after) { pageInfo { hasNextPage endCursor } edges { node { id } } } }",
+                json!({"after": after}),
+            )
+            .await;
+        let c = &page["customers"];
+        for edge in c["edges"].as_array().expect("edges") {
+            paged.push(edge["node"]["id"].as_str().expect("id").to_owned());
+        }
+        if c["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = c["pageInfo"]["endCursor"].clone();
+    }
+    assert_eq!(paged, in_order);
 
     let (code, message) = app
         .graphql_error(
