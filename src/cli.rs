@@ -327,6 +327,22 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000)]
         customers: usize,
     },
+    /// Projection lag under steady HTTP ingestion: a server on a scratch database is sent the
+    /// demo data set at a fixed rate while the profiles' lag is sampled every 100 ms.
+    Lag {
+        /// Run on PostgreSQL: a scratch database is created on this server and dropped afterwards.
+        #[arg(long)]
+        postgres_url: Option<String>,
+        /// Records per second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Records per request.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// GraphQL read latency on the store named by --database-url (load it first, for example
     /// with `patron demo --people 1000000 --touchpoints 2`): `customer(id)` for random
     /// customers at a fixed rate, then pages of 50 customers with their tags and segments.
@@ -653,6 +669,19 @@ impl Cli {
             }
             Command::Bench(BenchCommand::Membership { customers }) => {
                 bench_membership(&self.database_url, customers).await
+            }
+            Command::Bench(BenchCommand::Lag {
+                ref postgres_url,
+                rate,
+                batch,
+                seconds,
+            }) => {
+                let scratch = ScratchStore::create(postgres_url.as_deref(), None).await?;
+                let report =
+                    crate::bench::run_lag_bench(scratch.store.clone(), rate, batch, seconds).await;
+                scratch.finish(false).await?;
+                println!("{}", report?);
+                Ok(())
             }
             Command::Bench(BenchCommand::Graphql {
                 rate,

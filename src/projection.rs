@@ -23,8 +23,11 @@ use crate::population::ResidentPopulation;
 use crate::store::projection::{ProfileRow, ProfileTable};
 use crate::store::{EventStore, StoreError};
 
-/// How long the log must be quiet before a following projection catches up.
-pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a following projection looks at the log.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+/// The write rate (events per second, over the last [`FOLLOW_INTERVAL`]) above which a
+/// following projection defers to ingestion.
+pub const FOLLOW_DEFER_ABOVE: u64 = 20_000;
 /// How long a following projection defers to a stream of writes at most.
 pub const FOLLOW_DEFER_MAX: Duration = Duration::from_secs(30);
 
@@ -95,6 +98,8 @@ pub struct Lag {
     pub events: u64,
     /// Seconds since the oldest event not yet applied was stored (0 when caught up).
     pub seconds: i64,
+    /// The same in milliseconds.
+    pub millis: i64,
 }
 
 /// The customer profile projection.
@@ -313,12 +318,13 @@ impl ProfileProjection {
         Ok(at)
     }
 
-    /// Follows the log for as long as the task runs. Ingestion comes first: while events keep
-    /// arriving the projection waits, and catches up once the log has been quiet for
-    /// [`FOLLOW_INTERVAL`] or at the latest every [`FOLLOW_DEFER_MAX`], up to the head as it
-    /// then is (large batches cost least per event). Profiles therefore lag by about a second
-    /// when the load pauses, and by at most [`FOLLOW_DEFER_MAX`] plus one catch-up under
-    /// sustained load. Other processes' writes are seen by polling.
+    /// Follows the log for as long as the task runs, looking every [`FOLLOW_INTERVAL`] and
+    /// catching up to the head as it then is. Ingestion at full speed comes first: while the
+    /// log grows faster than [`FOLLOW_DEFER_ABOVE`] events/s the projection waits, catching up
+    /// once the rate drops or at the latest every [`FOLLOW_DEFER_MAX`] (large batches cost
+    /// least per event). Profiles therefore lag by a fraction of a second under ordinary
+    /// load, and by at most [`FOLLOW_DEFER_MAX`] plus one catch-up under a flood. Other
+    /// processes' writes are seen by polling.
     pub async fn follow(self) {
         loop {
             let round = async {
@@ -331,14 +337,17 @@ impl ProfileProjection {
                 tracing::error!(error = %err, code = err.code(), "the profile projection stopped a batch; retrying");
             }
             let last_round = tokio::time::Instant::now();
-            // Wait for the log to be quiet for a whole interval, or for the deferral to run out.
+            // Wait for events, then for the write rate to drop below the deferral threshold or
+            // for the deferral to run out.
+            let per_interval = FOLLOW_DEFER_ABOVE * FOLLOW_INTERVAL.as_millis() as u64 / 1_000;
             loop {
                 let before = self.store.head().await.unwrap_or(0);
                 tokio::time::sleep(FOLLOW_INTERVAL).await;
                 let after = self.store.head().await.unwrap_or(before);
                 let checkpoint = self.store.checkpoint(PROFILES).await.unwrap_or(after);
                 let pending = checkpoint < after;
-                if pending && (after == before || last_round.elapsed() >= FOLLOW_DEFER_MAX) {
+                let flooded = after.saturating_sub(before) > per_interval;
+                if pending && (!flooded || last_round.elapsed() >= FOLLOW_DEFER_MAX) {
                     break;
                 }
             }
@@ -376,15 +385,16 @@ impl ProfileProjection {
     pub async fn lag(&self) -> Result<Lag, ProjectionError> {
         let position = self.store.checkpoint(PROFILES).await?;
         let head = self.store.head().await?;
-        let seconds = match self.store.read_all(position, 1).await?.first() {
-            Some(next) => (Utc::now() - next.recorded_at).num_seconds().max(0),
+        let millis = match self.store.read_all(position, 1).await?.first() {
+            Some(next) => (Utc::now() - next.recorded_at).num_milliseconds().max(0),
             None => 0,
         };
         Ok(Lag {
             position,
             head,
             events: head.saturating_sub(position),
-            seconds,
+            seconds: millis / 1_000,
+            millis,
         })
     }
 

@@ -4,8 +4,10 @@
 //! runs on the reference machine are kept in `docs/benchmarks.md`.
 
 mod graphql;
+mod lag;
 
 pub use graphql::{run_graphql_bench, GraphqlBenchReport, Scenario};
+pub use lag::{run_lag_bench, LagBenchReport};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::web::{Data, Payload};
+use actix_web::web::{Bytes, Data, Payload};
 use actix_web::{HttpRequest, HttpResponse};
 use async_graphql::http::GraphiQLSource;
-use async_graphql_actix_web::{GraphQLRequest, GraphQLResponse, GraphQLSubscription};
+use async_graphql_actix_web::{GraphQLResponse, GraphQLSubscription};
 use futures::future::BoxFuture;
 use patron_graphql::{codes, prepare, ApiKey, Backend, Loaders};
 use serde_json::json;
@@ -52,13 +52,9 @@ async fn authenticate(backend: &Arc<dyn Backend>, secret: Option<&str>) -> Resul
     }
 }
 
-/// `POST /graphql`.
-#[tracing::instrument(name = "http.graphql", skip_all, fields(key, operation))]
-pub(crate) async fn post(
-    state: Data<AppState>,
-    http: HttpRequest,
-    request: GraphQLRequest,
-) -> HttpResponse {
+/// `POST /graphql`: a JSON body of at most [`super::MAX_BODY_BYTES`] (413 beyond).
+#[tracing::instrument(name = "http.graphql", skip_all, fields(key, operation, bytes = body.len()))]
+pub(crate) async fn post(state: Data<AppState>, http: HttpRequest, body: Bytes) -> HttpResponse {
     let secret = http
         .headers()
         .get(AUTHORIZATION)
@@ -70,7 +66,17 @@ pub(crate) async fn post(
     };
     let span = tracing::Span::current();
     span.record("key", key.name.as_str());
-    let request = request.into_inner();
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return HttpResponse::BadRequest().json(json!({
+                "errors": [{
+                    "message": format!("the body is not a GraphQL request in JSON: {e}"),
+                    "extensions": {"code": "MALFORMED_REQUEST"}
+                }]
+            }))
+        }
+    };
     if let Some(operation) = &request.operation_name {
         span.record("operation", operation.as_str());
     }

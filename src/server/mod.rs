@@ -66,8 +66,18 @@ pub const DEFAULT_READY_LAG_SECONDS: i64 = 120;
 pub struct Application {
     port: u16,
     server: Server,
-    /// The profile projection following the log while the server runs.
-    projection: tokio::task::JoinHandle<()>,
+    /// The profile projection following the log while the server runs; stopped with it, or
+    /// when the server is dropped unstarted or aborted.
+    projection: StopOnDrop,
+}
+
+/// A background task stopped when its handle is dropped.
+struct StopOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What the handlers share.
@@ -138,7 +148,7 @@ impl Application {
             .with_segments(currency.clone())
             .with_announcements(announcements.clone())
             .with_population(population.clone());
-        let projection = tokio::spawn(live.clone().follow());
+        let projection = StopOnDrop(tokio::spawn(live.clone().follow()));
         let metrics = Metrics::new().map_err(std::io::Error::other)?;
         let commits = CommitQueue::start(ingestor);
         let backend: Arc<dyn Backend> = Arc::new(StoreBackend::new(
@@ -218,7 +228,7 @@ impl Application {
     /// Serves until stopped by a signal, finishing the requests in flight.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
-        self.projection.abort();
+        drop(self.projection);
         served
     }
 }

@@ -736,6 +736,29 @@ async fn admins_erase_customers_and_operators_read_the_quarantine(t: &TestStore)
 async fn expensive_queries_are_refused(t: &TestStore) {
     let app = spawn_app(t);
     let viewer = key(t, "viewer").await;
+    // A body beyond 10 MiB is refused before it is read whole.
+    let huge = format!(
+        "{{\"query\": \"{{ me {{ name }} }}\", \"pad\": \"{}\"}}",
+        "x".repeat(11 << 20)
+    );
+    let response = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .bearer_auth(&viewer)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 413);
+    let (status, body) = app
+        .graphql_status(Some(&viewer), "{ me { name", json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        body["errors"][0]["message"].as_str().is_some(),
+        "a syntax error is answered: {body}"
+    );
     let (_, body) = app
         .graphql_status(
             Some(&viewer),
