@@ -25,9 +25,11 @@ use crate::store::{EventStore, StoreError};
 
 /// How often a following projection looks at the log.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
-/// The write rate (events per second, over the last [`FOLLOW_INTERVAL`]) above which a
+/// The write rate (events per second, over the last [`FOLLOW_RATE_WINDOW`]) above which a
 /// following projection defers to ingestion.
 pub const FOLLOW_DEFER_ABOVE: u64 = 20_000;
+/// The window the write rate is measured over.
+pub const FOLLOW_RATE_WINDOW: Duration = Duration::from_secs(1);
 /// How long a following projection defers to a stream of writes at most.
 pub const FOLLOW_DEFER_MAX: Duration = Duration::from_secs(30);
 
@@ -320,7 +322,8 @@ impl ProfileProjection {
 
     /// Follows the log for as long as the task runs, looking every [`FOLLOW_INTERVAL`] and
     /// catching up to the head as it then is. Ingestion at full speed comes first: while the
-    /// log grows faster than [`FOLLOW_DEFER_ABOVE`] events/s the projection waits, catching up
+    /// log grows faster than [`FOLLOW_DEFER_ABOVE`] events/s (over the last
+    /// [`FOLLOW_RATE_WINDOW`]) the projection waits, catching up
     /// once the rate drops or at the latest every [`FOLLOW_DEFER_MAX`] (large batches cost
     /// least per event). Profiles therefore lag by a fraction of a second under ordinary
     /// load, and by at most [`FOLLOW_DEFER_MAX`] plus one catch-up under a flood. Other
@@ -339,14 +342,29 @@ impl ProfileProjection {
             let last_round = tokio::time::Instant::now();
             // Wait for events, then for the write rate to drop below the deferral threshold or
             // for the deferral to run out.
-            let per_interval = FOLLOW_DEFER_ABOVE * FOLLOW_INTERVAL.as_millis() as u64 / 1_000;
+            let mut heads: std::collections::VecDeque<(tokio::time::Instant, Position)> =
+                std::collections::VecDeque::new();
             loop {
-                let before = self.store.head().await.unwrap_or(0);
+                let now = tokio::time::Instant::now();
+                if let Ok(head) = self.store.head().await {
+                    heads.push_back((now, head));
+                }
+                while heads
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) > FOLLOW_RATE_WINDOW)
+                {
+                    heads.pop_front();
+                }
                 tokio::time::sleep(FOLLOW_INTERVAL).await;
-                let after = self.store.head().await.unwrap_or(before);
+                let Ok(after) = self.store.head().await else {
+                    continue;
+                };
                 let checkpoint = self.store.checkpoint(PROFILES).await.unwrap_or(after);
                 let pending = checkpoint < after;
-                let flooded = after.saturating_sub(before) > per_interval;
+                let flooded = heads.front().is_some_and(|(at, before)| {
+                    let seconds = at.elapsed().as_secs_f64().max(0.001);
+                    after.saturating_sub(*before) as f64 / seconds > FOLLOW_DEFER_ABOVE as f64
+                });
                 if pending && (!flooded || last_round.elapsed() >= FOLLOW_DEFER_MAX) {
                     break;
                 }
