@@ -236,6 +236,19 @@ pub enum SegmentCommand {
         name: String,
         /// Its rule.
         rule: String,
+        /// The consent purpose the segment is for (marketing_sms, marketing_email, push,
+        /// profiling): only customers who consent to it are members.
+        #[arg(long)]
+        purpose: Option<String>,
+    },
+    /// Write a segment's members as CSV (customer_id, tier, stage; no personal data), leaving
+    /// out customers without consent for `--purpose` when given.
+    Export {
+        /// The segment's name.
+        name: String,
+        /// Only customers who consent to this purpose.
+        #[arg(long)]
+        purpose: Option<String>,
     },
     /// Delete a segment and its members (its log of entries and exits stays).
     Delete {
@@ -523,12 +536,17 @@ impl Cli {
                 let as_of = as_of.map_or_else(chrono::Utc::now, |t| t.to_utc());
                 score(&self.database_url, &rules, as_of, json).await
             }
-            Command::Segment(SegmentCommand::Save { ref name, ref rule }) => {
+            Command::Segment(SegmentCommand::Save {
+                ref name,
+                ref rule,
+                ref purpose,
+            }) => {
                 anyhow::ensure!(!name.trim().is_empty(), "a segment needs a name");
                 Rule::parse(rule).map_err(|e| anyhow::anyhow!("the rule is invalid: {e}"))?;
+                let purpose = purpose.as_deref().map(consent_purpose).transpose()?;
                 let store = open(&self.database_url).await?;
                 let created = store
-                    .save_segment(name, rule, chrono::Utc::now())
+                    .save_segment_for(name, rule, purpose, chrono::Utc::now())
                     .await
                     .context("cannot save the segment")?;
                 store.close().await;
@@ -537,6 +555,16 @@ impl Cli {
                     if created { "created" } else { "updated" }
                 );
                 Ok(())
+            }
+            Command::Segment(SegmentCommand::Export {
+                ref name,
+                ref purpose,
+            }) => {
+                let purpose = purpose.as_deref().map(consent_purpose).transpose()?;
+                let store = open(&self.database_url).await?;
+                let exported = export_segment(&store, name, purpose).await;
+                store.close().await;
+                exported
             }
             Command::Segment(SegmentCommand::Delete { ref name }) => {
                 let store = open(&self.database_url).await?;
@@ -1259,6 +1287,83 @@ async fn bench_http(
     scratch.finish(false).await?;
     let report = report?;
     println!("{report}");
+    Ok(())
+}
+
+/// The consent purpose named `name`, checked.
+fn consent_purpose(name: &str) -> Result<&str> {
+    patron_graphql::backend::Purpose::parse(name)
+        .map(|p| p.as_str())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown purpose {name:?}: expected marketing_sms, marketing_email, push or profiling"
+            )
+        })
+}
+
+/// Writes a segment's members as CSV to standard output: those who consent to `purpose`, when
+/// given, with their tier and stage.
+async fn export_segment(store: &EventStore, name: &str, purpose: Option<&str>) -> Result<()> {
+    use patron_domain::touchpoint::ConsentPurpose;
+    anyhow::ensure!(
+        store
+            .segment_rules()
+            .await
+            .context("cannot read the segments")?
+            .iter()
+            .any(|(n, _)| n == name),
+        "no segment named {name}"
+    );
+    let purpose: Option<ConsentPurpose> = purpose
+        .map(|p| serde_json::from_value(serde_json::Value::String(p.to_owned())))
+        .transpose()
+        .context("the purpose")?;
+    let mut writer = csv::Writer::from_writer(std::io::stdout().lock());
+    writer.write_record(["customer_id", "tier", "stage"])?;
+    let mut after = None;
+    let (mut written, mut left_out) = (0u64, 0u64);
+    loop {
+        let page = store
+            .segment_member_page(name, after, 1_000)
+            .await
+            .context("cannot read the members")?;
+        let Some(last) = page.last().copied() else {
+            break;
+        };
+        after = Some(last);
+        let scores = store
+            .scores_of(&page)
+            .await
+            .context("cannot read the scores")?;
+        let profiles = store
+            .load_profiles(crate::store::projection::ProfileTable::Live, &page)
+            .await
+            .context("cannot read the profiles")?;
+        for customer in page {
+            if let Some(purpose) = purpose {
+                let consents = profiles
+                    .get(&customer)
+                    .and_then(|state| {
+                        serde_json::from_str::<patron_projections::profile::Profile>(state).ok()
+                    })
+                    .and_then(|p| p.consent.get(&purpose).map(|c| c.granted))
+                    .unwrap_or(false);
+                if !consents {
+                    left_out += 1;
+                    continue;
+                }
+            }
+            let score = scores.get(&customer);
+            writer.write_record([
+                customer.to_string(),
+                score.map(|s| s.tier.clone()).unwrap_or_default(),
+                score.map(|s| s.stage.clone()).unwrap_or_default(),
+            ])?;
+            written += 1;
+        }
+    }
+    writer.flush()?;
+    eprintln!("{written} customers exported; {left_out} left out without consent");
     Ok(())
 }
 

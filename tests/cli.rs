@@ -382,3 +382,193 @@ fn settings_come_from_the_configuration_file_unless_the_environment_gives_them()
         "{message}"
     );
 }
+
+/// Stopping the server with SIGTERM while clients are sending loses no record it answered as
+/// accepted: requests in flight are finished and committed before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_keeps_every_record_it_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("patron.db").display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_patron"))
+        .args(["serve", "--address", &address])
+        .env("PATRON_DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start patron serve");
+    let client = reqwest::Client::new();
+    let base = format!("http://{address}");
+    let mut up = false;
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "the server came up");
+
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let client = client.clone();
+        let base = base.clone();
+        clients.push(tokio::spawn(async move {
+            let mut accepted: Vec<String> = Vec::new();
+            for round in 0.. {
+                let body: String = (0..100)
+                    .map(|i| {
+                        serde_json::json!({
+                            "event_id": uuid::Uuid::new_v4().to_string(),
+                            "type": "page_viewed", "channel": "web", "source": "site",
+                            "occurred_at": "2026-03-08T09:30:15+08:00",
+                            "identifiers": {"cookie": format!("ck-{c}-{round}-{i}")},
+                            "url": "/home"
+                        })
+                        .to_string()
+                            + "\n"
+                    })
+                    .collect();
+                let Ok(response) = client
+                    .post(format!("{base}/v1/events"))
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await
+                else {
+                    break;
+                };
+                let Ok(answer) = response.json::<serde_json::Value>().await else {
+                    break;
+                };
+                for record in answer["records"].as_array().into_iter().flatten() {
+                    if record["status"] == "accepted" {
+                        accepted.push(record["event_id"].as_str().unwrap_or_default().to_owned());
+                    }
+                }
+            }
+            accepted
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = server.wait().expect("the server exits");
+    assert!(status.success(), "a clean exit on SIGTERM: {status}");
+    let mut accepted = Vec::new();
+    for c in clients {
+        accepted.extend(c.await.unwrap());
+    }
+    assert!(
+        accepted.len() >= 100,
+        "records were accepted before the stop"
+    );
+
+    let store = patron::store::EventStore::connect(&url).await.unwrap();
+    let ids: Vec<patron_domain::EventId> = accepted
+        .iter()
+        .map(|id| patron_domain::EventId::from_uuid(id.parse().expect("an event id")))
+        .collect();
+    let found = store.find_events(&ids).await.unwrap();
+    assert_eq!(found.len(), ids.len(), "every accepted record is stored");
+    store.close().await;
+}
+
+#[test]
+fn a_segment_export_for_a_purpose_leaves_out_customers_without_consent() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("patron.db").display());
+    let file = dir.path().join("records.ndjson");
+    let record = |phone: &str, kind: &str, extra: serde_json::Value| {
+        let mut r = serde_json::json!({
+            "event_id": uuid::Uuid::new_v4().to_string(), "type": kind,
+            "channel": "mini_program", "source": "mp", "occurred_at": "2026-03-01T10:00:00+08:00",
+            "identifiers": {"phone": phone}
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        r.to_string()
+    };
+    let lines = [
+        record(
+            "13100000001",
+            "consent_changed",
+            serde_json::json!({"purpose": "marketing_sms", "granted": true}),
+        ),
+        record(
+            "13100000002",
+            "consent_changed",
+            serde_json::json!({"purpose": "marketing_sms", "granted": false}),
+        ),
+        record(
+            "13100000003",
+            "screen_viewed",
+            serde_json::json!({"screen": "home"}),
+        ),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = patron(&["import", file.to_str().unwrap()], &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = patron(&["segment", "save", "everyone", "touchpoints >= 1"], &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = patron(&["segment", "refresh"], &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let all = patron(&["segment", "export", "everyone"], &url);
+    assert!(
+        all.status.success(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+    let all = String::from_utf8(all.stdout).unwrap();
+    assert_eq!(
+        all.lines().count(),
+        4,
+        "a header and three customers: {all}"
+    );
+    assert!(all.starts_with("customer_id,tier,stage"));
+
+    let sms = patron(
+        &[
+            "segment",
+            "export",
+            "everyone",
+            "--purpose",
+            "marketing_sms",
+        ],
+        &url,
+    );
+    assert!(sms.status.success());
+    let sms_csv = String::from_utf8(sms.stdout).unwrap();
+    assert_eq!(
+        sms_csv.lines().count(),
+        2,
+        "only the customer who consents: {sms_csv}"
+    );
+    assert!(String::from_utf8_lossy(&sms.stderr).contains("2 left out without consent"));
+
+    let bad = patron(&["segment", "export", "everyone", "--purpose", "fax"], &url);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("marketing_sms"));
+}

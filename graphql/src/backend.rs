@@ -106,6 +106,8 @@ pub struct SegmentRecord {
     pub name: String,
     /// Its rule.
     pub rule: String,
+    /// The consent purpose it is for, if any.
+    pub purpose: Option<Purpose>,
     /// Members as of the last refresh.
     pub size: u64,
 }
@@ -279,8 +281,13 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BackendResult<Vec<Uuid>>;
     /// How many live customers a rule selects now, without saving it.
     async fn preview_segment(&self, rule: &str) -> BackendResult<u64>;
-    /// Saves a segment (new or changed rule) and computes its members.
-    async fn save_segment(&self, name: &str, rule: &str) -> BackendResult<SegmentRecord>;
+    /// Saves a segment (new or changed rule and purpose) and computes its members.
+    async fn save_segment(
+        &self,
+        name: &str,
+        rule: &str,
+        purpose: Option<Purpose>,
+    ) -> BackendResult<SegmentRecord>;
     /// Deletes a segment; `false` if there was none.
     async fn delete_segment(&self, name: &str) -> BackendResult<bool>;
     /// Live customers per value of a dimension.
@@ -301,6 +308,44 @@ pub trait Backend: Send + Sync + 'static {
     async fn keys(&self) -> BackendResult<Vec<ApiKey>>;
     /// Changes as they happen: profiles updated and segment entries and exits.
     fn changes(&self) -> BoxStream<'static, Change>;
+}
+
+/// A purpose customers consent to (or not), as the consent events name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, async_graphql::Enum)]
+#[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
+pub enum Purpose {
+    /// Marketing text messages.
+    MarketingSms,
+    /// Marketing email.
+    MarketingEmail,
+    /// Push notifications.
+    Push,
+    /// Building a profile from behaviour.
+    Profiling,
+}
+
+impl Purpose {
+    /// The purpose's name in events and rules (`marketing_sms`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MarketingSms => "marketing_sms",
+            Self::MarketingEmail => "marketing_email",
+            Self::Push => "push",
+            Self::Profiling => "profiling",
+        }
+    }
+
+    /// The purpose named `name`, if it is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::MarketingSms,
+            Self::MarketingEmail,
+            Self::Push,
+            Self::Profiling,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == name)
+    }
 }
 
 /// A dimension customers are counted by.

@@ -4,7 +4,7 @@ use async_graphql::{Context, Json, Object, Result, SimpleObject, ID};
 use serde_json::Value;
 
 use crate::access::{api_error, codes, require, ApiKey, Role};
-use crate::backend::{ErasureRecord, IngestAnswer};
+use crate::backend::{ErasureRecord, IngestAnswer, Purpose};
 use crate::backend_error;
 use crate::query::{backend, parse_id, Segment};
 
@@ -89,13 +89,15 @@ pub struct Mutation;
 
 #[Object]
 impl Mutation {
-    /// Saves a new segment and computes its members (analyst role). `CONFLICT` if the name
-    /// is taken; `INVALID_RULE` with the bad part pointed at.
+    /// Saves a new segment and computes its members (analyst role). With a `purpose`, only
+    /// customers who consent to it are members. `CONFLICT` if the name is taken;
+    /// `INVALID_RULE` with the bad part pointed at.
     async fn create_segment(
         &self,
         ctx: &Context<'_>,
         name: String,
         rule: String,
+        purpose: Option<Purpose>,
     ) -> Result<Segment> {
         require(ctx, Role::Analyst)?;
         let backend = backend(ctx)?;
@@ -114,18 +116,19 @@ impl Mutation {
         check_name(&name)?;
         Ok(Segment(
             backend
-                .save_segment(&name, &rule)
+                .save_segment(&name, &rule, purpose)
                 .await
                 .map_err(backend_error)?,
         ))
     }
 
-    /// Changes a segment's rule and recomputes its members (analyst role).
+    /// Changes a segment's rule and purpose and recomputes its members (analyst role).
     async fn update_segment(
         &self,
         ctx: &Context<'_>,
         name: String,
         rule: String,
+        purpose: Option<Purpose>,
     ) -> Result<Segment> {
         require(ctx, Role::Analyst)?;
         let backend = backend(ctx)?;
@@ -143,7 +146,7 @@ impl Mutation {
         }
         Ok(Segment(
             backend
-                .save_segment(&name, &rule)
+                .save_segment(&name, &rule, purpose)
                 .await
                 .map_err(backend_error)?,
         ))

@@ -7,7 +7,9 @@ use async_graphql::{Context, Object, Result, SimpleObject, ID};
 use uuid::Uuid;
 
 use crate::access::{api_error, codes, require, ApiKey, Role};
-use crate::backend::{Backend, Bucket, CustomerSort, Dimension, QuarantineRecord, SegmentRecord};
+use crate::backend::{
+    Backend, Bucket, CustomerSort, Dimension, Purpose, QuarantineRecord, SegmentRecord,
+};
 use crate::customer::{page_complexity, page_size, Customer};
 use crate::{backend_error, cursor};
 
@@ -47,6 +49,11 @@ impl Segment {
     /// Its rule, in the segment rule language.
     async fn rule(&self) -> &str {
         &self.0.rule
+    }
+
+    /// The consent purpose it is for: only customers who consent to it are members.
+    async fn purpose(&self) -> Option<Purpose> {
+        self.0.purpose
     }
 
     /// Members as of the last refresh (kept current as events arrive).

@@ -10,7 +10,7 @@ use futures::stream::{BoxStream, StreamExt};
 use patron_domain::customer::CustomerId;
 use patron_graphql::backend::{
     Bucket, Change, CustomerPage, CustomerRecord, CustomerSort, Dimension, ErasureRecord,
-    HistoryEvent, IngestAnswer, MembershipChange, NewApiKey, QuarantineRecord, Scores,
+    HistoryEvent, IngestAnswer, MembershipChange, NewApiKey, Purpose, QuarantineRecord, Scores,
     SegmentRecord,
 };
 use patron_graphql::{ApiKey, Backend, BackendError, BackendResult, Role};
@@ -30,6 +30,7 @@ use crate::segmentation;
 use crate::store::access::{AccessEntry, StoredKey};
 use crate::store::projection::ProfileTable;
 use crate::store::scores::{ScoreColumn, ScoreRow};
+use crate::store::segments::consented;
 use crate::store::{EventStore, StoreError};
 
 use super::Metrics;
@@ -310,6 +311,7 @@ impl Backend for StoreBackend {
             .map_err(store_error)?
             .into_iter()
             .map(|s| SegmentRecord {
+                purpose: s.purpose.as_deref().and_then(Purpose::parse),
                 name: s.name,
                 rule: s.rule,
                 size: s.members,
@@ -341,15 +343,25 @@ impl Backend for StoreBackend {
     }
 
     #[tracing::instrument(name = "api.save_segment", skip(self))]
-    async fn save_segment(&self, name: &str, rule: &str) -> BackendResult<SegmentRecord> {
+    async fn save_segment(
+        &self,
+        name: &str,
+        rule: &str,
+        purpose: Option<Purpose>,
+    ) -> BackendResult<SegmentRecord> {
         let parsed = parse_rule(rule)?;
         let now = Utc::now();
+        let purpose = purpose.map(Purpose::as_str);
         self.store
-            .save_segment(name, parsed.text(), now)
+            .save_segment_for(name, parsed.text(), purpose, now)
             .await
             .map_err(store_error)?;
+        let judged = match purpose {
+            Some(purpose) => parse_rule(&consented(parsed.text(), purpose))?,
+            None => parsed,
+        };
         let population = self.population.read().await.map_err(projection_error)?;
-        segmentation::refresh_one(&self.store, &population, name, &parsed, &self.currency, now)
+        segmentation::refresh_one(&self.store, &population, name, &judged, &self.currency, now)
             .await
             .map_err(projection_error)?;
         drop(population);

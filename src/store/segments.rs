@@ -21,6 +21,8 @@ pub struct SavedSegment {
     pub name: String,
     /// Its rule, as written.
     pub rule: String,
+    /// The consent purpose it is for, if any: only customers who consent to it are members.
+    pub purpose: Option<String>,
     /// Members as of the last refresh.
     pub members: u64,
 }
@@ -34,6 +36,11 @@ pub struct SegmentChange {
     pub entered: bool,
     /// The refresh that saw it.
     pub at: DateTime<Utc>,
+}
+
+/// `rule` restricted to customers who consent to `purpose`.
+pub fn consented(rule: &str, purpose: &str) -> String {
+    format!("({rule}) and consent.{purpose} = true")
 }
 
 fn micros(at: DateTime<Utc>) -> i64 {
@@ -203,16 +210,32 @@ impl EventStore {
         Ok(applied)
     }
 
-    /// Saves a segment, or replaces the rule of the one with that name; returns whether it was
-    /// new. A replaced rule keeps the members until the next refresh.
+    /// Saves a segment with no purpose, or replaces the rule of the one with that name; returns
+    /// whether it was new. A replaced rule keeps the members until the next refresh.
     pub async fn save_segment(&self, name: &str, rule: &str, at: DateTime<Utc>) -> Result<bool> {
-        let sql = "INSERT INTO segments (name, rule, created_at, updated_at) VALUES ($1, $2, $3, $3) \
-                   ON CONFLICT (name) DO UPDATE SET rule = excluded.rule, updated_at = excluded.updated_at \
+        self.save_segment_for(name, rule, None, at).await
+    }
+
+    /// Saves a segment for a consent `purpose` (`marketing_sms`, ...; only customers who
+    /// consent to it are members), or replaces the rule and purpose of the one with that name;
+    /// returns whether it was new.
+    pub async fn save_segment_for(
+        &self,
+        name: &str,
+        rule: &str,
+        purpose: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let sql = "INSERT INTO segments (name, rule, purpose, created_at, updated_at) \
+                   VALUES ($1, $2, $3, $4, $4) \
+                   ON CONFLICT (name) DO UPDATE SET rule = excluded.rule, purpose = excluded.purpose, \
+                   updated_at = excluded.updated_at \
                    RETURNING created_at = updated_at";
         let created: bool = writing!(self, pool => {
             sqlx::query_scalar(sql)
                 .bind(name)
                 .bind(rule)
+                .bind(purpose)
                 .bind(micros(at))
                 .fetch_one(pool)
                 .await?
@@ -240,24 +263,37 @@ impl EventStore {
 
     /// Every saved segment, by name, with its member count.
     pub async fn segments(&self) -> Result<Vec<SavedSegment>> {
-        let sql = "SELECT s.name, s.rule, (SELECT count(*) FROM segment_members m \
+        let sql = "SELECT s.name, s.rule, s.purpose, (SELECT count(*) FROM segment_members m \
                    WHERE m.segment = s.name) FROM segments s ORDER BY s.name";
-        let rows: Vec<(String, String, i64)> =
+        let rows: Vec<(String, String, Option<String>, i64)> =
             writing!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
         Ok(rows
             .into_iter()
-            .map(|(name, rule, members)| SavedSegment {
+            .map(|(name, rule, purpose, members)| SavedSegment {
                 name,
                 rule,
+                purpose,
                 members: u64::try_from(members).unwrap_or(0),
             })
             .collect())
     }
 
-    /// Every saved segment's name and rule, by name (without counting members).
+    /// Every saved segment's name and the rule its members are judged by, by name (without
+    /// counting members): a segment for a purpose also requires consent to it.
     pub async fn segment_rules(&self) -> Result<Vec<(String, String)>> {
-        let sql = "SELECT name, rule FROM segments ORDER BY name";
-        Ok(writing!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+        let sql = "SELECT name, rule, purpose FROM segments ORDER BY name";
+        let rows: Vec<(String, String, Option<String>)> =
+            writing!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(name, rule, purpose)| {
+                let rule = match purpose {
+                    Some(purpose) => consented(&rule, &purpose),
+                    None => rule,
+                };
+                (name, rule)
+            })
+            .collect())
     }
 
     /// A segment's members as of the last refresh.

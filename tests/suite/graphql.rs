@@ -900,7 +900,96 @@ async fn metrics_and_readiness_report_the_server(t: &TestStore) {
     assert!(text.contains("patron_projection_lag_events 0"), "{text}");
 }
 
+fn consent(phone: &str, at: &str, granted: bool) -> Value {
+    record(
+        "consent_changed",
+        "mini_program",
+        at,
+        json!({"phone": phone}),
+        json!({"purpose": "marketing_sms", "granted": granted}),
+    )
+}
+
+async fn segments_for_a_purpose_hold_only_customers_who_consent(t: &TestStore) {
+    let app = spawn_app(t);
+    let operator = key(t, "operator").await;
+    let analyst = key(t, "analyst").await;
+    let answers = ingest(
+        &app,
+        t,
+        &operator,
+        vec![
+            order("store", "2026-03-01T10:00:00+08:00", "13200000001", 100),
+            consent("13200000001", "2026-03-01T11:00:00+08:00", true),
+            order("store", "2026-03-01T10:00:00+08:00", "13200000002", 100),
+            consent("13200000002", "2026-03-01T11:00:00+08:00", false),
+            order("store", "2026-03-01T10:00:00+08:00", "13200000003", 100),
+        ],
+    )
+    .await;
+    let (a, b) = (
+        answers[0]["customer"].as_str().expect("id").to_owned(),
+        answers[2]["customer"].as_str().expect("id").to_owned(),
+    );
+    let created = app
+        .graphql(
+            &analyst,
+            "mutation { createSegment(name: \"sms\", rule: \"orders >= 1\", purpose: MARKETING_SMS) { purpose size members { edges { node { id } } } } }",
+            json!({}),
+        )
+        .await;
+    let segment = &created["createSegment"];
+    assert_eq!(segment["purpose"], "MARKETING_SMS");
+    assert_eq!(
+        segment["size"], 1,
+        "only the customer who consents: {segment}"
+    );
+    assert_eq!(segment["members"]["edges"][0]["node"]["id"], a);
+
+    // The second customer consents later: they enter as the projection applies it.
+    app.graphql(
+        &operator,
+        INGEST,
+        json!({"records": [consent("13200000002", "2026-03-05T11:00:00+08:00", true)]}),
+    )
+    .await;
+    ProfileProjection::new(t.store.clone(), 1_000)
+        .with_segments("CNY")
+        .catch_up()
+        .await
+        .expect("catch up");
+    let read = app
+        .graphql(
+            &analyst,
+            "{ segment(name: \"sms\") { size members { edges { node { id } } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(read["segment"]["size"], 2);
+    let members: Vec<&str> = read["segment"]["members"]["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .filter_map(|e| e["node"]["id"].as_str())
+        .collect();
+    assert!(members.contains(&a.as_str()) && members.contains(&b.as_str()));
+
+    // Without the purpose, the same rule holds all three.
+    let updated = app
+        .graphql(
+            &analyst,
+            "mutation { updateSegment(name: \"sms\", rule: \"orders >= 1\") { purpose size } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        updated["updateSegment"],
+        json!({"purpose": null, "size": 3})
+    );
+}
+
 crate::on_both_stores!(
+    segments_for_a_purpose_hold_only_customers_who_consent,
     requests_without_a_live_key_are_refused,
     personal_data_is_masked_for_viewers_and_logged_for_operators,
     customers_resolve_by_identifier_and_through_merges,
