@@ -4,6 +4,7 @@
 mod helpers;
 
 mod append;
+mod batching;
 mod concurrency;
 mod graphql;
 mod http;
