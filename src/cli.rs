@@ -104,10 +104,11 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Serve the HTTP API (ingestion at POST /v1/events, /healthz, /readyz) until stopped.
+    /// Serve the GraphQL API (/graphql), ingestion (POST /v1/events and the Segment-shaped
+    /// endpoints), /healthz, /readyz and /metrics until stopped.
     Serve {
-        /// The address to listen on. GraphQL needs an API key (`patron keys create`); the
-        /// ingestion endpoint `/v1/events` does not yet: keep it on a private address.
+        /// The address to listen on. GraphQL and `/v1/events` take API keys (`patron keys
+        /// create`); the Segment-shaped endpoints take write keys (`--write-key`).
         #[arg(long, env = "PATRON_ADDRESS", default_value = "127.0.0.1:8080")]
         address: String,
         /// `/readyz` answers 503 while the profiles lag the log by more than this, seconds.
@@ -284,8 +285,9 @@ pub enum KeysCommand {
     Master,
     /// Create an API key and print its secret (shown this once; only its hash is stored).
     Create {
-        /// What it may do: viewer (personal data masked), analyst (segments), operator
-        /// (personal data, quarantine, ingestion, corrections) or admin (erasure, keys).
+        /// What it may do: ingest (POST /v1/events only), viewer (reads, personal data
+        /// masked), analyst (segments), operator (personal data, quarantine, ingestion) or
+        /// admin (erasure, keys).
         #[arg(long)]
         role: patron_graphql::Role,
         /// A name for people, for example `marketing-ui`.

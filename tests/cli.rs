@@ -336,7 +336,9 @@ fn api_keys_are_created_listed_and_revoked_and_only_their_hash_is_stored() {
 
     let bad = patron(&["keys", "create", "--role", "root", "--name", "x"], &url);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("viewer, analyst, operator or admin"));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("ingest, viewer, analyst, operator or admin")
+    );
 }
 
 #[test]
@@ -395,6 +397,16 @@ async fn a_stopped_server_keeps_every_record_it_accepted() {
         .unwrap()
         .port();
     let address = format!("127.0.0.1:{port}");
+    let out = patron(
+        &["keys", "create", "--role", "ingest", "--name", "pos"],
+        &url,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_patron"))
         .args(["serve", "--address", &address])
         .env("PATRON_DATABASE_URL", &url)
@@ -418,6 +430,7 @@ async fn a_stopped_server_keeps_every_record_it_accepted() {
     for c in 0..4 {
         let client = client.clone();
         let base = base.clone();
+        let key = key.clone();
         clients.push(tokio::spawn(async move {
             let mut accepted: Vec<String> = Vec::new();
             for round in 0.. {
@@ -436,6 +449,7 @@ async fn a_stopped_server_keeps_every_record_it_accepted() {
                     .collect();
                 let Ok(response) = client
                     .post(format!("{base}/v1/events"))
+                    .bearer_auth(&key)
                     .header("content-type", "application/x-ndjson")
                     .body(body)
                     .send()

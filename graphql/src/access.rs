@@ -1,9 +1,11 @@
 //! Who is calling and what they may do: API keys, roles and the API's stable error codes.
 //!
-//! Roles are ordered; each may do what the ones below it may:
+//! Roles are ordered; each may do what the ones below it may, except that only `ingest`,
+//! `operator` and `admin` keys may send touchpoints to `POST /v1/events`:
 //!
 //! | role | may |
 //! |---|---|
+//! | `ingest` | send touchpoints to `POST /v1/events`, nothing else (for POS, shop and app back ends) |
 //! | `viewer` | read profiles, segments and distributions, personal data masked |
 //! | `analyst` | also create, change and delete segments |
 //! | `operator` | also read personal data unmasked (logged), the quarantine, ingest |
@@ -20,6 +22,8 @@ use uuid::Uuid;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, async_graphql::Enum)]
 #[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
 pub enum Role {
+    /// Sends touchpoints to `POST /v1/events`; reads nothing.
+    Ingest,
     /// Reads, personal data masked.
     Viewer,
     /// Reads; manages segments.
@@ -34,11 +38,17 @@ impl Role {
     /// The role's name, as the CLI and the database write it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Ingest => "ingest",
             Self::Viewer => "viewer",
             Self::Analyst => "analyst",
             Self::Operator => "operator",
             Self::Admin => "admin",
         }
+    }
+
+    /// Whether this role may send touchpoints to `POST /v1/events`.
+    pub fn may_ingest(self) -> bool {
+        self == Self::Ingest || self >= Self::Operator
     }
 
     /// Whether this role reads personal data unmasked.
@@ -55,7 +65,7 @@ impl fmt::Display for Role {
 
 /// A role name that is not one.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?}: expected viewer, analyst, operator or admin")]
+#[error("unknown role {0:?}: expected ingest, viewer, analyst, operator or admin")]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
@@ -63,6 +73,7 @@ impl FromStr for Role {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "ingest" => Ok(Self::Ingest),
             "viewer" => Ok(Self::Viewer),
             "analyst" => Ok(Self::Analyst),
             "operator" => Ok(Self::Operator),
@@ -125,7 +136,13 @@ mod tests {
 
     #[test]
     fn roles_are_ordered_and_round_trip_their_names() {
-        let all = [Role::Viewer, Role::Analyst, Role::Operator, Role::Admin];
+        let all = [
+            Role::Ingest,
+            Role::Viewer,
+            Role::Analyst,
+            Role::Operator,
+            Role::Admin,
+        ];
         for pair in all.windows(2) {
             assert!(pair[0] < pair[1]);
         }
@@ -134,6 +151,8 @@ mod tests {
         }
         assert!("root".parse::<Role>().is_err());
         assert!(!Role::Analyst.sees_personal_data());
+        assert!(Role::Ingest.may_ingest() && Role::Operator.may_ingest());
+        assert!(!Role::Viewer.may_ingest() && !Role::Analyst.may_ingest());
         assert!(Role::Operator.sees_personal_data());
     }
 }

@@ -98,6 +98,7 @@ pub async fn run_lag_bench(
         patron_domain::privacy::MasterKey::parse(&patron_domain::privacy::MasterKey::generate())
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
+    let key = super::ingest_key(ingestor.store()).await?;
     let app = Application::build(ingestor, "127.0.0.1:0").context("cannot bind a port")?;
     let url = format!("http://127.0.0.1:{}/v1/events", app.port());
     let server = tokio::spawn(app.run_until_stopped());
@@ -132,6 +133,7 @@ pub async fn run_lag_bench(
         let lines = body.lines().count() as u64;
         let call = client
             .post(&url)
+            .bearer_auth(&key)
             .header("content-type", "application/x-ndjson")
             .body(body);
         let progress = progress.clone();

@@ -491,6 +491,22 @@ impl std::fmt::Display for HttpBenchReport {
     }
 }
 
+/// A new API key of the `ingest` role in `store`, for a benchmark's clients.
+pub(crate) async fn ingest_key(store: &EventStore) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let secret = crate::server::new_secret();
+    store
+        .create_api_key(
+            "bench:ingest",
+            "ingest",
+            &crate::server::secret_hash(&secret),
+            chrono::Utc::now(),
+        )
+        .await
+        .context("cannot create the benchmark's key")?;
+    Ok(secret)
+}
+
 /// Sends the demo data set of `people` people to a server on a free port over `store`, as
 /// NDJSON requests of `batch` records from `clients` concurrent clients.
 pub async fn run_http_bench(
@@ -510,6 +526,7 @@ pub async fn run_http_bench(
         patron_domain::privacy::MasterKey::parse(&patron_domain::privacy::MasterKey::generate())
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
+    let key = ingest_key(ingestor.store()).await?;
     let app = crate::server::Application::build(ingestor, "127.0.0.1:0")
         .context("cannot bind a port on 127.0.0.1")?;
     let url = format!("http://127.0.0.1:{}/v1/events", app.port());
@@ -543,6 +560,7 @@ pub async fn run_http_bench(
         let client = client.clone();
         let url = url.clone();
         let progress = progress.clone();
+        let key = key.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let (mut accepted, mut rejected) = (0u64, 0u64);
@@ -556,6 +574,7 @@ pub async fn run_http_bench(
                 let sent = Instant::now();
                 let response = client
                     .post(&url)
+                    .bearer_auth(&key)
                     .header("content-type", "application/x-ndjson")
                     .body(body)
                     .send()

@@ -1,5 +1,6 @@
 //! `POST /v1/events`: a batch of touchpoint records, as a JSON array or as NDJSON, answered
-//! record by record.
+//! record by record. It takes an API key of the `ingest`, `operator` or `admin` role
+//! (`Authorization: Bearer ...`).
 
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::web::{Bytes, Data};
@@ -54,13 +55,34 @@ fn records(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, String> {
 }
 
 /// `POST /v1/events`.
-#[tracing::instrument(name = "http.post_events", skip_all, fields(bytes = body.len()))]
+#[tracing::instrument(name = "http.post_events", skip_all, fields(bytes = body.len(), key))]
 pub(crate) async fn post_events(
     state: Data<AppState>,
     request: HttpRequest,
     body: Bytes,
 ) -> HttpResponse {
     use actix_web::http::StatusCode;
+    let secret = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(super::graphql::bearer);
+    match super::graphql::authenticate(&state.backend, secret).await {
+        Ok(key) if key.role.may_ingest() => {
+            tracing::Span::current().record("key", key.name.as_str());
+        }
+        Ok(key) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                patron_graphql::codes::FORBIDDEN,
+                format!(
+                    "the {} role may not send touchpoints; use an ingest, operator or admin key",
+                    key.role
+                ),
+            )
+        }
+        Err(message) => return super::graphql::unauthenticated(&message),
+    }
     let content_type = request
         .headers()
         .get(CONTENT_TYPE)

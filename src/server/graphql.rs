@@ -23,7 +23,7 @@ fn spawn(future: BoxFuture<'static, ()>) {
     tokio::spawn(future);
 }
 
-fn unauthenticated(message: &str) -> HttpResponse {
+pub(crate) fn unauthenticated(message: &str) -> HttpResponse {
     HttpResponse::Unauthorized()
         .insert_header(("WWW-Authenticate", "Bearer"))
         .json(json!({
@@ -32,7 +32,7 @@ fn unauthenticated(message: &str) -> HttpResponse {
 }
 
 /// The secret of an `Authorization: Bearer <secret>` value.
-fn bearer(value: &str) -> Option<&str> {
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, secret) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -41,7 +41,10 @@ fn bearer(value: &str) -> Option<&str> {
 }
 
 /// The key a secret stands for, or the reason it does not.
-async fn authenticate(backend: &Arc<dyn Backend>, secret: Option<&str>) -> Result<ApiKey, String> {
+pub(crate) async fn authenticate(
+    backend: &Arc<dyn Backend>,
+    secret: Option<&str>,
+) -> Result<ApiKey, String> {
     let Some(secret) = secret else {
         return Err("an API key is required: send `Authorization: Bearer <key>`".into());
     };

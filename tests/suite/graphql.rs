@@ -127,7 +127,7 @@ async fn settle(t: &TestStore) {
 }
 
 async fn requests_without_a_live_key_are_refused(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let query = "{ me { name role } }";
     let (status, body) = app.graphql_status(None, query, json!({})).await;
     assert_eq!(status, 401);
@@ -182,7 +182,7 @@ const CUSTOMER: &str = "query($id: ID!) { customer(id: $id) {
 } }";
 
 async fn personal_data_is_masked_for_viewers_and_logged_for_operators(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let operator = key(t, "operator").await;
     let viewer = key(t, "viewer").await;
     let answers = ingest(
@@ -256,7 +256,7 @@ async fn personal_data_is_masked_for_viewers_and_logged_for_operators(t: &TestSt
 }
 
 async fn customers_resolve_by_identifier_and_through_merges(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let operator = key(t, "operator").await;
     let viewer = key(t, "viewer").await;
     let answers = ingest(
@@ -334,7 +334,7 @@ const AT_RISK_IN_SHANGHAI: &str = r#"city = "Shanghai"
     and count(order_placed, channel = "web") in last 3650 days = 0"#;
 
 async fn customers_are_filtered_by_rules_sorted_and_paged(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let operator = key(t, "operator").await;
     let viewer = key(t, "viewer").await;
     let mut records = Vec::new();
@@ -488,7 +488,7 @@ async fn customers_are_filtered_by_rules_sorted_and_paged(t: &TestStore) {
 }
 
 async fn segments_are_managed_by_analysts_and_read_by_viewers(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let operator = key(t, "operator").await;
     let analyst = key(t, "analyst").await;
     let viewer = key(t, "viewer").await;
@@ -600,7 +600,7 @@ async fn segments_are_managed_by_analysts_and_read_by_viewers(t: &TestStore) {
 }
 
 async fn the_timeline_is_paged_newest_first_and_filtered(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let operator = key(t, "operator").await;
     let phone = "13600000001";
     let mut records = Vec::new();
@@ -659,7 +659,7 @@ async fn the_timeline_is_paged_newest_first_and_filtered(t: &TestStore) {
 }
 
 async fn admins_erase_customers_and_operators_read_the_quarantine(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let operator = key(t, "operator").await;
     let admin = key(t, "admin").await;
     let viewer = key(t, "viewer").await;
@@ -734,7 +734,7 @@ async fn admins_erase_customers_and_operators_read_the_quarantine(t: &TestStore)
 }
 
 async fn expensive_queries_are_refused(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let viewer = key(t, "viewer").await;
     // A body beyond 10 MiB is refused before it is read whole.
     let huge = format!(
@@ -771,7 +771,7 @@ async fn expensive_queries_are_refused(t: &TestStore) {
 }
 
 async fn subscribers_hear_of_profile_updates_and_segment_entries(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let operator = key(t, "operator").await;
     let analyst = key(t, "analyst").await;
     app.graphql(
@@ -855,7 +855,7 @@ async fn subscribers_hear_of_profile_updates_and_segment_entries(t: &TestStore) 
 }
 
 async fn metrics_and_readiness_report_the_server(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let operator = key(t, "operator").await;
     ingest(
         &app,
@@ -911,7 +911,7 @@ fn consent(phone: &str, at: &str, granted: bool) -> Value {
 }
 
 async fn segments_for_a_purpose_hold_only_customers_who_consent(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let operator = key(t, "operator").await;
     let analyst = key(t, "analyst").await;
     let answers = ingest(

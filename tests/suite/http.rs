@@ -13,9 +13,26 @@ use crate::helpers::TestStore;
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    /// A key of the `ingest` role, sent by [`TestApp::post_events`].
+    pub ingest_key: String,
 }
 
-pub fn spawn_app(t: &TestStore) -> TestApp {
+/// Stores a new API key of `role`; returns its secret.
+pub async fn api_key(t: &TestStore, role: &str) -> String {
+    let secret = format!("test-{role}-{}", uuid::Uuid::new_v4());
+    t.store
+        .create_api_key(
+            role,
+            role,
+            &patron::server::secret_hash(&secret),
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("store a key");
+    secret
+}
+
+pub async fn spawn_app(t: &TestStore) -> TestApp {
     let ingestor = Ingestor::new(
         t.store.clone(),
         IdentityRules::default(),
@@ -28,6 +45,7 @@ pub fn spawn_app(t: &TestStore) -> TestApp {
     TestApp {
         address,
         client: reqwest::Client::new(),
+        ingest_key: api_key(t, "ingest").await,
     }
 }
 
@@ -35,6 +53,7 @@ impl TestApp {
     pub async fn post_events(&self, body: String, content_type: &str) -> reqwest::Response {
         self.client
             .post(format!("{}/v1/events", self.address))
+            .bearer_auth(&self.ingest_key)
             .header("content-type", content_type)
             .body(body)
             .send()
@@ -56,7 +75,7 @@ fn record(phone: &str) -> Value {
 }
 
 async fn a_json_batch_is_answered_record_by_record(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let good = record("13912340001");
     let body = json!([good, record("12345"), {"type": "store_visited"}]).to_string();
     let response = app.post_events(body, "application/json").await;
@@ -93,7 +112,7 @@ async fn a_json_batch_is_answered_record_by_record(t: &TestStore) {
 }
 
 async fn bad_bodies_get_a_stable_code(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let r = app
         .post_events("{not json".into(), "application/json")
         .await;
@@ -126,8 +145,44 @@ async fn bad_bodies_get_a_stable_code(t: &TestStore) {
     );
 }
 
+async fn ingestion_needs_a_key_that_may_ingest(t: &TestStore) {
+    let app = spawn_app(t).await;
+    let body = json!([record("13912340009")]).to_string();
+    let send = |key: Option<String>| {
+        let mut request = app
+            .client
+            .post(format!("{}/v1/events", app.address))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    let r = send(None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["errors"][0]["extensions"]["code"],
+        "UNAUTHENTICATED"
+    );
+    let viewer = api_key(t, "viewer").await;
+    let r = send(Some(viewer)).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        t.store.stats().await.unwrap().events,
+        0,
+        "nothing was stored"
+    );
+    let operator = api_key(t, "operator").await;
+    assert_eq!(send(Some(operator)).await.unwrap().status(), 200);
+}
+
 async fn health_and_readiness_answer(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let r = app
         .client
         .get(format!("{}/healthz", app.address))
@@ -166,6 +221,7 @@ mod segment {
             TestApp {
                 address,
                 client: reqwest::Client::new(),
+                ingest_key: String::new(),
             },
             ingestor,
         )
@@ -280,7 +336,7 @@ async fn a_wrong_or_missing_write_key_is_refused(t: &TestStore) {
 }
 
 async fn the_server_keeps_profiles_up_to_date(t: &TestStore) {
-    let app = spawn_app(t);
+    let app = spawn_app(t).await;
     let answer: Value = app
         .post_events(
             json!([record("13912340001"), record("13912340001")]).to_string(),
@@ -311,6 +367,7 @@ crate::on_both_stores!(
     a_json_batch_is_answered_record_by_record,
     bad_bodies_get_a_stable_code,
     health_and_readiness_answer,
+    ingestion_needs_a_key_that_may_ingest,
     sdk_messages_resolve_to_one_customer,
     a_wrong_or_missing_write_key_is_refused,
 );
