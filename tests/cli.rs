@@ -500,7 +500,34 @@ async fn a_stopped_server_keeps_every_record_it_accepted() {
 fn a_segment_export_for_a_purpose_leaves_out_customers_without_consent() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("patron.db").display());
-    let file = dir.path().join("records.ndjson");
+    export_leaves_out_customers_without_consent(&url, dir.path());
+}
+
+/// The same on PostgreSQL, when `PATRON_TEST_POSTGRES_URL` names a server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_export_for_a_purpose_leaves_out_customers_without_consent_on_postgres() {
+    let Ok(server) = std::env::var("PATRON_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: set PATRON_TEST_POSTGRES_URL to run the PostgreSQL tests");
+        return;
+    };
+    let scratch = patron::store::scratch::ScratchPostgres::create(&server, "patron_cli")
+        .await
+        .expect("a scratch database");
+    let dir = tempfile::tempdir().unwrap();
+    let url = scratch.url().to_owned();
+    let path = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || export_leaves_out_customers_without_consent(&url, &path))
+        .await
+        .expect("the test ran");
+    scratch
+        .drop_database()
+        .await
+        .expect("drop the scratch database");
+}
+
+fn export_leaves_out_customers_without_consent(url: &str, dir: &std::path::Path) {
+    let url = url.to_owned();
+    let file = dir.join("records.ndjson");
     let record = |phone: &str, kind: &str, extra: serde_json::Value| {
         let mut r = serde_json::json!({
             "event_id": uuid::Uuid::new_v4().to_string(), "type": kind,
