@@ -127,17 +127,18 @@ pub async fn follow_changes(
     currency: &str,
     as_of: DateTime<Utc>,
 ) -> Result<Vec<MembershipChange>, ProjectionError> {
-    let rules: Vec<(String, Rule)> = store
-        .segment_rules()
-        .await?
-        .into_iter()
-        .filter_map(|(name, rule)| Rule::parse(&rule).ok().map(|rule| (name, rule)))
-        .collect();
-    if rules.is_empty() || profiles.is_empty() {
+    if profiles.is_empty() {
         return Ok(Vec::new());
     }
     let customers: Vec<CustomerId> = profiles.keys().copied().collect();
-    let standings = store.standings(&customers).await?;
+    let (rules, standings) = store.judging(&customers).await?;
+    let rules: Vec<(String, Rule)> = rules
+        .into_iter()
+        .filter_map(|(name, rule)| Rule::parse(&rule).ok().map(|rule| (name, rule)))
+        .collect();
+    if rules.is_empty() {
+        return Ok(Vec::new());
+    }
     let no_tags = Vec::new();
     let nobody = Default::default();
     let mut changes = Vec::new();

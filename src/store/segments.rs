@@ -1,6 +1,6 @@
 //! Saved segments, their members and the log of entries and exits.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
@@ -9,6 +9,7 @@ use sqlx::QueryBuilder;
 use uuid::Uuid;
 
 use super::error::{Result, StoreError};
+use super::sqlite::{StandingRow, STANDING_SQL};
 use super::{Backend, EventStore};
 
 /// Rows per INSERT statement.
@@ -77,12 +78,81 @@ pub struct Standing {
 /// Separates the values `group_concat` / `string_agg` join.
 const UNIT: char = '\u{1f}';
 
+/// A customer's standing from its row.
+fn standing(customer: CustomerId, row: StandingRow) -> Standing {
+    let (recency, frequency, monetary, r, f, m, segment, tier, stage, tags, members) = row;
+    let split = |joined: Option<String>| -> Vec<String> {
+        joined
+            .map(|j| j.split(UNIT).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let score = |v: Option<i64>| v.and_then(|v| u8::try_from(v).ok());
+    let scores = match (tier, stage) {
+        (Some(tier), Some(stage)) => Some(super::scores::ScoreRow {
+            customer,
+            recency_days: recency,
+            frequency: frequency.unwrap_or(0),
+            monetary_minor: monetary.unwrap_or(0),
+            rfm: match (score(r), score(f), score(m)) {
+                (Some(r), Some(f), Some(m)) => Some((r, f, m)),
+                _ => None,
+            },
+            rfm_segment: segment,
+            tier,
+            stage,
+            tags: split(tags),
+        }),
+        _ => None,
+    };
+    Standing {
+        scores,
+        memberships: split(members).into_iter().collect(),
+    }
+}
+
 impl EventStore {
+    /// The rules of the saved segments (as [`EventStore::segment_rules`]) and the standing of
+    /// each of `customers`: what judging their profile changes needs. No standings are read
+    /// when there is no saved segment.
+    pub async fn judging(
+        &self,
+        customers: &[CustomerId],
+    ) -> Result<(Vec<(String, String)>, HashMap<CustomerId, Standing>)> {
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let (rules, rows) = b.judging(customers).await?;
+                let rules = rules
+                    .into_iter()
+                    .map(|(name, rule, purpose)| {
+                        let rule = match purpose {
+                            Some(purpose) => consented(&rule, &purpose),
+                            None => rule,
+                        };
+                        (name, rule)
+                    })
+                    .collect();
+                Ok((
+                    rules,
+                    rows.into_iter()
+                        .map(|(customer, row)| (customer, standing(customer, row)))
+                        .collect(),
+                ))
+            }
+            Backend::Postgres(_) => {
+                let rules = self.segment_rules().await?;
+                if rules.is_empty() {
+                    return Ok((rules, HashMap::new()));
+                }
+                Ok((rules, self.standings(customers).await?))
+            }
+        }
+    }
+
     /// The scores, tags and memberships of each of `customers`, one query per customer.
     pub async fn standings(
         &self,
         customers: &[CustomerId],
-    ) -> Result<std::collections::HashMap<CustomerId, Standing>> {
+    ) -> Result<HashMap<CustomerId, Standing>> {
         type Row = (
             Option<i64>,
             Option<i64>,
@@ -97,13 +167,7 @@ impl EventStore {
             Option<String>,
         );
         let sql = match &self.backend {
-            Backend::Sqlite(_) => {
-                "SELECT s.recency_days, s.frequency, s.monetary_minor, s.r, s.f, s.m, s.rfm_segment, \
-                 s.tier, s.stage, \
-                 (SELECT group_concat(tag, char(31)) FROM customer_tags WHERE customer_id = $1), \
-                 (SELECT group_concat(segment, char(31)) FROM segment_members WHERE customer_id = $1) \
-                 FROM (SELECT 1) LEFT JOIN customer_scores s ON s.customer_id = $1"
-            }
+            Backend::Sqlite(_) => STANDING_SQL,
             Backend::Postgres(_) => {
                 "SELECT s.recency_days, s.frequency, s.monetary_minor, s.r, s.f, s.m, s.rfm_segment, \
                  s.tier, s.stage, \
@@ -112,12 +176,7 @@ impl EventStore {
                  FROM (SELECT 1) AS one LEFT JOIN customer_scores s ON s.customer_id = $1"
             }
         };
-        let split = |joined: Option<String>| -> Vec<String> {
-            joined
-                .map(|j| j.split(UNIT).map(str::to_owned).collect())
-                .unwrap_or_default()
-        };
-        let mut found = std::collections::HashMap::with_capacity(customers.len());
+        let mut found = HashMap::with_capacity(customers.len());
         writing!(self, pool => {
             let mut conn = pool.acquire().await?;
             for customer in customers {
@@ -127,31 +186,21 @@ impl EventStore {
                     .await?;
                 let (recency, frequency, monetary, r, f, m, segment, tier, stage, tags, members) =
                     row;
-                let score = |v: Option<i16>| v.and_then(|v| u8::try_from(v).ok());
-                let scores = match (tier, stage) {
-                    (Some(tier), Some(stage)) => Some(super::scores::ScoreRow {
-                        customer: *customer,
-                        recency_days: recency,
-                        frequency: frequency.unwrap_or(0),
-                        monetary_minor: monetary.unwrap_or(0),
-                        rfm: match (score(r), score(f), score(m)) {
-                            (Some(r), Some(f), Some(m)) => Some((r, f, m)),
-                            _ => None,
-                        },
-                        rfm_segment: segment,
-                        tier,
-                        stage,
-                        tags: split(tags),
-                    }),
-                    _ => None,
-                };
-                found.insert(
-                    *customer,
-                    Standing {
-                        scores,
-                        memberships: split(members).into_iter().collect(),
-                    },
+                let widen = |v: Option<i16>| v.map(i64::from);
+                let row: StandingRow = (
+                    recency,
+                    frequency,
+                    monetary,
+                    widen(r),
+                    widen(f),
+                    widen(m),
+                    segment,
+                    tier,
+                    stage,
+                    tags,
+                    members,
                 );
+                found.insert(*customer, standing(*customer, row));
             }
         });
         Ok(found)

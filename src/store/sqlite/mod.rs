@@ -30,6 +30,30 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use self::raw::{RawDb, RawError, Statement};
+
+/// One customer's scores, tags and memberships, as [`STANDING_SQL`] reads them: recency,
+/// frequency, monetary, r, f, m, RFM segment, tier, stage, tags and segments (each joined by
+/// U+001F).
+pub(crate) type StandingRow = (
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// A customer's standing (`?1`: the customer id).
+pub(crate) const STANDING_SQL: &str = "SELECT s.recency_days, s.frequency, s.monetary_minor, \
+     s.r, s.f, s.m, s.rfm_segment, s.tier, s.stage, \
+     (SELECT group_concat(tag, char(31)) FROM customer_tags WHERE customer_id = ?1), \
+     (SELECT group_concat(segment, char(31)) FROM segment_members WHERE customer_id = ?1) \
+     FROM (SELECT 1) LEFT JOIN customer_scores s ON s.customer_id = ?1";
 use super::error::{Result, StoreError};
 use super::identity::{
     graph_of, Erasure, IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord,
@@ -452,6 +476,57 @@ impl SqliteLog {
                 }
             }
             Ok(found)
+        })
+        .await
+    }
+
+    /// The saved segments `(name, rule, purpose)` and, for each of `customers`, its scores,
+    /// tags and memberships as one row (the columns of [`STANDING_SQL`]), read on one reader
+    /// connection with SQLite's own statements: what judging a profile change needs.
+    pub(crate) async fn judging(
+        &self,
+        customers: &[CustomerId],
+    ) -> Result<(
+        Vec<(String, String, Option<String>)>,
+        HashMap<CustomerId, StandingRow>,
+    )> {
+        self.read(|db| {
+            let mut rules = Vec::new();
+            let mut stmt = db.prepare("SELECT name, rule, purpose FROM segments ORDER BY name")?;
+            while stmt.step()? {
+                let name = stmt.column_text(0).unwrap_or_default().to_owned();
+                let rule = stmt.column_text(1).unwrap_or_default().to_owned();
+                let purpose = stmt.column_text(2).map(str::to_owned);
+                rules.push((name, rule, purpose));
+            }
+            let mut found = HashMap::with_capacity(customers.len());
+            if rules.is_empty() {
+                return Ok((rules, found));
+            }
+            let mut stmt = db.prepare(STANDING_SQL)?;
+            for customer in customers {
+                stmt.reset()?;
+                stmt.bind_blob(1, Some(customer.as_uuid().as_bytes()))?;
+                if !stmt.step()? {
+                    continue;
+                }
+                let int = |stmt: &Statement<'_>, i| (!stmt.is_null(i)).then(|| stmt.column_i64(i));
+                let row: StandingRow = (
+                    int(&stmt, 0),
+                    int(&stmt, 1),
+                    int(&stmt, 2),
+                    int(&stmt, 3),
+                    int(&stmt, 4),
+                    int(&stmt, 5),
+                    stmt.column_text(6).map(str::to_owned),
+                    stmt.column_text(7).map(str::to_owned),
+                    stmt.column_text(8).map(str::to_owned),
+                    stmt.column_text(9).map(str::to_owned),
+                    stmt.column_text(10).map(str::to_owned),
+                );
+                found.insert(*customer, row);
+            }
+            Ok((rules, found))
         })
         .await
     }
