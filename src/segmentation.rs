@@ -131,48 +131,49 @@ pub async fn follow_changes(
         return Ok(Vec::new());
     }
     let customers: Vec<CustomerId> = profiles.keys().copied().collect();
-    let (rules, standings) = store.judging(&customers).await?;
-    let rules: Vec<(String, Rule)> = rules
-        .into_iter()
-        .filter_map(|(name, rule)| Rule::parse(&rule).ok().map(|rule| (name, rule)))
-        .collect();
-    if rules.is_empty() {
-        return Ok(Vec::new());
-    }
-    let no_tags = Vec::new();
-    let nobody = Default::default();
-    let mut changes = Vec::new();
-    for (customer, profile) in profiles {
-        let live = profile.merged_into.is_none() && !profile.erased;
-        let standing: &crate::store::segments::Standing =
-            standings.get(customer).unwrap_or(&nobody);
-        let score = standing.scores.as_ref();
-        let tags: BTreeSet<String> = score
-            .map_or(&no_tags, |s| &s.tags)
-            .iter()
-            .cloned()
-            .collect();
-        let subject = Subject {
-            profile,
-            stage: score.map(|s| s.stage.as_str()),
-            tier: score.map(|s| s.tier.as_str()),
-            rfm_segment: score.and_then(|s| s.rfm_segment.as_deref()),
-            rfm: score.and_then(|s| s.rfm),
-            tags: &tags,
-            currency,
-            as_of,
-        };
-        let current = &standing.memberships;
-        for (name, rule) in &rules {
-            let belongs = live && rule.matches(&subject);
-            if belongs != current.contains(name) {
-                changes.push(MembershipChange {
-                    segment: name.clone(),
-                    customer: *customer,
-                    entered: belongs,
-                });
+    let judge =
+        |rules: &[(String, String)],
+         standings: &HashMap<CustomerId, crate::store::segments::Standing>| {
+            let rules: Vec<(&String, Rule)> = rules
+                .iter()
+                .filter_map(|(name, rule)| Rule::parse(rule).ok().map(|rule| (name, rule)))
+                .collect();
+            let no_tags = Vec::new();
+            let nobody = Default::default();
+            let mut changes = Vec::new();
+            for (customer, profile) in profiles {
+                let live = profile.merged_into.is_none() && !profile.erased;
+                let standing: &crate::store::segments::Standing =
+                    standings.get(customer).unwrap_or(&nobody);
+                let score = standing.scores.as_ref();
+                let tags: BTreeSet<String> = score
+                    .map_or(&no_tags, |s| &s.tags)
+                    .iter()
+                    .cloned()
+                    .collect();
+                let subject = Subject {
+                    profile,
+                    stage: score.map(|s| s.stage.as_str()),
+                    tier: score.map(|s| s.tier.as_str()),
+                    rfm_segment: score.and_then(|s| s.rfm_segment.as_deref()),
+                    rfm: score.and_then(|s| s.rfm),
+                    tags: &tags,
+                    currency,
+                    as_of,
+                };
+                let current = &standing.memberships;
+                for (name, rule) in &rules {
+                    let belongs = live && rule.matches(&subject);
+                    if belongs != current.contains(*name) {
+                        changes.push(MembershipChange {
+                            segment: (*name).clone(),
+                            customer: *customer,
+                            entered: belongs,
+                        });
+                    }
+                }
             }
-        }
-    }
-    Ok(store.apply_membership_changes(&changes, as_of).await?)
+            changes
+        };
+    Ok(store.judge_memberships(&customers, as_of, judge).await?)
 }

@@ -148,6 +148,60 @@ impl EventStore {
         }
     }
 
+    /// Judges `customers` and records their entries and exits, in one transaction: `judge` is
+    /// given the saved segments' rules (as [`EventStore::segment_rules`]) and each customer's
+    /// standing, and answers the changes; those that changed something are returned. Nothing is
+    /// judged when there is no saved segment.
+    pub async fn judge_memberships(
+        &self,
+        customers: &[CustomerId],
+        at: DateTime<Utc>,
+        judge: impl FnOnce(&[(String, String)], &HashMap<CustomerId, Standing>) -> Vec<MembershipChange>,
+    ) -> Result<Vec<MembershipChange>> {
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let applied = b
+                    .judge_memberships(customers, micros(at), |rules, rows| {
+                        let rules: Vec<(String, String)> = rules
+                            .into_iter()
+                            .map(|(name, rule, purpose)| {
+                                let rule = match purpose {
+                                    Some(purpose) => consented(&rule, &purpose),
+                                    None => rule,
+                                };
+                                (name, rule)
+                            })
+                            .collect();
+                        let standings: HashMap<CustomerId, Standing> = rows
+                            .into_iter()
+                            .map(|(customer, row)| (customer, standing(customer, row)))
+                            .collect();
+                        judge(&rules, &standings)
+                            .into_iter()
+                            .map(|c| (c.segment, c.customer, c.entered))
+                            .collect()
+                    })
+                    .await?;
+                Ok(applied
+                    .into_iter()
+                    .map(|(segment, customer, entered)| MembershipChange {
+                        segment,
+                        customer,
+                        entered,
+                    })
+                    .collect())
+            }
+            Backend::Postgres(_) => {
+                let (rules, standings) = self.judging(customers).await?;
+                if rules.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let changes = judge(&rules, &standings);
+                self.apply_membership_changes(&changes, at).await
+            }
+        }
+    }
+
     /// The scores, tags and memberships of each of `customers`, one query per customer.
     pub async fn standings(
         &self,
@@ -216,6 +270,14 @@ impl EventStore {
     ) -> Result<Vec<MembershipChange>> {
         if changes.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Backend::Sqlite(b) = &self.backend {
+            let raw: Vec<(&str, CustomerId, bool)> = changes
+                .iter()
+                .map(|c| (c.segment.as_str(), c.customer, c.entered))
+                .collect();
+            let applied = b.apply_memberships(&raw, micros(at)).await?;
+            return Ok(applied.into_iter().map(|i| changes[i].clone()).collect());
         }
         let applied = writing!(self, pool => {
             let mut tx = pool.begin().await?;

@@ -48,6 +48,12 @@ pub(crate) type StandingRow = (
     Option<String>,
 );
 
+/// The saved segments `(name, rule, purpose)` and the standings of the customers asked for.
+pub(crate) type Judging = (
+    Vec<(String, String, Option<String>)>,
+    HashMap<CustomerId, StandingRow>,
+);
+
 /// A customer's standing (`?1`: the customer id).
 pub(crate) const STANDING_SQL: &str = "SELECT s.recency_days, s.frequency, s.monetary_minor, \
      s.r, s.f, s.m, s.rfm_segment, s.tier, s.stage, \
@@ -206,6 +212,92 @@ fn blocking<R>(work: impl FnOnce() -> R) -> R {
         }
         _ => work(),
     }
+}
+
+/// Runs one statement that returns no rows.
+fn run(db: &RawDb<'_>, sql: &str) -> Result<()> {
+    let mut stmt = db.prepare(sql)?;
+    stmt.step()?;
+    Ok(())
+}
+
+/// The saved segments `(name, rule, purpose)` and, unless there are none, the standing of each
+/// of `customers` (the columns of [`STANDING_SQL`]).
+fn read_judging(db: &RawDb<'_>, customers: &[CustomerId]) -> Result<Judging> {
+    let mut rules = Vec::new();
+    let mut stmt = db.prepare("SELECT name, rule, purpose FROM segments ORDER BY name")?;
+    while stmt.step()? {
+        let name = stmt.column_text(0).unwrap_or_default().to_owned();
+        let rule = stmt.column_text(1).unwrap_or_default().to_owned();
+        let purpose = stmt.column_text(2).map(str::to_owned);
+        rules.push((name, rule, purpose));
+    }
+    drop(stmt);
+    let mut found = HashMap::with_capacity(customers.len());
+    if rules.is_empty() {
+        return Ok((rules, found));
+    }
+    let mut stmt = db.prepare(STANDING_SQL)?;
+    for customer in customers {
+        stmt.reset()?;
+        stmt.bind_blob(1, Some(customer.as_uuid().as_bytes()))?;
+        if !stmt.step()? {
+            continue;
+        }
+        let int = |stmt: &Statement<'_>, i| (!stmt.is_null(i)).then(|| stmt.column_i64(i));
+        let row: StandingRow = (
+            int(&stmt, 0),
+            int(&stmt, 1),
+            int(&stmt, 2),
+            int(&stmt, 3),
+            int(&stmt, 4),
+            int(&stmt, 5),
+            stmt.column_text(6).map(str::to_owned),
+            stmt.column_text(7).map(str::to_owned),
+            stmt.column_text(8).map(str::to_owned),
+            stmt.column_text(9).map(str::to_owned),
+            stmt.column_text(10).map(str::to_owned),
+        );
+        found.insert(*customer, row);
+    }
+    Ok((rules, found))
+}
+
+/// Records segment entries and exits `(segment, customer, entered)` at `at` (microseconds),
+/// inside the caller's transaction; returns the indices of those that changed something.
+fn apply_on(db: &RawDb<'_>, changes: &[(&str, CustomerId, bool)], at: i64) -> Result<Vec<usize>> {
+    let mut enter = db.prepare(
+        "INSERT INTO segment_members (segment, customer_id, since) \
+         SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM segments WHERE name = ?1) \
+         ON CONFLICT (segment, customer_id) DO NOTHING",
+    )?;
+    let mut leave =
+        db.prepare("DELETE FROM segment_members WHERE segment = ?1 AND customer_id = ?2")?;
+    let mut log = db.prepare(
+        "INSERT INTO segment_log (segment, customer_id, entered, at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut applied = Vec::new();
+    for (i, (segment, customer, entered)) in changes.iter().enumerate() {
+        let id = customer.as_uuid();
+        let stmt = if *entered { &mut enter } else { &mut leave };
+        stmt.reset()?;
+        stmt.bind_text(1, Some(segment))?;
+        stmt.bind_blob(2, Some(id.as_bytes()))?;
+        if *entered {
+            stmt.bind_i64(3, at)?;
+        }
+        stmt.step()?;
+        if db.changes() > 0 {
+            log.reset()?;
+            log.bind_text(1, Some(segment))?;
+            log.bind_blob(2, Some(id.as_bytes()))?;
+            log.bind_i64(3, i64::from(*entered))?;
+            log.bind_i64(4, at)?;
+            log.step()?;
+            applied.push(i);
+        }
+    }
+    Ok(applied)
 }
 
 fn corrupt(position: i64, reason: impl Into<String>) -> StoreError {
@@ -483,52 +575,57 @@ impl SqliteLog {
     /// The saved segments `(name, rule, purpose)` and, for each of `customers`, its scores,
     /// tags and memberships as one row (the columns of [`STANDING_SQL`]), read on one reader
     /// connection with SQLite's own statements: what judging a profile change needs.
-    pub(crate) async fn judging(
+    pub(crate) async fn judging(&self, customers: &[CustomerId]) -> Result<Judging> {
+        self.read(|db| read_judging(db, customers)).await
+    }
+
+    /// Reads what judging `customers` needs ([`SqliteBackend::judging`]), lets `judge` decide
+    /// the entries and exits `(segment, customer, entered)`, and records them
+    /// ([`SqliteBackend::apply_memberships`]), all in one transaction on the writing connection
+    /// with SQLite's own statements: two hand-overs to the driver in all. Returns the changes
+    /// that changed something.
+    pub(crate) async fn judge_memberships<F>(
         &self,
         customers: &[CustomerId],
-    ) -> Result<(
-        Vec<(String, String, Option<String>)>,
-        HashMap<CustomerId, StandingRow>,
-    )> {
-        self.read(|db| {
-            let mut rules = Vec::new();
-            let mut stmt = db.prepare("SELECT name, rule, purpose FROM segments ORDER BY name")?;
-            while stmt.step()? {
-                let name = stmt.column_text(0).unwrap_or_default().to_owned();
-                let rule = stmt.column_text(1).unwrap_or_default().to_owned();
-                let purpose = stmt.column_text(2).map(str::to_owned);
-                rules.push((name, rule, purpose));
-            }
-            let mut found = HashMap::with_capacity(customers.len());
-            if rules.is_empty() {
-                return Ok((rules, found));
-            }
-            let mut stmt = db.prepare(STANDING_SQL)?;
-            for customer in customers {
-                stmt.reset()?;
-                stmt.bind_blob(1, Some(customer.as_uuid().as_bytes()))?;
-                if !stmt.step()? {
-                    continue;
+        at: i64,
+        judge: F,
+    ) -> Result<Vec<(String, CustomerId, bool)>>
+    where
+        F: FnOnce(
+            Vec<(String, String, Option<String>)>,
+            HashMap<CustomerId, StandingRow>,
+        ) -> Vec<(String, CustomerId, bool)>,
+    {
+        let mut conn = self.writer.acquire().await?;
+        let mut handle = conn.lock_handle().await?;
+        let db = RawDb::new(&mut handle);
+        blocking(|| -> Result<Vec<(String, CustomerId, bool)>> {
+            run(&db, "BEGIN IMMEDIATE")?;
+            let work = || -> Result<Vec<(String, CustomerId, bool)>> {
+                let (rules, rows) = read_judging(&db, customers)?;
+                if rules.is_empty() {
+                    return Ok(Vec::new());
                 }
-                let int = |stmt: &Statement<'_>, i| (!stmt.is_null(i)).then(|| stmt.column_i64(i));
-                let row: StandingRow = (
-                    int(&stmt, 0),
-                    int(&stmt, 1),
-                    int(&stmt, 2),
-                    int(&stmt, 3),
-                    int(&stmt, 4),
-                    int(&stmt, 5),
-                    stmt.column_text(6).map(str::to_owned),
-                    stmt.column_text(7).map(str::to_owned),
-                    stmt.column_text(8).map(str::to_owned),
-                    stmt.column_text(9).map(str::to_owned),
-                    stmt.column_text(10).map(str::to_owned),
-                );
-                found.insert(*customer, row);
+                let changes = judge(rules, rows);
+                let borrowed: Vec<(&str, CustomerId, bool)> = changes
+                    .iter()
+                    .map(|(s, c, e)| (s.as_str(), *c, *e))
+                    .collect();
+                let applied = apply_on(&db, &borrowed, at)?;
+                Ok(applied.into_iter().map(|i| changes[i].clone()).collect())
+            };
+            match work() {
+                Ok(applied) => {
+                    run(&db, "COMMIT")?;
+                    Ok(applied)
+                }
+                Err(e) => {
+                    // The error is what matters; a failed rollback leaves SQLite to roll back.
+                    let _ = run(&db, "ROLLBACK");
+                    Err(e)
+                }
             }
-            Ok((rules, found))
         })
-        .await
     }
 
     /// Writes read-model rows `(customer, merged_into, state)` to `table` and moves the
@@ -591,6 +688,25 @@ impl SqliteLog {
             tx.rollback().await?;
         }
         Ok(moved)
+    }
+
+    /// Records segment entries and exits `(segment, customer, entered)` at `at` (microseconds)
+    /// in one transaction with SQLite's own statements: an entry into a segment that exists
+    /// and that the customer is not in, an exit of a member; each is logged. Returns the indices
+    /// of the changes that changed something.
+    pub(crate) async fn apply_memberships(
+        &self,
+        changes: &[(&str, CustomerId, bool)],
+        at: i64,
+    ) -> Result<Vec<usize>> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let applied = {
+            let mut handle = tx.lock_handle().await?;
+            let db = RawDb::new(&mut handle);
+            blocking(|| apply_on(&db, changes, at))?
+        };
+        tx.commit().await?;
+        Ok(applied)
     }
 
     /// The pool of the one writing connection.
