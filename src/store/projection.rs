@@ -321,9 +321,23 @@ impl EventStore {
                     tx.rollback().await?;
                     return Ok(false);
                 }
+                // Profiles hold no personal data: the old table's pages need not be overwritten
+                // as they are freed (`secure_delete`, on for everything else), which would write
+                // the whole table once more. The setting is restored before anything else runs.
+                sqlx::query("PRAGMA secure_delete = OFF")
+                    .execute(&mut *tx)
+                    .await?;
+                let mut swapped = Ok(());
                 for sql in statements {
-                    sqlx::query(sql).execute(&mut *tx).await?;
+                    if let Err(e) = sqlx::query(sql).execute(&mut *tx).await {
+                        swapped = Err(e);
+                        break;
+                    }
                 }
+                sqlx::query("PRAGMA secure_delete = ON")
+                    .execute(&mut *tx)
+                    .await?;
+                swapped?;
                 sqlx::query(
                     "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) \
                      ON CONFLICT (name) DO UPDATE SET position = excluded.position",
