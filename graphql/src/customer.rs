@@ -251,8 +251,10 @@ fn masked_payload(payload: &Value) -> Value {
     }
     if let Some(list) = payload.get_mut("evidence").and_then(Value::as_array_mut) {
         for item in list {
-            if let Some(identifier) = item.get_mut("identifier") {
-                mask_identifier(identifier);
+            // Merge evidence lists identifiers, bare or wrapped with more context.
+            match item.get_mut("identifier") {
+                Some(identifier) => mask_identifier(identifier),
+                None => mask_identifier(item),
             }
         }
     }
@@ -630,6 +632,16 @@ mod tests {
         });
         let masked = masked_payload(&payload);
         assert_eq!(masked["identifiers"][0]["value"], "138****5678");
+        let merged = json!({"absorbed": "x", "evidence": [
+            {"kind": "email", "value": "zhang@example.cn"},
+            {"identifier": {"kind": "phone", "value": "+8613812345678"}}
+        ]});
+        let masked_merge = masked_payload(&merged);
+        assert_eq!(masked_merge["evidence"][0]["value"], "z****@example.cn");
+        assert_eq!(
+            masked_merge["evidence"][1]["identifier"]["value"],
+            "138****5678"
+        );
         assert_eq!(masked["properties"]["note"], "c****");
         assert_eq!(masked["action"]["name"], "L****");
         assert_eq!(masked["action"]["city"], "Shanghai");

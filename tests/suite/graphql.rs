@@ -310,6 +310,20 @@ async fn customers_resolve_by_identifier_and_through_merges(t: &TestStore) {
         merged["customer"]["id"], survivor,
         "a merged id reads its survivor"
     );
+    // The merge's evidence (the identifiers that tied the two) is masked for a viewer too.
+    let timeline = app
+        .graphql(
+            &viewer,
+            "query($id: ID!) { customer(id: $id) { timeline { edges { node { type payload } } } } }",
+            json!({"id": survivor}),
+        )
+        .await;
+    let text = timeline.to_string();
+    assert!(text.contains("customer_merged"), "{text}");
+    assert!(
+        !text.contains("zhang@example.cn") && !text.contains("13900000001"),
+        "{text}"
+    );
     let unknown = app
         .graphql(
             &viewer,
