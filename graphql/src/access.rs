@@ -116,8 +116,30 @@ pub fn api_error(code: &str, message: impl Into<String>) -> Error {
     Error::new(message).extend_with(|_, e| e.set("code", code))
 }
 
-/// The calling key; refuses callers below `role` with `FORBIDDEN`.
+/// Marks the data of a websocket connection: its key was checked once, when it opened, so it
+/// may only subscribe; queries and mutations go to `POST /graphql`, where each request is
+/// authenticated (a revoked key is refused from the next request on).
+#[derive(Clone, Copy, Debug)]
+pub struct Socket;
+
+/// The subscribing key; refuses callers below `role` with `FORBIDDEN`.
+pub fn require_subscriber<'a>(ctx: &Context<'a>, role: Role) -> async_graphql::Result<&'a ApiKey> {
+    checked(ctx, role)
+}
+
+/// The calling key of a query or mutation; refuses callers below `role` with `FORBIDDEN`, and
+/// queries and mutations sent over a websocket with `FORBIDDEN` too.
 pub fn require<'a>(ctx: &Context<'a>, role: Role) -> async_graphql::Result<&'a ApiKey> {
+    if ctx.data_opt::<Socket>().is_some() {
+        return Err(api_error(
+            codes::FORBIDDEN,
+            "a websocket carries subscriptions only: send queries and mutations to POST /graphql",
+        ));
+    }
+    checked(ctx, role)
+}
+
+fn checked<'a>(ctx: &Context<'a>, role: Role) -> async_graphql::Result<&'a ApiKey> {
     let key = ctx
         .data_opt::<ApiKey>()
         .ok_or_else(|| api_error(codes::UNAUTHENTICATED, "an API key is required"))?;

@@ -456,6 +456,7 @@ impl Customer {
 
     /// Traits: the clear ones (city, province, gender) always; the personal ones (name,
     /// birthday, ...) masked unless the caller's role may read them (such reads are logged).
+    #[graphql(complexity = 100)]
     async fn traits(&self, ctx: &Context<'_>) -> Result<Json<Map<String, Value>>> {
         let mut traits = Map::new();
         if !self.record.profile.erased {
@@ -490,6 +491,7 @@ impl Customer {
 
     /// Identifiers, masked unless the caller's role may read personal data (such reads are
     /// logged). Empty once erased.
+    #[graphql(complexity = 100)]
     async fn identifiers(&self, ctx: &Context<'_>) -> Result<Vec<CustomerIdentifier>> {
         if self.record.profile.erased {
             return Ok(Vec::new());
@@ -524,6 +526,7 @@ impl Customer {
     }
 
     /// Customers merged into this one, oldest first.
+    #[graphql(complexity = 100)]
     async fn merged_from(&self, ctx: &Context<'_>) -> Result<Vec<Merge>> {
         require(ctx, Role::Viewer)?;
         let loaders = ctx.data::<Loaders>()?;
@@ -550,7 +553,7 @@ impl Customer {
 
     /// The customer's events (and those of customers merged into it), newest first,
     /// filtered, a page at a time.
-    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    #[graphql(complexity = "100 + page_complexity(first, child_complexity)")]
     async fn timeline(
         &self,
         ctx: &Context<'_>,
@@ -582,7 +585,12 @@ impl Customer {
                     channel: e.channel.clone(),
                     source: e.source.clone(),
                     actor: e.actor.clone(),
-                    reason: e.reason.clone(),
+                    // Free text typed by a person may name anyone.
+                    reason: if unmasked {
+                        e.reason.clone()
+                    } else {
+                        e.reason.as_ref().map(|_| "****".to_owned())
+                    },
                     customer: ID(e.customer.to_string()),
                     payload: Json(if unmasked {
                         e.payload.clone()

@@ -50,6 +50,8 @@ pub struct Loaders {
     pub customers: DataLoader<CustomerLoader, HashMapCache>,
     /// Customers' histories.
     pub histories: DataLoader<HistoryLoader, HashMapCache>,
+    /// Identifier lookups made by this request so far.
+    pub lookups: std::sync::atomic::AtomicUsize,
 }
 
 impl Loaders {
@@ -73,6 +75,7 @@ impl Loaders {
                 HashMapCache::default(),
             )
             .delay(delay),
+            lookups: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }

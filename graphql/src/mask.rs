@@ -23,11 +23,13 @@ pub fn phone(value: &str) -> String {
         .map(|n| n.national().value().to_string())
         .unwrap_or_else(|_| value.chars().filter(char::is_ascii_digit).collect());
     let digits: Vec<char> = national.chars().collect();
-    if digits.len() >= 8 {
+    if digits.len() >= 11 {
         let head: String = digits[..3].iter().collect();
         let last: String = digits[digits.len() - 4..].iter().collect();
         format!("{head}****{last}")
     } else {
+        // Shorter numbers (8 digits in Hong Kong, 9 in France) would show too much of
+        // themselves as 3 + 4: only the last two digits stay.
         tail(&national, 2)
     }
 }
@@ -36,7 +38,12 @@ pub fn phone(value: &str) -> String {
 pub fn email(value: &str) -> String {
     match value.split_once('@') {
         Some((local, domain)) => {
-            let first: String = local.chars().take(1).collect();
+            // A local part shorter than 3 characters is hidden whole.
+            let first: String = if local.chars().count() >= 3 {
+                local.chars().take(1).collect()
+            } else {
+                String::new()
+            };
             format!("{first}****@{domain}")
         }
         None => tail(value, 2),
@@ -53,15 +60,18 @@ pub fn tail(value: &str, keep: usize) -> String {
     format!("****{last}")
 }
 
-/// A trait's value masked unless it is a clear trait: text starting with a letter keeps it
-/// (`Li Wei` reads `L****`); numbers, dates and anything else read `****`.
+/// A trait's value masked unless it is a clear trait: text of 3 characters or more starting
+/// with a letter keeps it (`Li Wei` reads `L****`); numbers, dates, booleans and anything else
+/// read `****`.
 pub fn trait_value(name: &str, value: &Value) -> Value {
-    if CLEAR_TRAITS.contains(&name) || value.is_null() || value.is_boolean() {
+    if CLEAR_TRAITS.contains(&name) || value.is_null() {
         return value.clone();
     }
     match value {
         Value::String(s) => match s.chars().next() {
-            Some(first) if first.is_alphabetic() => Value::String(format!("{first}****")),
+            Some(first) if first.is_alphabetic() && s.chars().count() >= 3 => {
+                Value::String(format!("{first}****"))
+            }
             _ => Value::String("****".to_owned()),
         },
         _ => Value::String("****".to_owned()),
@@ -76,7 +86,16 @@ mod tests {
     #[test]
     fn phones_show_the_national_prefix_and_last_four_digits() {
         assert_eq!(phone("+8613812345678"), "138****5678");
-        assert_eq!(phone("+14155550123"), "415****0123");
+        assert_eq!(
+            phone("+14155550123"),
+            "****23",
+            "10 digits: the last two only"
+        );
+        assert_eq!(
+            phone("+85291234567"),
+            "****67",
+            "8 digits: the last two only"
+        );
         assert_eq!(identifier("phone", "+8613812345678"), "138****5678");
     }
 
@@ -84,6 +103,11 @@ mod tests {
     fn emails_show_the_first_letter_and_the_domain() {
         assert_eq!(email("alice@example.com"), "a****@example.com");
         assert_eq!(identifier("email", "bob.li@shop.cn"), "b****@shop.cn");
+        assert_eq!(
+            email("a@qq.com"),
+            "****@qq.com",
+            "a short local part is hidden whole"
+        );
     }
 
     #[test]
@@ -98,5 +122,7 @@ mod tests {
         assert_eq!(trait_value("birthday", &json!("1990-01-02")), json!("****"));
         assert_eq!(trait_value("city", &json!("Shanghai")), json!("Shanghai"));
         assert_eq!(trait_value("age", &json!(34)), json!("****"));
+        assert_eq!(trait_value("diabetic", &json!(true)), json!("****"));
+        assert_eq!(trait_value("name", &json!("李")), json!("****"));
     }
 }

@@ -13,6 +13,9 @@ use crate::backend::{
 use crate::customer::{page_complexity, page_size, Customer};
 use crate::{backend_error, cursor};
 
+/// The most `customerByIdentifier` lookups one request may make.
+pub const MAX_LOOKUPS: usize = 5;
+
 /// A page of customers, with how many match in all when known.
 #[derive(SimpleObject)]
 pub struct CustomerTotal {
@@ -128,19 +131,41 @@ impl Query {
     }
 
     /// The customer holding an identifier, given as at ingestion (`kind: "phone", value:
-    /// "138 1234 5678"`): it is normalized the same way.
+    /// "138 1234 5678"`): it is normalized the same way. At most
+    /// [`MAX_LOOKUPS`] per request, each written to the access log (lookups could otherwise
+    /// guess the hidden digits of a masked value).
     async fn customer_by_identifier(
         &self,
         ctx: &Context<'_>,
         kind: String,
         value: String,
     ) -> Result<Option<Customer>> {
-        require(ctx, Role::Viewer)?;
-        match backend(ctx)?
+        let key = require(ctx, Role::Viewer)?;
+        let loaders = ctx.data::<crate::loader::Loaders>()?;
+        if loaders
+            .lookups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            >= MAX_LOOKUPS
+        {
+            return Err(api_error(
+                "TOO_MANY_LOOKUPS",
+                format!("at most {MAX_LOOKUPS} identifier lookups per request"),
+            ));
+        }
+        let backend = backend(ctx)?;
+        let found = backend
             .customer_by_identifier(&kind, &value)
             .await
-            .map_err(backend_error)?
-        {
+            .map_err(backend_error)?;
+        backend
+            .log_access(
+                key,
+                found.unwrap_or_else(Uuid::nil),
+                &format!("lookup:{kind}"),
+            )
+            .await
+            .map_err(backend_error)?;
+        match found {
             Some(live) => Customer::load(ctx, live).await,
             None => Ok(None),
         }
@@ -263,9 +288,14 @@ impl Query {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<Connection<String, QuarantineRecord, EmptyFields, EmptyFields>> {
-        require(ctx, Role::Operator)?;
+        let key = require(ctx, Role::Operator)?;
         let first = page_size(first, 50)?;
         let after_id = after.as_deref().map(cursor::decode_offset).transpose()?;
+        // Quarantined records are raw, personal data included: the read is logged.
+        backend(ctx)?
+            .log_access(key, Uuid::nil(), "quarantine")
+            .await
+            .map_err(backend_error)?;
         let mut records = backend(ctx)?
             .quarantine(after_id.unwrap_or(0) as u64, first + 1)
             .await

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use uuid::Uuid;
 
-use crate::access::{require, Role};
+use crate::access::{require_subscriber, Role};
 use crate::backend::Change;
 use crate::query::{backend, parse_id};
 
@@ -43,7 +43,7 @@ impl Subscription {
         ctx: &Context<'_>,
         id: Option<ID>,
     ) -> Result<impl Stream<Item = CustomerUpdated>> {
-        require(ctx, Role::Viewer)?;
+        require_subscriber(ctx, Role::Viewer)?;
         let only: Option<Uuid> = id.as_ref().map(parse_id).transpose()?;
         Ok(backend(ctx)?
             .changes()
@@ -68,7 +68,7 @@ impl Subscription {
         ctx: &Context<'_>,
         segment: Option<String>,
     ) -> Result<impl Stream<Item = SegmentMembershipChanged>> {
-        require(ctx, Role::Viewer)?;
+        require_subscriber(ctx, Role::Viewer)?;
         Ok(backend(ctx)?.changes().filter_map(move |change| {
             let segment = segment.clone();
             async move {

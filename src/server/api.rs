@@ -240,7 +240,7 @@ impl Backend for StoreBackend {
             .search(rule.as_ref(), order, &self.currency, Utc::now());
         Ok(CustomerPage {
             total: Some(found.len() as u64),
-            has_more: found.len() > offset + first,
+            has_more: found.len() > offset.saturating_add(first),
             ids: found
                 .into_iter()
                 .skip(offset)

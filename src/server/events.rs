@@ -81,7 +81,7 @@ pub(crate) async fn post_events(
                 ),
             )
         }
-        Err(message) => return super::graphql::unauthenticated(&message),
+        Err(refusal) => return refusal.response(),
     }
     let content_type = request
         .headers()

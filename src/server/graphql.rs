@@ -40,18 +40,53 @@ pub(crate) fn bearer(value: &str) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-/// The key a secret stands for, or the reason it does not.
+/// Why a request was not let in.
+pub(crate) enum Refusal {
+    /// No key, or an unknown or revoked one: 401.
+    Unauthenticated(&'static str),
+    /// The keys could not be read: 503, with the store's code (details stay in the log).
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// The HTTP answer.
+    pub(crate) fn response(&self) -> HttpResponse {
+        match self {
+            Self::Unauthenticated(message) => unauthenticated(message),
+            Self::Unavailable(code) => HttpResponse::ServiceUnavailable().json(json!({
+                "errors": [{"message": "the API key could not be checked; try again",
+                            "extensions": {"code": code}}]
+            })),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Self::Unauthenticated(message) => (*message).to_owned(),
+            Self::Unavailable(_) => "the API key could not be checked; try again".to_owned(),
+        }
+    }
+}
+
+/// The key a secret stands for, or why not.
 pub(crate) async fn authenticate(
     backend: &Arc<dyn Backend>,
     secret: Option<&str>,
-) -> Result<ApiKey, String> {
+) -> Result<ApiKey, Refusal> {
     let Some(secret) = secret else {
-        return Err("an API key is required: send `Authorization: Bearer <key>`".into());
+        return Err(Refusal::Unauthenticated(
+            "an API key is required: send `Authorization: Bearer <key>`",
+        ));
     };
     match backend.authenticate(secret).await {
         Ok(Some(key)) => Ok(key),
-        Ok(None) => Err("the API key is unknown or revoked".into()),
-        Err(e) => Err(format!("the API key could not be checked: {e}")),
+        Ok(None) => Err(Refusal::Unauthenticated(
+            "the API key is unknown or revoked",
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, code = %e.code, "API keys could not be read");
+            Err(Refusal::Unavailable(e.code))
+        }
     }
 }
 
@@ -65,7 +100,7 @@ pub(crate) async fn post(state: Data<AppState>, http: HttpRequest, body: Bytes) 
         .and_then(bearer);
     let key = match authenticate(&state.backend, secret).await {
         Ok(key) => key,
-        Err(message) => return unauthenticated(&message),
+        Err(refusal) => return refusal.response(),
     };
     let span = tracing::Span::current();
     span.record("key", key.name.as_str());
@@ -135,11 +170,13 @@ pub(crate) async fn websocket(
             let secret = header_secret.or(from_init);
             let key = authenticate(&backend, secret.as_deref())
                 .await
-                .map_err(|message| {
-                    patron_graphql::access::api_error(codes::UNAUTHENTICATED, message)
+                .map_err(|refusal| {
+                    patron_graphql::access::api_error(codes::UNAUTHENTICATED, refusal.message())
                 })?;
             let mut data = async_graphql::Data::default();
             data.insert(key);
+            // Queries and mutations go to POST /graphql, where each is authenticated anew.
+            data.insert(patron_graphql::access::Socket);
             data.insert(Loaders::new(backend, spawn));
             Ok(data)
         })

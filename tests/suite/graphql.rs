@@ -332,6 +332,25 @@ async fn customers_resolve_by_identifier_and_through_merges(t: &TestStore) {
         )
         .await;
     assert!(unknown["customerByIdentifier"].is_null());
+    // Lookups are few per request (they could guess a masked value's hidden digits) and logged.
+    let many: String = (0..6)
+        .map(|i| {
+            format!(
+                "l{i}: customerByIdentifier(kind: \"phone\", value: \"1390000000{i}\") {{ id }} "
+            )
+        })
+        .collect();
+    let (code, _) = app
+        .graphql_error(&viewer, &format!("{{ {many} }}"), json!({}))
+        .await;
+    assert_eq!(code, "TOO_MANY_LOOKUPS");
+    let survivor_id = CustomerId::from_uuid(survivor.parse().expect("uuid"));
+    let log = t.store.access_log(survivor_id).await.expect("log");
+    assert!(
+        log.iter()
+            .any(|e| e.what == "lookup:phone" && e.key_name == "viewer"),
+        "{log:?}"
+    );
     let (code, _) = app
         .graphql_error(
             &viewer,
@@ -716,6 +735,15 @@ async fn admins_erase_customers_and_operators_read_the_quarantine(t: &TestStore)
         quarantine["quarantine"]["edges"][0]["node"]["field"],
         "occurred_at"
     );
+    let reads = t
+        .store
+        .access_log(CustomerId::from_uuid(uuid::Uuid::nil()))
+        .await
+        .expect("log");
+    assert!(
+        reads.iter().any(|e| e.what == "quarantine"),
+        "quarantine reads are logged"
+    );
 
     let erase = "mutation($id: ID!) { eraseCustomer(id: $id, reason: \"request 42\") { customer keysDestroyed quarantinedRemoved } }";
     let (code, _) = app.graphql_error(&operator, erase, json!({"id": id})).await;
@@ -814,6 +842,21 @@ async fn subscribers_hear_of_profile_updates_and_segment_entries(t: &TestStore) 
         ack.to_text().expect("text").contains("connection_ack"),
         "{ack}"
     );
+    // The socket carries subscriptions only: a query there is refused.
+    socket
+        .send(send(
+            json!({"id": "q", "type": "subscribe", "payload": {"query": "{ me { name } }"}}),
+        ))
+        .await
+        .expect("query");
+    let refused = loop {
+        let message = socket.next().await.expect("a message").expect("readable");
+        let v: Value = serde_json::from_str(message.to_text().expect("text")).expect("json");
+        if v["id"] == "q" {
+            break v;
+        }
+    };
+    assert!(refused.to_string().contains("FORBIDDEN"), "{refused}");
     socket
         .send(send(json!({"id": "1", "type": "subscribe", "payload": {
             "query": "subscription { segmentMembershipChanged(segment: \"buyers\") { customer entered } }"}})))
