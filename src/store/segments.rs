@@ -39,6 +39,16 @@ pub struct SegmentChange {
     pub at: DateTime<Utc>,
 }
 
+/// A saved segment's name and the rule its members are judged by: its own, restricted to
+/// customers who consent to its purpose if it has one.
+fn judged_rule((name, rule, purpose): (String, String, Option<String>)) -> (String, String) {
+    let rule = match purpose {
+        Some(purpose) => consented(&rule, &purpose),
+        None => rule,
+    };
+    (name, rule)
+}
+
 /// `rule` restricted to customers who consent to `purpose`.
 pub fn consented(rule: &str, purpose: &str) -> String {
     format!("({rule}) and consent.{purpose} = true")
@@ -121,16 +131,7 @@ impl EventStore {
         match &self.backend {
             Backend::Sqlite(b) => {
                 let (rules, rows) = b.judging(customers).await?;
-                let rules = rules
-                    .into_iter()
-                    .map(|(name, rule, purpose)| {
-                        let rule = match purpose {
-                            Some(purpose) => consented(&rule, &purpose),
-                            None => rule,
-                        };
-                        (name, rule)
-                    })
-                    .collect();
+                let rules = rules.into_iter().map(judged_rule).collect();
                 Ok((
                     rules,
                     rows.into_iter()
@@ -162,16 +163,8 @@ impl EventStore {
             Backend::Sqlite(b) => {
                 let applied = b
                     .judge_memberships(customers, micros(at), |rules, rows| {
-                        let rules: Vec<(String, String)> = rules
-                            .into_iter()
-                            .map(|(name, rule, purpose)| {
-                                let rule = match purpose {
-                                    Some(purpose) => consented(&rule, &purpose),
-                                    None => rule,
-                                };
-                                (name, rule)
-                            })
-                            .collect();
+                        let rules: Vec<(String, String)> =
+                            rules.into_iter().map(judged_rule).collect();
                         let standings: HashMap<CustomerId, Standing> = rows
                             .into_iter()
                             .map(|(customer, row)| (customer, standing(customer, row)))
@@ -395,16 +388,7 @@ impl EventStore {
         let sql = "SELECT name, rule, purpose FROM segments ORDER BY name";
         let rows: Vec<(String, String, Option<String>)> =
             writing!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
-        Ok(rows
-            .into_iter()
-            .map(|(name, rule, purpose)| {
-                let rule = match purpose {
-                    Some(purpose) => consented(&rule, &purpose),
-                    None => rule,
-                };
-                (name, rule)
-            })
-            .collect())
+        Ok(rows.into_iter().map(judged_rule).collect())
     }
 
     /// A segment's members as of the last refresh.
