@@ -3,7 +3,7 @@
 //! (`Authorization: Bearer ...`).
 
 use actix_web::http::header::CONTENT_TYPE;
-use actix_web::web::{Bytes, Data};
+use actix_web::web::Data;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::json;
@@ -55,11 +55,11 @@ fn records(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, String> {
 }
 
 /// `POST /v1/events`.
-#[tracing::instrument(name = "http.post_events", skip_all, fields(bytes = body.len(), key))]
+#[tracing::instrument(name = "http.post_events", skip_all, fields(bytes, key))]
 pub(crate) async fn post_events(
     state: Data<AppState>,
     request: HttpRequest,
-    body: Bytes,
+    payload: actix_web::web::Payload,
 ) -> HttpResponse {
     use actix_web::http::StatusCode;
     let secret = request
@@ -83,6 +83,11 @@ pub(crate) async fn post_events(
         }
         Err(refusal) => return refusal.response(),
     }
+    let body = match super::read_body(payload).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    tracing::Span::current().record("bytes", body.len());
     let content_type = request
         .headers()
         .get(CONTENT_TYPE)

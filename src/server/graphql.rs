@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::web::{Bytes, Data, Payload};
+use actix_web::web::{Data, Payload};
 use actix_web::{HttpRequest, HttpResponse};
 use async_graphql::http::GraphiQLSource;
 use async_graphql_actix_web::{GraphQLResponse, GraphQLSubscription};
@@ -91,8 +91,12 @@ pub(crate) async fn authenticate(
 }
 
 /// `POST /graphql`: a JSON body of at most [`super::MAX_BODY_BYTES`] (413 beyond).
-#[tracing::instrument(name = "http.graphql", skip_all, fields(key, operation, bytes = body.len()))]
-pub(crate) async fn post(state: Data<AppState>, http: HttpRequest, body: Bytes) -> HttpResponse {
+#[tracing::instrument(name = "http.graphql", skip_all, fields(key, operation, bytes))]
+pub(crate) async fn post(
+    state: Data<AppState>,
+    http: HttpRequest,
+    payload: Payload,
+) -> HttpResponse {
     let secret = http
         .headers()
         .get(AUTHORIZATION)
@@ -104,6 +108,11 @@ pub(crate) async fn post(state: Data<AppState>, http: HttpRequest, body: Bytes) 
     };
     let span = tracing::Span::current();
     span.record("key", key.name.as_str());
+    let body = match super::read_body(payload).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    span.record("bytes", body.len());
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {

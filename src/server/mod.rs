@@ -100,6 +100,30 @@ pub(crate) struct AppState {
     pub ready_lag_seconds: i64,
 }
 
+/// A request's body, read only up to [`MAX_BODY_BYTES`]: called once the caller is known, so an
+/// unauthenticated client cannot make the server buffer a large body.
+pub(crate) async fn read_body(
+    payload: web::Payload,
+) -> Result<web::Bytes, actix_web::HttpResponse> {
+    let error = |status: actix_web::http::StatusCode, code: &str, message: String| {
+        actix_web::HttpResponse::build(status)
+            .json(serde_json::json!({"error": {"code": code, "message": message}}))
+    };
+    match payload.to_bytes_limited(MAX_BODY_BYTES).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) => Err(error(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "MALFORMED_BODY",
+            format!("the body could not be read: {e}"),
+        )),
+        Err(_) => Err(error(
+            actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "BODY_TOO_LARGE",
+            format!("the body is over {MAX_BODY_BYTES} bytes"),
+        )),
+    }
+}
+
 impl AppState {
     /// Ingests records through the commit queue, counting them.
     pub(crate) async fn ingest(&self, records: Vec<Incoming>) -> Result<IngestReport, IngestError> {
