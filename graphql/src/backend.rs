@@ -302,6 +302,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn authenticate(&self, secret: &str) -> BackendResult<Option<ApiKey>>;
     /// Creates an API key.
     async fn create_key(&self, name: &str, role: Role) -> BackendResult<NewApiKey>;
+    /// Whether the key `id` exists and is not revoked.
+    async fn key_is_live(&self, id: Uuid) -> BackendResult<bool>;
     /// Revokes an API key; `false` if there was no such live key.
     async fn revoke_key(&self, id: Uuid) -> BackendResult<bool>;
     /// API keys, revoked ones included.

@@ -508,6 +508,16 @@ impl Backend for StoreBackend {
         })
     }
 
+    async fn key_is_live(&self, id: Uuid) -> BackendResult<bool> {
+        Ok(self
+            .store
+            .api_keys()
+            .await
+            .map_err(store_error)?
+            .iter()
+            .any(|k| k.id == id && k.revoked_at.is_none()))
+    }
+
     async fn revoke_key(&self, id: Uuid) -> BackendResult<bool> {
         self.store
             .revoke_api_key(id, Utc::now())

@@ -109,6 +109,9 @@ impl Backend for Counting {
     async fn create_key(&self, name: &str, role: Role) -> BackendResult<NewApiKey> {
         self.inner.create_key(name, role).await
     }
+    async fn key_is_live(&self, id: Uuid) -> BackendResult<bool> {
+        self.inner.key_is_live(id).await
+    }
     async fn revoke_key(&self, id: Uuid) -> BackendResult<bool> {
         self.inner.revoke_key(id).await
     }

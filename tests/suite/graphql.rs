@@ -909,6 +909,53 @@ async fn subscribers_hear_of_profile_updates_and_segment_entries(t: &TestStore) 
             heard_entry = true;
         }
     }
+
+    // Once the socket's key is revoked, its subscriptions end at their next announcement.
+    let admin = key(t, "admin").await;
+    for stored in t.store.api_keys().await.expect("keys") {
+        if stored.name == "operator" {
+            t.store
+                .revoke_api_key(stored.id, chrono::Utc::now())
+                .await
+                .expect("revoke");
+        }
+    }
+    tokio::time::sleep(patron_graphql::subscription::KEY_RECHECK + Duration::from_millis(100))
+        .await;
+    let later = app
+        .graphql(
+            &admin,
+            INGEST,
+            json!({"records": [order("web", "2026-03-02T10:00:00+08:00", "13400000002", 100)]}),
+        )
+        .await;
+    let later = later["ingest"][0]["customer"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let mut completed = std::collections::BTreeSet::new();
+    while completed.len() < 2 {
+        let message = tokio::time::timeout_at(deadline + Duration::from_secs(20), socket.next())
+            .await
+            .expect("the subscriptions end within 20 s")
+            .expect("a message")
+            .expect("readable");
+        let Ok(text) = message.to_text() else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            continue;
+        };
+        // Announcements from before the revocation may still be queued; none of the later
+        // customer may come through.
+        assert!(
+            !(v["type"] == "next" && v.to_string().contains(&later)),
+            "nothing is sent after the revocation: {v}"
+        );
+        if v["type"] == "complete" {
+            completed.insert(v["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
 }
 
 async fn metrics_and_readiness_report_the_server(t: &TestStore) {
