@@ -121,34 +121,6 @@ fn standing(customer: CustomerId, row: StandingRow) -> Standing {
 }
 
 impl EventStore {
-    /// The rules of the saved segments (as [`EventStore::segment_rules`]) and the standing of
-    /// each of `customers`: what judging their profile changes needs. No standings are read
-    /// when there is no saved segment.
-    pub async fn judging(
-        &self,
-        customers: &[CustomerId],
-    ) -> Result<(Vec<(String, String)>, HashMap<CustomerId, Standing>)> {
-        match &self.backend {
-            Backend::Sqlite(b) => {
-                let (rules, rows) = b.judging(customers).await?;
-                let rules = rules.into_iter().map(judged_rule).collect();
-                Ok((
-                    rules,
-                    rows.into_iter()
-                        .map(|(customer, row)| (customer, standing(customer, row)))
-                        .collect(),
-                ))
-            }
-            Backend::Postgres(_) => {
-                let rules = self.segment_rules().await?;
-                if rules.is_empty() {
-                    return Ok((rules, HashMap::new()));
-                }
-                Ok((rules, self.standings(customers).await?))
-            }
-        }
-    }
-
     /// Judges `customers` and records their entries and exits, in one transaction: `judge` is
     /// given the saved segments' rules (as [`EventStore::segment_rules`]) and each customer's
     /// standing, and answers the changes; those that changed something are returned. Nothing is
@@ -185,10 +157,11 @@ impl EventStore {
                     .collect())
             }
             Backend::Postgres(_) => {
-                let (rules, standings) = self.judging(customers).await?;
+                let rules = self.segment_rules().await?;
                 if rules.is_empty() {
                     return Ok(Vec::new());
                 }
+                let standings = self.standings(customers).await?;
                 let changes = judge(&rules, &standings);
                 self.apply_membership_changes(&changes, at).await
             }
@@ -263,14 +236,6 @@ impl EventStore {
     ) -> Result<Vec<MembershipChange>> {
         if changes.is_empty() {
             return Ok(Vec::new());
-        }
-        if let Backend::Sqlite(b) = &self.backend {
-            let raw: Vec<(&str, CustomerId, bool)> = changes
-                .iter()
-                .map(|c| (c.segment.as_str(), c.customer, c.entered))
-                .collect();
-            let applied = b.apply_memberships(&raw, micros(at)).await?;
-            return Ok(applied.into_iter().map(|i| changes[i].clone()).collect());
         }
         let applied = writing!(self, pool => {
             let mut tx = pool.begin().await?;

@@ -572,16 +572,9 @@ impl SqliteLog {
         .await
     }
 
-    /// The saved segments `(name, rule, purpose)` and, for each of `customers`, its scores,
-    /// tags and memberships as one row (the columns of [`STANDING_SQL`]), read on one reader
-    /// connection with SQLite's own statements: what judging a profile change needs.
-    pub(crate) async fn judging(&self, customers: &[CustomerId]) -> Result<Judging> {
-        self.read(|db| read_judging(db, customers)).await
-    }
-
-    /// Reads what judging `customers` needs ([`SqliteBackend::judging`]), lets `judge` decide
-    /// the entries and exits `(segment, customer, entered)`, and records them
-    /// ([`SqliteBackend::apply_memberships`]), all in one transaction on the writing connection
+    /// Reads what judging `customers` needs (the saved segments and each customer's standing),
+    /// lets `judge` decide the entries and exits `(segment, customer, entered)`, and records
+    /// them, all in one transaction on the writing connection
     /// with SQLite's own statements: two hand-overs to the driver in all. Returns the changes
     /// that changed something.
     pub(crate) async fn judge_memberships<F>(
@@ -688,25 +681,6 @@ impl SqliteLog {
             tx.rollback().await?;
         }
         Ok(moved)
-    }
-
-    /// Records segment entries and exits `(segment, customer, entered)` at `at` (microseconds)
-    /// in one transaction with SQLite's own statements: an entry into a segment that exists
-    /// and that the customer is not in, an exit of a member; each is logged. Returns the indices
-    /// of the changes that changed something.
-    pub(crate) async fn apply_memberships(
-        &self,
-        changes: &[(&str, CustomerId, bool)],
-        at: i64,
-    ) -> Result<Vec<usize>> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let applied = {
-            let mut handle = tx.lock_handle().await?;
-            let db = RawDb::new(&mut handle);
-            blocking(|| apply_on(&db, changes, at))?
-        };
-        tx.commit().await?;
-        Ok(applied)
     }
 
     /// The pool of the one writing connection.
