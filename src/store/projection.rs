@@ -47,20 +47,12 @@ pub struct ProfileRow {
 impl EventStore {
     /// A setting's value, if stored.
     pub async fn setting(&self, name: &str) -> Result<Option<String>> {
-        Ok(match &self.backend {
-            Backend::Sqlite(b) => {
-                sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
-                    .bind(name)
-                    .fetch_optional(b.reader())
-                    .await?
-            }
-            Backend::Postgres(b) => {
-                sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
-                    .bind(name)
-                    .fetch_optional(b.pool())
-                    .await?
-            }
-        })
+        let sql = "SELECT value FROM settings WHERE name = $1";
+        let value = reading!(self, pool => sqlx::query_scalar(sql)
+            .bind(name)
+            .fetch_optional(pool)
+            .await?);
+        Ok(value)
     }
 
     /// Whether any customer key or identity index entry is stored: whether keys generated now
@@ -68,10 +60,7 @@ impl EventStore {
     pub async fn holds_keyed_data(&self) -> Result<bool> {
         let sql =
             "SELECT EXISTS (SELECT 1 FROM customer_keys) OR EXISTS (SELECT 1 FROM identity_index)";
-        let held: bool = match &self.backend {
-            Backend::Sqlite(b) => sqlx::query_scalar(sql).fetch_one(b.reader()).await?,
-            Backend::Postgres(b) => sqlx::query_scalar(sql).fetch_one(b.pool()).await?,
-        };
+        let held: bool = reading!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await?);
         Ok(held)
     }
 
@@ -79,41 +68,21 @@ impl EventStore {
     pub async fn put_setting(&self, name: &str, value: &str) -> Result<()> {
         let sql = "INSERT INTO settings (name, value) VALUES ($1, $2) \
                    ON CONFLICT (name) DO UPDATE SET value = excluded.value";
-        match &self.backend {
-            Backend::Sqlite(b) => {
-                sqlx::query(sql)
-                    .bind(name)
-                    .bind(value)
-                    .execute(b.writer())
-                    .await?;
-            }
-            Backend::Postgres(b) => {
-                sqlx::query(sql)
-                    .bind(name)
-                    .bind(value)
-                    .execute(b.pool())
-                    .await?;
-            }
-        }
+        writing!(self, pool => sqlx::query(sql)
+            .bind(name)
+            .bind(value)
+            .execute(pool)
+            .await?
+            .rows_affected());
         Ok(())
     }
 
     /// Where the projection `name` has read the log up to (0: nothing yet).
     pub async fn checkpoint(&self, name: &str) -> Result<Position> {
-        let position: Option<i64> = match &self.backend {
-            Backend::Sqlite(b) => {
-                sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
+        let position: Option<i64> = reading!(self, pool => sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
                     .bind(name)
-                    .fetch_optional(b.reader())
-                    .await?
-            }
-            Backend::Postgres(b) => {
-                sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
-                    .bind(name)
-                    .fetch_optional(b.pool())
-                    .await?
-            }
-        };
+                    .fetch_optional(pool)
+                    .await?);
         let position = position.unwrap_or(0);
         to_u64(position, position, "checkpoint")
     }
@@ -165,10 +134,7 @@ impl EventStore {
     /// How many live (not merged away) customers have a profile.
     pub async fn live_customer_count(&self) -> Result<u64> {
         let sql = "SELECT count(*) FROM profiles WHERE merged_into IS NULL";
-        let n: i64 = match &self.backend {
-            Backend::Sqlite(b) => sqlx::query_scalar(sql).fetch_one(b.reader()).await?,
-            Backend::Postgres(b) => sqlx::query_scalar(sql).fetch_one(b.pool()).await?,
-        };
+        let n: i64 = reading!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await?);
         to_u64(n, 0, "count")
     }
 

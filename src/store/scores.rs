@@ -162,10 +162,8 @@ impl EventStore {
     /// Each scored customer's stage as of the last scoring run.
     pub async fn stages(&self) -> Result<HashMap<CustomerId, String>> {
         let sql = "SELECT customer_id, stage FROM customer_scores";
-        let rows: Vec<(Uuid, String)> = match &self.backend {
-            Backend::Sqlite(b) => sqlx::query_as(sql).fetch_all(b.reader()).await?,
-            Backend::Postgres(b) => sqlx::query_as(sql).fetch_all(b.pool()).await?,
-        };
+        let rows: Vec<(Uuid, String)> =
+            reading!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
         Ok(rows
             .into_iter()
             .map(|(c, s)| (CustomerId::from_uuid(c), s))
@@ -243,10 +241,8 @@ impl EventStore {
              GROUP BY {c} ORDER BY {c}",
             c = column.name()
         );
-        let rows: Vec<(String, i64)> = match &self.backend {
-            Backend::Sqlite(b) => sqlx::query_as(&sql).fetch_all(b.reader()).await?,
-            Backend::Postgres(b) => sqlx::query_as(&sql).fetch_all(b.pool()).await?,
-        };
+        let rows: Vec<(String, i64)> =
+            reading!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await?);
         rows.into_iter()
             .map(|(v, n)| Ok((v, to_u64(n, 0, "count")?)))
             .collect()
@@ -255,10 +251,8 @@ impl EventStore {
     /// Live customers per tag.
     pub async fn tag_counts(&self) -> Result<Vec<(String, u64)>> {
         let sql = "SELECT tag, count(*) FROM customer_tags GROUP BY tag ORDER BY tag";
-        let rows: Vec<(String, i64)> = match &self.backend {
-            Backend::Sqlite(b) => sqlx::query_as(sql).fetch_all(b.reader()).await?,
-            Backend::Postgres(b) => sqlx::query_as(sql).fetch_all(b.pool()).await?,
-        };
+        let rows: Vec<(String, i64)> =
+            reading!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
         rows.into_iter()
             .map(|(v, n)| Ok((v, to_u64(n, 0, "count")?)))
             .collect()
@@ -266,33 +260,19 @@ impl EventStore {
 
     /// The tags of a customer as of the last scoring run.
     pub async fn tags_of(&self, customer: CustomerId) -> Result<Vec<String>> {
-        Ok(match &self.backend {
-            Backend::Sqlite(b) => {
-                sqlx::query_scalar(
-                    "SELECT tag FROM customer_tags WHERE customer_id = ? ORDER BY tag",
-                )
-                .bind(customer.as_uuid())
-                .fetch_all(b.reader())
-                .await?
-            }
-            Backend::Postgres(b) => {
-                sqlx::query_scalar(
+        Ok(reading!(self, pool => sqlx::query_scalar(
                     "SELECT tag FROM customer_tags WHERE customer_id = $1 ORDER BY tag",
                 )
                 .bind(customer.as_uuid())
-                .fetch_all(b.pool())
-                .await?
-            }
-        })
+                .fetch_all(pool)
+                .await?))
     }
 
     /// Every scored customer's scores, without tags.
     pub async fn all_scores(&self) -> Result<HashMap<CustomerId, ScoreRow>> {
         let sql = format!("SELECT {SCORE_COLUMNS} FROM customer_scores");
-        let rows: Vec<ScoreTuple> = match &self.backend {
-            Backend::Sqlite(b) => sqlx::query_as(&sql).fetch_all(b.reader()).await?,
-            Backend::Postgres(b) => sqlx::query_as(&sql).fetch_all(b.pool()).await?,
-        };
+        let rows: Vec<ScoreTuple> =
+            reading!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await?);
         Ok(rows
             .into_iter()
             .map(score_row)
@@ -374,10 +354,8 @@ impl EventStore {
         &self,
     ) -> Result<HashMap<CustomerId, std::collections::BTreeSet<String>>> {
         let sql = "SELECT customer_id, tag FROM customer_tags";
-        let rows: Vec<(Uuid, String)> = match &self.backend {
-            Backend::Sqlite(b) => sqlx::query_as(sql).fetch_all(b.reader()).await?,
-            Backend::Postgres(b) => sqlx::query_as(sql).fetch_all(b.pool()).await?,
-        };
+        let rows: Vec<(Uuid, String)> =
+            reading!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
         let mut tags: HashMap<CustomerId, std::collections::BTreeSet<String>> = HashMap::new();
         for (c, tag) in rows {
             tags.entry(CustomerId::from_uuid(c))
