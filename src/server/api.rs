@@ -511,11 +511,10 @@ impl Backend for StoreBackend {
     async fn key_is_live(&self, id: Uuid) -> BackendResult<bool> {
         Ok(self
             .store
-            .api_keys()
+            .api_key(id)
             .await
             .map_err(store_error)?
-            .iter()
-            .any(|k| k.id == id && k.revoked_at.is_none()))
+            .is_some_and(|k| k.revoked_at.is_none()))
     }
 
     async fn revoke_key(&self, id: Uuid) -> BackendResult<bool> {

@@ -100,6 +100,14 @@ impl EventStore {
         row.map(stored_key).transpose()
     }
 
+    /// The key `id`, revoked or not.
+    pub async fn api_key(&self, id: Uuid) -> Result<Option<StoredKey>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
+        let row: Option<KeyRow> =
+            reading!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
+        row.map(stored_key).transpose()
+    }
+
     /// Every API key, oldest first.
     pub async fn api_keys(&self) -> Result<Vec<StoredKey>> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id");
