@@ -81,7 +81,7 @@ pub(crate) async fn post_events(
                 ),
             )
         }
-        Err(refusal) => return refusal.response(),
+        Err(refusal) => return refusal.rest_response(),
     }
     let body = match super::read_body(payload).await {
         Ok(body) => body,

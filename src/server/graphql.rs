@@ -60,6 +60,19 @@ impl Refusal {
         }
     }
 
+    /// The answer in the shape of the REST endpoints' errors (`{"error": {"code", "message"}}`).
+    pub(crate) fn rest_response(&self) -> HttpResponse {
+        let (mut response, code) = match self {
+            Self::Unauthenticated(_) => {
+                let mut r = HttpResponse::Unauthorized();
+                r.insert_header(("WWW-Authenticate", "Bearer"));
+                (r, codes::UNAUTHENTICATED.to_owned())
+            }
+            Self::Unavailable(code) => (HttpResponse::ServiceUnavailable(), code.clone()),
+        };
+        response.json(json!({"error": {"code": code, "message": self.message()}}))
+    }
+
     fn message(&self) -> String {
         match self {
             Self::Unauthenticated(message) => (*message).to_owned(),

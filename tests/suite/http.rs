@@ -162,8 +162,9 @@ async fn ingestion_needs_a_key_that_may_ingest(t: &TestStore) {
     let r = send(None).await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(
-        r.json::<Value>().await.unwrap()["errors"][0]["extensions"]["code"],
-        "UNAUTHENTICATED"
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "UNAUTHENTICATED",
+        "the same error shape as every other answer of /v1/events"
     );
     let viewer = api_key(t, "viewer").await;
     let r = send(Some(viewer)).await.unwrap();
