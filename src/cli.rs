@@ -7,6 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use patron_domain::customer::CustomerId;
 use patron_domain::privacy::MasterKey;
 
+use crate::analytics::{
+    self,
+    command::{AnalyticsCommand, Output},
+};
 use crate::bench::{run_http_bench, run_read_bench, run_store_bench, Spread, StoreBenchConfig};
 use crate::demo::{generate_people, run_demo, DemoConfig};
 use crate::import::import_file;
@@ -222,6 +226,16 @@ pub enum Command {
     /// master key for PATRON_MASTER_KEY.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Customer analytics: cohorts, funnels, paths, attribution, lifetime value, product
+    /// associations, campaign effect, data quality; JSON or (--csv) CSV.
+    Analytics {
+        /// The analysis.
+        #[command(subcommand)]
+        analysis: AnalyticsCommand,
+        /// How to print it.
+        #[command(flatten)]
+        output: Output,
+    },
     /// Run a benchmark on a scratch database and print its figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -537,6 +551,16 @@ impl Cli {
                 let rules = self.scoring_rules()?;
                 let as_of = as_of.map_or_else(chrono::Utc::now, |t| t.to_utc());
                 score(&self.database_url, &rules, as_of, json).await
+            }
+            Command::Analytics {
+                ref analysis,
+                ref output,
+            } => {
+                let rules = self.rules()?;
+                let store = open(&self.database_url).await?;
+                let done = analytics::command::run(&store, &rules, analysis, output).await;
+                store.close().await;
+                done
             }
             Command::Segment(SegmentCommand::Save {
                 ref name,

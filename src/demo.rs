@@ -13,6 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use rand_distr::{Beta, Distribution, Exp, Gamma};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -170,12 +171,68 @@ fn new_person(rng: &mut StdRng, id: u32) -> Person {
 struct Builder<'a> {
     rng: &'a mut StdRng,
     until: DateTime<Utc>,
+    /// The current person's active time: from their first touchpoint to when they drop out.
+    active: (DateTime<Utc>, DateTime<Utc>),
+    /// The current person's spend level (mean 1): their prices are multiplied by it.
+    spend: f64,
+    /// When set, the time of the next touchpoint (a step of a session).
+    next_at: Option<DateTime<Utc>>,
 }
 
 impl Builder<'_> {
+    /// A new person: joins at a uniform time in the two years, stays active for an
+    /// exponential time (mean one year), spends at a Gamma(2, 0.5) level. Customers thus
+    /// differ in how long they buy and how much, as lifetime-value models assume.
+    fn start_person(&mut self) {
+        let join = self.until - TimeDelta::seconds(self.rng.gen_range(0..730 * 86_400));
+        let u: f64 = self.rng.gen_range(f64::EPSILON..1.0);
+        let life = TimeDelta::seconds((-u.ln() * 365.0 * 86_400.0) as i64);
+        self.active = (join, (join + life).min(self.until));
+        let (u1, u2): (f64, f64) = (
+            self.rng.gen_range(f64::EPSILON..1.0),
+            self.rng.gen_range(f64::EPSILON..1.0),
+        );
+        self.spend = -(u1.ln() + u2.ln()) * 0.5;
+        self.next_at = None;
+    }
+
+    /// The current person's purchase times: from a first purchase one exponential wait after
+    /// they join, one purchase after another at a rate drawn from Gamma(2, scale) (a mean of one
+    /// purchase per 45 days at 12 touchpoints a person), dropping out after each repeat purchase
+    /// with a probability drawn from Beta(2, 6), until the data set ends. These are the BG/NBD
+    /// model's assumptions, with r = 2, alpha = 90 days, a = 2, b = 6 at 12 touchpoints.
+    fn purchases(&mut self, touchpoints_per_person: f64) -> Vec<DateTime<Utc>> {
+        let scale = touchpoints_per_person.max(1.0) / 12.0 / 90.0;
+        let rate: f64 = Gamma::new(2.0, scale).map_or(1.0 / 45.0, |g| g.sample(self.rng));
+        let dropout: f64 = Beta::new(2.0, 6.0).map_or(0.25, |d| d.sample(self.rng));
+        let wait = Exp::new(rate.max(1e-6)).map_err(|_| ());
+        let mut times = Vec::new();
+        let Ok(wait) = wait else {
+            return times;
+        };
+        let mut at = self.active.0;
+        loop {
+            let days: f64 = wait.sample(self.rng);
+            at += TimeDelta::seconds((days * 86_400.0).min(1e10) as i64);
+            if at > self.until {
+                break;
+            }
+            times.push(at);
+            // Dropping out happens after a repeat purchase, never right after the first.
+            if times.len() > 1 && self.rng.gen_bool(dropout.clamp(0.0, 1.0)) {
+                break;
+            }
+        }
+        times
+    }
+
     fn time(&mut self) -> DateTime<Utc> {
-        let seconds = self.rng.gen_range(0..730 * 86_400);
-        self.until - TimeDelta::seconds(seconds)
+        if let Some(at) = self.next_at.take() {
+            return at;
+        }
+        let (from, to) = self.active;
+        let span = (to - from).num_seconds().max(1);
+        from + TimeDelta::seconds(self.rng.gen_range(0..span))
     }
 
     fn base(
@@ -210,10 +267,21 @@ impl Builder<'_> {
     }
 
     fn order(&mut self) -> Map<String, Value> {
-        let items: Vec<Value> = (0..self.rng.gen_range(1..=3))
-            .map(|_| {
-                let sku = self.rng.gen_range(0..200);
-                let price = 1_000 + (sku * 7_919) % 90_000;
+        let mut skus: Vec<u64> = (0..self.rng.gen_range(1..=3))
+            .map(|_| self.rng.gen_range(0..200))
+            .collect();
+        // Products come in pairs (0 and 1, 2 and 3, ...) often bought together.
+        if self.rng.gen_bool(0.3) {
+            skus.push(skus[0] ^ 1);
+        }
+        skus.dedup();
+        let spend = self.spend;
+        let items: Vec<Value> = skus
+            .into_iter()
+            .map(|sku| {
+                let price = ((1_000 + (sku * 7_919) % 90_000) as f64 * spend)
+                    .round()
+                    .max(100.0) as u64;
                 json!({
                     "sku": format!("SKU-{sku:05}"),
                     "category": CATEGORIES[(sku % 8) as usize],
@@ -270,8 +338,12 @@ pub fn generate_people(config: &DemoConfig, first: usize, count: usize) -> Vec<D
     let mut b = Builder {
         rng: &mut rng,
         until: config.until,
+        active: (config.until, config.until),
+        spend: 1.0,
+        next_at: None,
     };
     for p in &people {
+        b.start_person();
         let n =
             1 + (b.rng.gen::<f64>() * 2.0 * (config.touchpoints_per_person - 1.0)).round() as usize;
         // Introductions (the first sighting of each identifier beside a core one) are never
@@ -376,14 +448,28 @@ pub fn generate_people(config: &DemoConfig, first: usize, count: usize) -> Vec<D
             );
         }
         introducing = false;
-        for _ in 0..n {
+        // Orders follow the BG/NBD story: purchases at the person's own Poisson rate from their
+        // first, each followed by dropping out with the person's own probability; the other
+        // touchpoints fall anywhere in the active time.
+        let mut plan: Vec<(u32, Option<DateTime<Utc>>)> = b
+            .purchases(config.touchpoints_per_person)
+            .into_iter()
+            .map(|at| (if b.rng.gen_bool(0.7) { 0 } else { 75 }, Some(at)))
+            .collect();
+        let orders = plan.len();
+        for _ in 0..n.saturating_sub(orders) {
+            // Any kind but an order: 30..=74 and 83..=99.
+            let k = b.rng.gen_range(30..92);
+            plan.push((if k >= 75 { k + 8 } else { k }, None));
+        }
+        for (kind, at) in plan {
+            b.next_at = at;
             let phone_now = p
                 .second_phone
                 .as_ref()
                 .filter(|_| b.rng.gen_bool(0.3))
                 .unwrap_or(&p.phone)
                 .clone();
-            let kind = b.rng.gen_range(0..100);
             let (r, extra) = match kind {
                 0..=29 => {
                     // Cashiers type a placeholder phone for members who show their card.
@@ -451,6 +537,26 @@ pub fn generate_people(config: &DemoConfig, first: usize, count: usize) -> Vec<D
                         ("email", email),
                         ("cookie", Some(p.cookie.clone())),
                     ]);
+                    // An online order ends a session: a product viewed in the app and put in
+                    // the cart minutes before (half the time), then bought on the web.
+                    let at = b.time();
+                    if b.rng.gen_bool(0.5) {
+                        let device = p.devices.choose(b.rng).cloned();
+                        let item =
+                            json!({"sku": "SKU-00001", "quantity": 1, "unit_price_minor": 1000});
+                        let steps = [
+                            ("screen_viewed", 30, ("screen", json!("product/1"))),
+                            ("cart_item_added", 10, ("item", item)),
+                        ];
+                        for (event, minutes, (field, value)) in steps {
+                            b.next_at = Some(at - TimeDelta::minutes(minutes));
+                            let m = ids(&[("device_id", device.clone())]);
+                            let r = b.base(event, "app", "app", m);
+                            let extra = Map::from_iter([(field.to_owned(), value)]);
+                            push(&mut b, r, extra, introducing);
+                        }
+                    }
+                    b.next_at = Some(at);
                     let r = b.base("order_placed", "web", "shop", m);
                     (r, b.order())
                 }

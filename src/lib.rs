@@ -10,6 +10,8 @@
 //! - [`projection`]: the runner that folds the log into read models, with checkpoints.
 //! - [`scoring`]: value tiers, RFM and lifecycle stages of every customer as of a moment.
 //! - [`segmentation`]: segment rules judged over the whole customer base.
+//! - [`analytics`]: lifetime value, cohorts, funnels, paths, attribution, associations,
+//!   campaign effect and data quality over every customer's activity.
 //! - [`bench`]: the `patron bench` workloads whose figures go into `docs/benchmarks.md`.
 //! - [`cli`]: the `patron` command line.
 //! - [`telemetry`]: tracing set-up.
@@ -17,6 +19,7 @@
 //! The domain (events, identities, the customer aggregate) lives in the `patron-domain` crate,
 //! read models in `patron-projections`, the API schema in `patron-graphql`.
 
+pub mod analytics;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -9,6 +9,13 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
+use patron_projections::analytics::attribution::Attribution;
+use patron_projections::analytics::campaign::CampaignEffect;
+use patron_projections::analytics::cohort::{CohortTable, Period};
+use patron_projections::analytics::funnel::{FunnelAsk, StepFigures};
+use patron_projections::analytics::paths::PathRow;
+use patron_projections::analytics::quality::QualityReport;
+use patron_projections::analytics::report::{AssociationAsk, AssociationReport, ClvReport};
 use patron_projections::profile::Profile;
 use serde_json::Value;
 use uuid::Uuid;
@@ -308,6 +315,29 @@ pub trait Backend: Send + Sync + 'static {
     async fn revoke_key(&self, id: Uuid) -> BackendResult<bool>;
     /// API keys, revoked ones included.
     async fn keys(&self) -> BackendResult<Vec<ApiKey>>;
+    /// Retention by cohort of first purchase, up to now.
+    async fn cohorts(&self, period: Period, by_channel: bool) -> BackendResult<CohortTable>;
+    /// Customers through a funnel's steps.
+    async fn funnel(&self, ask: FunnelAsk) -> BackendResult<Vec<StepFigures>>;
+    /// The most common paths to a first purchase.
+    async fn paths(&self, max_steps: usize, limit: usize) -> BackendResult<Vec<PathRow>>;
+    /// The data-quality report per period.
+    async fn quality(&self, period: Period) -> BackendResult<QualityReport>;
+    /// Lifetime value and churn, fitted now over every customer's orders in the main currency.
+    async fn clv(&self, horizon_days: u32, churn_days: u32, top: usize)
+        -> BackendResult<ClvReport>;
+    /// Each channel's share of conversions.
+    async fn attribution(&self, lookback_days: u32) -> BackendResult<Attribution>;
+    /// Product associations.
+    async fn associations(&self, ask: AssociationAsk) -> BackendResult<AssociationReport>;
+    /// The effect of targeting a segment at a time, in the main currency.
+    async fn campaign(
+        &self,
+        segment: &str,
+        at: DateTime<Utc>,
+        window_days: u32,
+        lookback_days: u32,
+    ) -> BackendResult<CampaignEffect>;
     /// Changes as they happen: profiles updated and segment entries and exits.
     fn changes(&self) -> BoxStream<'static, Change>;
 }

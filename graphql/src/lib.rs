@@ -7,6 +7,7 @@
 //! [`prepare`]. The SDL is checked in as `graphql/schema.graphql` (see [`sdl`]).
 
 pub mod access;
+pub mod analytics;
 pub mod backend;
 pub mod cursor;
 pub mod customer;

@@ -7,6 +7,7 @@ use async_graphql::{Context, Object, Result, SimpleObject, ID};
 use uuid::Uuid;
 
 use crate::access::{api_error, codes, require, ApiKey, Role};
+use crate::analytics::Analytics;
 use crate::backend::{
     Backend, Bucket, CustomerSort, Dimension, Purpose, QuarantineRecord, SegmentRecord,
 };
@@ -111,6 +112,13 @@ pub struct Query;
 
 #[Object]
 impl Query {
+    /// Customer analytics: cohorts, funnels, paths, attribution, lifetime value, product
+    /// associations, campaign effect and data quality (analyst role).
+    async fn analytics(&self, ctx: &Context<'_>) -> Result<Analytics> {
+        require(ctx, Role::Analyst)?;
+        Ok(Analytics)
+    }
+
     /// The calling key.
     async fn me(&self, ctx: &Context<'_>) -> Result<ApiKey> {
         Ok(require(ctx, Role::Viewer)?.clone())

@@ -9,7 +9,9 @@
 //! - [`lifecycle`]: lifecycle stages.
 //! - [`tags`]: tags from rules and derived from the profile.
 //! - [`segment`]: the segment rule language and its evaluation against one customer.
+//! - [`analytics`]: lifetime value, attribution and product associations.
 
+pub mod analytics;
 pub mod lifecycle;
 pub mod profile;
 pub mod segment;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use patron_domain::customer::CustomerId;
 use patron_graphql::backend::{
@@ -14,6 +14,13 @@ use patron_graphql::backend::{
     SegmentRecord,
 };
 use patron_graphql::{ApiKey, Backend, BackendError, BackendResult, Role};
+use patron_projections::analytics::attribution::Attribution;
+use patron_projections::analytics::campaign::CampaignEffect;
+use patron_projections::analytics::cohort::{CohortTable, Period};
+use patron_projections::analytics::funnel::{FunnelAsk, StepFigures};
+use patron_projections::analytics::paths::PathRow;
+use patron_projections::analytics::quality::QualityReport;
+use patron_projections::analytics::report::{AssociationAsk, AssociationReport, ClvReport};
 use patron_projections::profile::Profile;
 use patron_projections::segment::Rule;
 use rand::RngCore;
@@ -34,6 +41,7 @@ use crate::store::segments::consented;
 use crate::store::{EventStore, StoreError};
 
 use super::Metrics;
+use crate::analytics::{Analyst, AnalyticsError, ResidentActivity};
 
 /// Announcements kept for slow subscribers before they miss some.
 pub const ANNOUNCEMENT_BUFFER: usize = 4_096;
@@ -47,6 +55,8 @@ pub struct StoreBackend {
     announcements: broadcast::Sender<Announcement>,
     metrics: Arc<Metrics>,
     population: Arc<ResidentPopulation>,
+    activity: ResidentActivity,
+    analyst: Analyst,
 }
 
 impl StoreBackend {
@@ -62,6 +72,8 @@ impl StoreBackend {
     ) -> Self {
         let store = commits.ingestor().store().clone();
         let opener = Opener::new(store.clone(), commits.ingestor().master_key().clone());
+        let analyst = Analyst::new(store.clone(), commits.ingestor().rules());
+        let activity = ResidentActivity::new(store.clone());
         Self {
             store,
             commits,
@@ -70,6 +82,8 @@ impl StoreBackend {
             announcements,
             metrics,
             population,
+            activity,
+            analyst,
         }
     }
 }
@@ -376,6 +390,82 @@ impl Backend for StoreBackend {
         self.store.delete_segment(name).await.map_err(store_error)
     }
 
+    async fn cohorts(&self, period: Period, by_channel: bool) -> BackendResult<CohortTable> {
+        let activity = self.activity.read().await.map_err(analytics_error)?;
+        Ok(self
+            .analyst
+            .cohorts(&activity, period, by_channel, Utc::now()))
+    }
+
+    async fn funnel(&self, ask: FunnelAsk) -> BackendResult<Vec<StepFigures>> {
+        let activity = self.activity.read().await.map_err(analytics_error)?;
+        let report = self
+            .analyst
+            .funnel(&activity, &ask)
+            .await
+            .map_err(analytics_error)?;
+        Ok(report.figures)
+    }
+
+    async fn clv(&self, horizon: u32, churn: u32, top: usize) -> BackendResult<ClvReport> {
+        let activity = self.activity.read().await.map_err(analytics_error)?;
+        let (report, _) = self
+            .analyst
+            .clv(&activity, &self.currency, Utc::now(), horizon, churn, top)
+            .map_err(analytics_error)?;
+        Ok(report)
+    }
+
+    async fn attribution(&self, lookback_days: u32) -> BackendResult<Attribution> {
+        let activity = self.activity.read().await.map_err(analytics_error)?;
+        self.analyst
+            .attribution(&activity, lookback_days, Utc::now())
+            .map_err(analytics_error)
+    }
+
+    async fn associations(&self, ask: AssociationAsk) -> BackendResult<AssociationReport> {
+        let activity = self.activity.read().await.map_err(analytics_error)?;
+        self.analyst
+            .associations(&activity, &ask)
+            .map_err(analytics_error)
+    }
+
+    async fn campaign(
+        &self,
+        segment: &str,
+        at: DateTime<Utc>,
+        window_days: u32,
+        lookback_days: u32,
+    ) -> BackendResult<CampaignEffect> {
+        let activity = self.activity.read().await.map_err(analytics_error)?;
+        self.analyst
+            .campaign(
+                &activity,
+                segment,
+                at,
+                window_days,
+                lookback_days,
+                &self.currency,
+            )
+            .await
+            .map_err(analytics_error)
+    }
+
+    async fn quality(&self, period: Period) -> BackendResult<QualityReport> {
+        let activity = self.activity.read().await.map_err(analytics_error)?;
+        self.analyst
+            .quality(&activity, period)
+            .await
+            .map_err(analytics_error)
+    }
+
+    async fn paths(&self, max_steps: usize, limit: usize) -> BackendResult<Vec<PathRow>> {
+        let activity = self.activity.read().await.map_err(analytics_error)?;
+        self.analyst
+            .paths(&activity, max_steps, limit, Utc::now())
+            .map_err(analytics_error)
+    }
+
     async fn distribution(&self, dimension: Dimension) -> BackendResult<Vec<Bucket>> {
         let counts = match dimension {
             Dimension::Tier => self.store.score_counts(ScoreColumn::Tier).await,
@@ -561,4 +651,8 @@ impl Backend for StoreBackend {
             })
             .boxed()
     }
+}
+
+fn analytics_error(e: AnalyticsError) -> BackendError {
+    BackendError::new(e.code(), e.to_string())
 }

@@ -48,6 +48,7 @@ pub mod identity;
 mod plan;
 mod postgres;
 pub mod projection;
+pub mod quality;
 pub mod scores;
 pub mod scratch;
 pub mod segments;

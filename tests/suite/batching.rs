@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use patron::ingest::{CommitQueue, Ingestor};
 use patron::population::ResidentPopulation;
@@ -18,6 +19,13 @@ use patron_graphql::backend::{
     HistoryEvent, IngestAnswer, NewApiKey, Purpose, QuarantineRecord, SegmentRecord,
 };
 use patron_graphql::{ApiKey, Backend, BackendResult, Role};
+use patron_projections::analytics::attribution::Attribution;
+use patron_projections::analytics::campaign::CampaignEffect;
+use patron_projections::analytics::cohort::{CohortTable, Period};
+use patron_projections::analytics::funnel::{FunnelAsk, StepFigures};
+use patron_projections::analytics::paths::PathRow;
+use patron_projections::analytics::quality::QualityReport;
+use patron_projections::analytics::report::{AssociationAsk, AssociationReport, ClvReport};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -117,6 +125,38 @@ impl Backend for Counting {
     }
     async fn keys(&self) -> BackendResult<Vec<ApiKey>> {
         self.inner.keys().await
+    }
+    async fn cohorts(&self, period: Period, by_channel: bool) -> BackendResult<CohortTable> {
+        self.inner.cohorts(period, by_channel).await
+    }
+    async fn funnel(&self, ask: FunnelAsk) -> BackendResult<Vec<StepFigures>> {
+        self.inner.funnel(ask).await
+    }
+    async fn paths(&self, max_steps: usize, limit: usize) -> BackendResult<Vec<PathRow>> {
+        self.inner.paths(max_steps, limit).await
+    }
+    async fn quality(&self, period: Period) -> BackendResult<QualityReport> {
+        self.inner.quality(period).await
+    }
+    async fn clv(&self, horizon: u32, churn: u32, top: usize) -> BackendResult<ClvReport> {
+        self.inner.clv(horizon, churn, top).await
+    }
+    async fn attribution(&self, lookback_days: u32) -> BackendResult<Attribution> {
+        self.inner.attribution(lookback_days).await
+    }
+    async fn associations(&self, ask: AssociationAsk) -> BackendResult<AssociationReport> {
+        self.inner.associations(ask).await
+    }
+    async fn campaign(
+        &self,
+        segment: &str,
+        at: DateTime<Utc>,
+        window_days: u32,
+        lookback_days: u32,
+    ) -> BackendResult<CampaignEffect> {
+        self.inner
+            .campaign(segment, at, window_days, lookback_days)
+            .await
     }
     fn changes(&self) -> BoxStream<'static, Change> {
         self.inner.changes()

@@ -1,0 +1,570 @@
+//! Customer analytics over the store: reads every customer's activity from the event log
+//! ([`load_activity`], or a copy kept in the server's memory, [`ResidentActivity`]) and answers
+//! the questions of `patron_projections::analytics` by name: steps and channels as written,
+//! segments by name, times as dates. The CLI (`patron analytics ...`) and GraphQL both answer
+//! through [`Analyst`]; [`csv`] writes each answer as CSV.
+
+pub mod command;
+pub mod csv;
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::TryStreamExt;
+use patron_domain::identity::{IdentityRules, Strength};
+use patron_domain::Position;
+use patron_projections::analytics::activity::{time_of, Activity, ActivityError, ORDER_PLACED};
+use patron_projections::analytics::association::{self, Rule};
+use patron_projections::analytics::attribution::{self, Attribution, Journey};
+use patron_projections::analytics::campaign::{self, CampaignEffect, CampaignQuery};
+use patron_projections::analytics::clv::{self, BgNbd, GammaGamma, Summary};
+use patron_projections::analytics::cohort::{self, CohortTable, Period};
+use patron_projections::analytics::funnel::{self, FunnelAsk, FunnelQuery, Step, StepFigures};
+use patron_projections::analytics::paths::{self, PathRow};
+use patron_projections::analytics::quality::{self, QualityReport, RefusalFact};
+pub use patron_projections::analytics::report::{
+    AssociationAsk, AssociationReport, ClvReport, CustomerValue, ProductRule,
+};
+use serde::Serialize;
+use tokio::sync::{RwLock, RwLockReadGuard};
+
+use crate::store::{EventStore, StoreError};
+
+/// Events read per batch when loading the activity.
+const BATCH: usize = 10_000;
+
+/// Why an analysis could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyticsError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An event could not be read into the activity.
+    #[error(transparent)]
+    Activity(#[from] ActivityError),
+    /// A parameter of the question is wrong; names the parameter.
+    #[error("{parameter}: {problem}")]
+    Invalid {
+        /// The parameter at fault.
+        parameter: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The question names a segment that does not exist.
+    #[error("no segment named {0:?}")]
+    UnknownSegment(String),
+}
+
+impl AnalyticsError {
+    /// A stable code for API answers.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Store(e) => e.code(),
+            Self::Activity(_) => "UNREADABLE_EVENT",
+            Self::Invalid { .. } => "INVALID_ARGUMENT",
+            Self::UnknownSegment(_) => "NOT_FOUND",
+        }
+    }
+}
+
+fn invalid(parameter: &'static str, problem: impl Into<String>) -> AnalyticsError {
+    AnalyticsError::Invalid {
+        parameter,
+        problem: problem.into(),
+    }
+}
+
+/// Folds the log after `activity`'s position into it, reporting `(position, head)` as it goes.
+pub async fn catch_up(
+    store: &EventStore,
+    activity: &mut Activity,
+    mut progress: impl FnMut(Position, Position),
+) -> Result<(), AnalyticsError> {
+    let head = store.head().await?;
+    let mut batches = store.stream_all(activity.position(), BATCH);
+    while let Some(events) = batches.try_next().await? {
+        activity.apply(&events)?;
+        progress(activity.position(), head.max(activity.position()));
+    }
+    Ok(())
+}
+
+/// Reads every customer's activity from the log.
+pub async fn load_activity(
+    store: &EventStore,
+    progress: impl FnMut(Position, Position),
+) -> Result<Activity, AnalyticsError> {
+    let mut activity = Activity::new();
+    catch_up(store, &mut activity, progress).await?;
+    Ok(activity)
+}
+
+/// The activity kept in a server's memory: read whole on first use, then brought up to the
+/// log's head before each answer by reading only the events appended since.
+#[derive(Debug)]
+pub struct ResidentActivity {
+    store: EventStore,
+    state: RwLock<Activity>,
+}
+
+impl ResidentActivity {
+    /// An empty resident activity over `store`; nothing is read until it is used.
+    pub fn new(store: EventStore) -> Self {
+        Self {
+            store,
+            state: RwLock::new(Activity::new()),
+        }
+    }
+
+    /// The activity up to the log's head as of this call.
+    pub async fn read(&self) -> Result<RwLockReadGuard<'_, Activity>, AnalyticsError> {
+        let head = self.store.head().await?;
+        {
+            let state = self.state.read().await;
+            if state.position() >= head {
+                return Ok(state);
+            }
+        }
+        let mut state = self.state.write().await;
+        let started = Instant::now();
+        let from = state.position();
+        catch_up(&self.store, &mut state, |_, _| {}).await?;
+        tracing::info!(
+            from,
+            to = state.position(),
+            seconds = started.elapsed().as_secs_f64(),
+            "activity caught up"
+        );
+        Ok(state.downgrade())
+    }
+}
+
+/// A step no touchpoint matches: there are ten channels, so none is numbered 255.
+const NOTHING: Step = Step {
+    kind: u16::MAX,
+    channel: Some(u8::MAX),
+};
+
+/// A funnel step as written: `event_type` or `channel:event_type`.
+pub fn parse_step(activity: &Activity, text: &str) -> Result<Step, AnalyticsError> {
+    let (channel, kind) = match text.split_once(':') {
+        Some((channel, kind)) => (Some(channel.trim()), kind.trim()),
+        None => (None, text.trim()),
+    };
+    if kind.is_empty() || channel.is_some_and(str::is_empty) {
+        return Err(invalid(
+            "steps",
+            format!("{text:?} is not `event_type` or `channel:event_type`"),
+        ));
+    }
+    // A type or channel never seen matches nothing: nobody reaches that step.
+    let Some(kind) = activity.event_types.get(kind) else {
+        return Ok(NOTHING);
+    };
+    let channel = match channel {
+        None => None,
+        Some(name) => match activity.channels.get(name) {
+            Some(c) => Some(c as u8),
+            None => return Ok(NOTHING),
+        },
+    };
+    Ok(Step {
+        kind: kind as u16,
+        channel,
+    })
+}
+
+/// A funnel's answer: the steps as asked, with their figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct FunnelReport {
+    /// The steps as asked.
+    pub steps: Vec<String>,
+    /// The window from the first step to the last, days.
+    pub window_days: u32,
+    /// The segment the customers were limited to, if any.
+    pub segment: Option<String>,
+    /// Each step's figures, in order.
+    pub figures: Vec<StepFigures>,
+}
+
+/// Answers analytics questions over a store, from an activity the caller provides.
+#[derive(Clone, Debug)]
+pub struct Analyst {
+    store: EventStore,
+    /// The identifier kinds the identity rules let merge.
+    core: HashSet<String>,
+}
+
+impl Analyst {
+    /// An analyst over `store`, whose identity rules are `rules`.
+    pub fn new(store: EventStore, rules: &IdentityRules) -> Self {
+        let core = rules
+            .kinds()
+            .filter(|(_, rule)| rule.strength == Strength::Core)
+            .map(|(kind, _)| kind.as_str().to_owned())
+            .collect();
+        Self { store, core }
+    }
+
+    /// Fits BG/NBD and Gamma-Gamma over every live customer's orders in `currency` up to `as_of`
+    /// and scores each customer: probability of being active, expected purchases and spend in
+    /// the next `horizon_days`; churned by rule after `churn_days` without a purchase. Returns
+    /// the report with the `top` customers by expected value, and every customer's values.
+    pub fn clv(
+        &self,
+        activity: &Activity,
+        currency: &str,
+        as_of: DateTime<Utc>,
+        horizon_days: u32,
+        churn_days: u32,
+        top: usize,
+    ) -> Result<(ClvReport, Vec<CustomerValue>), AnalyticsError> {
+        if horizon_days == 0 {
+            return Err(invalid("horizon_days", "must be at least 1 day"));
+        }
+        if churn_days == 0 {
+            return Err(invalid("churn_days", "must be at least 1 day"));
+        }
+        let code = activity
+            .currencies
+            .get(currency)
+            .ok_or_else(|| invalid("currency", format!("no order is in {currency:?}")))?;
+        let mut customers = Vec::new();
+        let mut purchases = Vec::new();
+        for (_, c) in activity.live() {
+            purchases.clear();
+            purchases.extend(
+                c.orders
+                    .iter()
+                    .filter(|o| u32::from(o.currency) == code)
+                    .map(|o| (time_of(o.at), o.total_minor)),
+            );
+            let last = purchases.iter().map(|p| p.0).filter(|t| *t <= as_of).max();
+            if let (Some(summary), Some(last)) = (clv::summarize(&purchases, as_of), last) {
+                customers.push((c.id, summary, last));
+            }
+        }
+        let summaries: Vec<Summary> = customers.iter().map(|c| c.1).collect();
+        let started = Instant::now();
+        let fit = |e: clv::FitError| invalid("orders", e.to_string());
+        let bg = BgNbd::fit(&summaries).map_err(fit)?;
+        let gg = GammaGamma::fit(&summaries).map_err(fit)?;
+        let fit_seconds = started.elapsed().as_secs_f64();
+        let horizon = f64::from(horizon_days);
+        let churn = TimeDelta::days(i64::from(churn_days));
+        let values: Vec<CustomerValue> = customers
+            .iter()
+            .map(|(customer, s, last)| {
+                let expected_purchases = bg.expected_purchases(s, horizon);
+                let average = gg.expected_average_value(s);
+                CustomerValue {
+                    customer: *customer,
+                    repeat_purchases: s.frequency,
+                    recency_days: s.recency,
+                    age_days: s.age,
+                    days_since_last_purchase: (as_of - *last).num_seconds() as f64 / 86_400.0,
+                    p_alive: bg.p_alive(s),
+                    expected_purchases,
+                    expected_average_value_minor: average,
+                    expected_value_minor: expected_purchases * average,
+                    churned_by_rule: as_of - *last > churn,
+                }
+            })
+            .collect();
+        let n = values.len().max(1) as f64;
+        let mut best: Vec<&CustomerValue> = values.iter().collect();
+        best.sort_by(|a, b| {
+            b.expected_value_minor
+                .total_cmp(&a.expected_value_minor)
+                .then(a.customer.cmp(&b.customer))
+        });
+        let report = ClvReport {
+            currency: currency.to_owned(),
+            as_of,
+            horizon_days,
+            churn_days,
+            customers: values.len() as u64,
+            repeat_customers: summaries.iter().filter(|s| s.frequency > 0).count() as u64,
+            bg_nbd_log_likelihood: bg.log_likelihood(&summaries),
+            bg_nbd: bg,
+            gamma_gamma: gg,
+            fit_seconds,
+            churned_by_rule: values.iter().filter(|v| v.churned_by_rule).count() as u64,
+            mean_p_alive: values.iter().map(|v| v.p_alive).sum::<f64>() / n,
+            expected_purchases: values.iter().map(|v| v.expected_purchases).sum(),
+            expected_value_minor: values.iter().map(|v| v.expected_value_minor).sum(),
+            top: best.into_iter().take(top).cloned().collect(),
+        };
+        Ok((report, values))
+    }
+
+    /// Each channel's share of conversions. A conversion is an order; its journey is the
+    /// channels of the customer's touchpoints in the `lookback_days` before it (and after their
+    /// previous order), or the order's own channel when there were none. Touchpoints after a
+    /// customer's last order (within the lookback before `end`) make a journey that did not
+    /// convert.
+    pub fn attribution(
+        &self,
+        activity: &Activity,
+        lookback_days: u32,
+        end: DateTime<Utc>,
+    ) -> Result<Attribution, AnalyticsError> {
+        if lookback_days == 0 {
+            return Err(invalid("lookback_days", "must be at least 1 day"));
+        }
+        let lookback = i64::from(lookback_days) * 86_400;
+        let end = end.timestamp();
+        let order = activity.event_types.get(ORDER_PLACED).map(|k| k as u16);
+        let channel = |c: u8| activity.channels.name(u32::from(c));
+        let mut journeys: Vec<Journey<'_>> = Vec::new();
+        let mut pending: Vec<(i64, u8)> = Vec::new();
+        for (_, customer) in activity.live() {
+            pending.clear();
+            for touch in customer.touches.iter().take_while(|t| t.at <= end) {
+                if Some(touch.kind) == order {
+                    let mut touches: Vec<&str> = pending
+                        .iter()
+                        .filter(|(at, _)| *at >= touch.at - lookback)
+                        .map(|&(_, c)| channel(c))
+                        .collect();
+                    if touches.is_empty() {
+                        touches.push(channel(touch.channel));
+                    }
+                    journeys.push(Journey::new(touches, true));
+                    pending.clear();
+                } else {
+                    pending.push((touch.at, touch.channel));
+                }
+            }
+            let rest: Vec<&str> = pending
+                .iter()
+                .filter(|(at, _)| *at >= end - lookback)
+                .map(|&(_, c)| channel(c))
+                .collect();
+            if !rest.is_empty() {
+                journeys.push(Journey::new(rest, false));
+            }
+        }
+        attribution::attribute(&journeys).map_err(|e| invalid("channels", e.to_string()))
+    }
+
+    /// Frequent itemsets and rules over every live customer's orders (FP-growth).
+    pub fn associations(
+        &self,
+        activity: &Activity,
+        ask: &AssociationAsk,
+    ) -> Result<AssociationReport, AnalyticsError> {
+        let baskets: Vec<Vec<u32>> = activity
+            .live()
+            .flat_map(|(_, c)| c.orders.iter().map(|o| o.items.to_vec()))
+            .collect();
+        let itemsets = association::frequent_itemsets(&baskets, ask.min_support, ask.max_length)
+            .map_err(|e| invalid("min_support", e.to_string()))?;
+        let rules = association::rules(&itemsets, baskets.len() as u64, ask.min_confidence)
+            .map_err(|e| invalid("min_confidence", e.to_string()))?;
+        let chosen: Vec<&Rule> = match &ask.product {
+            Some(sku) => match activity.skus.get(sku) {
+                Some(item) => association::bought_together(&rules, item, ask.limit),
+                None => return Err(invalid("product", format!("no order holds {sku:?}"))),
+            },
+            None => rules.iter().take(ask.limit).collect(),
+        };
+        let names = |items: &[u32]| -> Vec<String> {
+            items
+                .iter()
+                .map(|&i| activity.skus.name(i).to_owned())
+                .collect()
+        };
+        Ok(AssociationReport {
+            orders: baskets.len() as u64,
+            itemsets: itemsets.len() as u64,
+            rules_found: rules.len() as u64,
+            rules: chosen
+                .into_iter()
+                .map(|r| ProductRule {
+                    antecedent: names(&r.antecedent),
+                    consequent: names(&r.consequent),
+                    orders: r.count,
+                    support: r.support,
+                    confidence: r.confidence,
+                    lift: r.lift,
+                })
+                .collect(),
+        })
+    }
+
+    /// The effect of targeting a segment's members at `at`: conversion, average order value
+    /// and visits in the `window_days` after, against the customers not targeted, made
+    /// comparable by their behaviour in the `lookback_days` before. The members are those the
+    /// segment held at `at`, by its log of entries and exits.
+    pub async fn campaign(
+        &self,
+        activity: &Activity,
+        segment: &str,
+        at: DateTime<Utc>,
+        window_days: u32,
+        lookback_days: u32,
+        currency: &str,
+    ) -> Result<CampaignEffect, AnalyticsError> {
+        self.require_segment(segment).await?;
+        let mut members = HashSet::new();
+        for change in self.store.segment_log(segment).await? {
+            if change.at > at {
+                continue;
+            }
+            if change.entered {
+                members.insert(change.customer);
+            } else {
+                members.remove(&change.customer);
+            }
+        }
+        let targeted = members
+            .into_iter()
+            .filter_map(|c| activity.number_of(c))
+            .collect();
+        let currency = activity
+            .currencies
+            .get(currency)
+            .ok_or_else(|| invalid("currency", format!("no order is in {currency:?}")))?;
+        campaign::campaign_effect(
+            activity,
+            &CampaignQuery {
+                targeted,
+                at: at.timestamp(),
+                window_days,
+                lookback_days,
+                currency: currency as u16,
+            },
+        )
+        .map_err(|e| invalid("segment", e.to_string()))
+    }
+
+    /// The data-quality report per `period`.
+    pub async fn quality(
+        &self,
+        activity: &Activity,
+        period: Period,
+    ) -> Result<QualityReport, AnalyticsError> {
+        let kinds = self
+            .store
+            .identifier_kinds()
+            .await?
+            .into_iter()
+            .filter_map(|(customer, kinds)| Some((activity.number_of(customer)?, kinds)))
+            .collect();
+        let refusals = self.store.refusals().await?;
+        let facts: Vec<RefusalFact<'_>> = refusals
+            .iter()
+            .map(|r| RefusalFact {
+                at: r.received_at.timestamp(),
+                source: r.source.as_deref().unwrap_or(""),
+                code: &r.code,
+            })
+            .collect();
+        Ok(quality::quality(
+            activity, &kinds, &self.core, &facts, period,
+        ))
+    }
+
+    /// Fails with [`AnalyticsError::UnknownSegment`] unless `segment` is saved.
+    async fn require_segment(&self, segment: &str) -> Result<(), AnalyticsError> {
+        if self
+            .store
+            .segments()
+            .await?
+            .iter()
+            .any(|s| s.name == segment)
+        {
+            Ok(())
+        } else {
+            Err(AnalyticsError::UnknownSegment(segment.to_owned()))
+        }
+    }
+
+    /// The customer numbers of a segment's current members.
+    async fn members(
+        &self,
+        activity: &Activity,
+        segment: &str,
+    ) -> Result<HashSet<u32>, AnalyticsError> {
+        self.require_segment(segment).await?;
+        let members = self.store.segment_members(segment).await?;
+        Ok(members
+            .into_iter()
+            .filter_map(|c| activity.number_of(c))
+            .collect())
+    }
+
+    /// The retention table by period of first purchase, up to `end`.
+    pub fn cohorts(
+        &self,
+        activity: &Activity,
+        period: Period,
+        by_channel: bool,
+        end: DateTime<Utc>,
+    ) -> CohortTable {
+        cohort::cohorts(activity, period, by_channel, end.timestamp())
+    }
+
+    /// Conversion through the asked steps.
+    pub async fn funnel(
+        &self,
+        activity: &Activity,
+        ask: &FunnelAsk,
+    ) -> Result<FunnelReport, AnalyticsError> {
+        if !(2..=10).contains(&ask.steps.len()) {
+            return Err(invalid(
+                "steps",
+                format!("a funnel has 2 to 10 steps, not {}", ask.steps.len()),
+            ));
+        }
+        if ask.window_days == 0 {
+            return Err(invalid("window_days", "must be at least 1 day"));
+        }
+        let steps = ask
+            .steps
+            .iter()
+            .map(|s| parse_step(activity, s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let members = match &ask.segment {
+            Some(name) => Some(self.members(activity, name).await?),
+            None => None,
+        };
+        let figures = funnel::funnel(
+            activity,
+            &FunnelQuery {
+                steps,
+                window: i64::from(ask.window_days) * 86_400,
+                from: ask.from.map_or(i64::MIN, |t| t.timestamp()),
+                to: ask.to.map_or(i64::MAX, |t| t.timestamp()),
+                customers: members.as_ref(),
+            },
+        );
+        Ok(FunnelReport {
+            steps: ask.steps.clone(),
+            window_days: ask.window_days,
+            segment: ask.segment.clone(),
+            figures,
+        })
+    }
+
+    /// The most common paths to a first purchase, observed up to `end`.
+    pub fn paths(
+        &self,
+        activity: &Activity,
+        max_steps: usize,
+        limit: usize,
+        end: DateTime<Utc>,
+    ) -> Result<Vec<PathRow>, AnalyticsError> {
+        if !(1..=20).contains(&max_steps) {
+            return Err(invalid("max_steps", "must be 1 to 20"));
+        }
+        Ok(paths::paths(activity, max_steps, limit, end.timestamp()))
+    }
+}
+
+/// `days` before `at`.
+pub fn days_before(at: DateTime<Utc>, days: u32) -> DateTime<Utc> {
+    at - TimeDelta::days(i64::from(days))
+}
