@@ -372,6 +372,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// How long each analysis takes on the store named by --database-url (load it first, for
+    /// example with `patron demo --people 1000000`): the activity is read once, then the cohort
+    /// table, a 4-step funnel, the CLV fit, association rules, attribution and paths run
+    /// `--runs` times each. Writes nothing.
+    Analytics {
+        /// Runs of each analysis (the median and the slowest are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// GraphQL read latency on the store named by --database-url (load it first, for example
     /// with `patron demo --people 1000000 --touchpoints 2`): `customer(id)` for random
     /// customers at a fixed rate, then pages of 50 customers with their tags and segments.
@@ -735,6 +747,19 @@ impl Cli {
                     crate::bench::run_lag_bench(scratch.store.clone(), rate, batch, seconds).await;
                 scratch.finish(false).await?;
                 println!("{}", report?);
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Analytics { runs, json }) => {
+                let rules = self.rules()?;
+                let store = open(&self.database_url).await?;
+                let report = crate::bench::run_analytics_bench(&store, &rules, runs).await;
+                store.close().await;
+                let report = report.context("the analytics benchmark failed")?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{report}");
+                }
                 Ok(())
             }
             Command::Bench(BenchCommand::Graphql {

@@ -3,9 +3,11 @@
 //! Figures are reported in events per second and mebibytes of resident memory; the results of
 //! runs on the reference machine are kept in `docs/benchmarks.md`.
 
+mod analytics;
 mod graphql;
 mod lag;
 
+pub use analytics::{run_analytics_bench, AnalyticsBench, Timing};
 pub use graphql::{run_graphql_bench, GraphqlBenchReport, Scenario};
 pub use lag::{run_lag_bench, LagBenchReport};
 

@@ -86,6 +86,14 @@ impl StoreBackend {
             analyst,
         }
     }
+
+    /// Reads the customers' activity into memory (what analytics answers from), logging a
+    /// failure: the first analytics request tries again.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self.activity.read().await {
+            tracing::warn!(error = %e, "cannot read the activity for analytics yet");
+        }
+    }
 }
 
 /// The SHA-256 of an API key's secret, as stored.

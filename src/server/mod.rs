@@ -69,6 +69,9 @@ pub struct Application {
     /// The profile projection following the log while the server runs; stopped with it, or
     /// when the server is dropped unstarted or aborted.
     projection: StopOnDrop,
+    /// Reads the customers' activity for analytics into memory at start, so the first
+    /// analytics request does not pay for it; stopped with the server.
+    warm_up: StopOnDrop,
 }
 
 /// A background task stopped when its handle is dropped.
@@ -175,13 +178,16 @@ impl Application {
         let projection = StopOnDrop(tokio::spawn(live.clone().follow()));
         let metrics = Metrics::new().map_err(std::io::Error::other)?;
         let commits = CommitQueue::start(ingestor);
-        let backend: Arc<dyn Backend> = Arc::new(StoreBackend::new(
+        let store_backend = Arc::new(StoreBackend::new(
             commits.clone(),
             currency,
             announcements,
             metrics.clone(),
             population,
         ));
+        let warming = store_backend.clone();
+        let warm_up = StopOnDrop(tokio::spawn(async move { warming.warm_up().await }));
+        let backend: Arc<dyn Backend> = store_backend;
         let state = Data::new(AppState {
             commits,
             write_keys: options.write_keys,
@@ -241,6 +247,7 @@ impl Application {
             port,
             server,
             projection,
+            warm_up,
         })
     }
 
@@ -253,6 +260,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
         drop(self.projection);
+        drop(self.warm_up);
         served
     }
 }
