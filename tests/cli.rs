@@ -613,3 +613,235 @@ fn export_leaves_out_customers_without_consent(url: &str, dir: &std::path::Path)
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("marketing_sms"));
 }
+
+/// A small shop written as NDJSON, all times UTC:
+/// - phone 1: app view 03-02 10:00, app cart 03-02 10:05, web order 03-03, store order 04-10;
+/// - phone 2: app view 03-05 10:00, web cart 03-05 11:00, web order 03-20 (15 days later);
+/// - phone 3: app view 04-08, app cart 04-09, no order;
+/// - phone 4: a store order on 04-20, nothing else.
+fn write_small_shop(file: &std::path::Path) {
+    let record = |who: u32, kind: &str, channel: &str, at: &str, extra: serde_json::Value| {
+        let mut r = serde_json::json!({
+            "event_id": uuid::Uuid::new_v4().to_string(), "type": kind, "channel": channel,
+            "source": format!("{channel}-system"), "occurred_at": at,
+            "identifiers": {"phone": format!("+86139000002{who:02}")}
+        });
+        for (k, v) in extra.as_object().expect("an object") {
+            r[k] = v.clone();
+        }
+        r.to_string()
+    };
+    let line = serde_json::json!({"sku": "SKU-LIP", "quantity": 1, "unit_price_minor": 5_000});
+    let screen = serde_json::json!({"screen": "home"});
+    let cart = serde_json::json!({ "item": line });
+    let order = || serde_json::json!({"order_id": uuid::Uuid::new_v4().to_string(), "currency": "CNY", "items": [line]});
+    let lines = [
+        record(
+            1,
+            "screen_viewed",
+            "app",
+            "2026-03-02T10:00:00Z",
+            screen.clone(),
+        ),
+        record(
+            1,
+            "cart_item_added",
+            "app",
+            "2026-03-02T10:05:00Z",
+            cart.clone(),
+        ),
+        record(1, "order_placed", "web", "2026-03-03T09:00:00Z", order()),
+        record(1, "order_placed", "store", "2026-04-10T12:00:00Z", order()),
+        record(
+            2,
+            "screen_viewed",
+            "app",
+            "2026-03-05T10:00:00Z",
+            screen.clone(),
+        ),
+        record(
+            2,
+            "cart_item_added",
+            "web",
+            "2026-03-05T11:00:00Z",
+            cart.clone(),
+        ),
+        record(2, "order_placed", "web", "2026-03-20T10:00:00Z", order()),
+        record(3, "screen_viewed", "app", "2026-04-08T10:00:00Z", screen),
+        record(3, "cart_item_added", "app", "2026-04-09T10:00:00Z", cart),
+        record(4, "order_placed", "store", "2026-04-20T10:00:00Z", order()),
+    ];
+    std::fs::write(file, lines.join("\n")).expect("write the records");
+}
+
+/// Runs patron and returns its standard output, failing the test if it failed.
+fn patron_ok(args: &[&str], url: &str) -> String {
+    let out = patron(args, url);
+    assert!(
+        out.status.success(),
+        "patron {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// Runs patron expecting it to fail; returns its standard error.
+fn patron_fails(args: &[&str], url: &str) -> String {
+    let out = patron(args, url);
+    assert!(
+        !out.status.success(),
+        "patron {args:?} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn analytics_csv_of_a_small_shop(url: &str, dir: &std::path::Path) {
+    let file = dir.join("shop.ndjson");
+    write_small_shop(&file);
+    let imported = patron_ok(&["import", file.to_str().expect("a path"), "--json"], url);
+    let imported: serde_json::Value = serde_json::from_str(&imported).expect("JSON");
+    assert_eq!(imported["accepted"], 10, "{imported}");
+
+    // Cohorts by month of first order, observed to the end of June: March holds phones 1
+    // (buying again in April) and 2; April holds phone 4. Shares of the cohort buying in each
+    // month; April's cohort has one month less to show.
+    let csv = patron_ok(
+        &[
+            "analytics",
+            "cohorts",
+            "--end",
+            "2026-06-30T00:00:00Z",
+            "--csv",
+        ],
+        url,
+    );
+    assert_eq!(
+        csv,
+        "cohort,channel,customers,period_0_share,period_1_share,period_2_share,period_3_share\n\
+         2026-03-01,,2,1.000000,0.500000,0.000000,0.000000\n\
+         2026-04-01,,1,1.000000,0.000000,0.000000,\n"
+    );
+    // By channel of the first order: March web (both), April store.
+    let csv = patron_ok(
+        &[
+            "analytics",
+            "cohorts",
+            "--end",
+            "2026-06-30T00:00:00Z",
+            "--by-channel",
+            "--csv",
+        ],
+        url,
+    );
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(
+        rows,
+        vec![
+            "2026-03-01,web,2,1.000000,0.500000,0.000000,0.000000",
+            "2026-04-01,store,1,1.000000,0.000000,0.000000,"
+        ]
+    );
+
+    // App view, cart add, order within 7 days: phone 1 goes through, phone 2's order came 15
+    // days after the view, phone 3 never ordered, phone 4 never viewed.
+    let funnel = ["app:screen_viewed", "cart_item_added", "order_placed"];
+    let mut args = vec!["analytics", "funnel"];
+    args.extend(funnel);
+    args.push("--csv");
+    let csv = patron_ok(&args, url);
+    assert_eq!(
+        csv,
+        "step,name,customers,from_previous_share,from_start_share,drop_off_customers\n\
+         1,app:screen_viewed,3,1.000000,1.000000,0\n\
+         2,cart_item_added,3,1.000000,1.000000,0\n\
+         3,order_placed,1,0.333333,0.333333,2\n"
+    );
+    args.extend(["--window-days", "30"]);
+    let csv = patron_ok(&args, url);
+    assert_eq!(
+        csv.lines().nth(3),
+        Some("3,order_placed,2,0.666667,0.666667,1")
+    );
+    // Without --csv, the same as JSON.
+    let mut args = vec!["analytics", "funnel"];
+    args.extend(funnel);
+    let json: serde_json::Value = serde_json::from_str(&patron_ok(&args, url)).expect("JSON");
+    assert_eq!(json["steps"], serde_json::json!(funnel));
+    assert_eq!(json["window_days"], 7);
+    let counts: Vec<u64> = json["figures"]
+        .as_array()
+        .expect("figures")
+        .iter()
+        .map(|f| f["customers"].as_u64().expect("a count"))
+        .collect();
+    assert_eq!(counts, vec![3, 3, 1]);
+
+    // Bad arguments are refused with the problem named.
+    let err = patron_fails(&["analytics", "funnel", "only_one_step"], url);
+    assert!(
+        err.contains("STEPS") && err.contains('2'),
+        "a funnel needs two steps: {err}"
+    );
+    let err = patron_fails(
+        &[
+            "analytics",
+            "funnel",
+            "app:screen_viewed",
+            "order_placed",
+            "--window-days",
+            "0",
+        ],
+        url,
+    );
+    assert!(
+        err.contains("window_days") || err.contains("window-days"),
+        "{err}"
+    );
+    let err = patron_fails(
+        &["analytics", "funnel", ":screen_viewed", "order_placed"],
+        url,
+    );
+    assert!(err.contains("\":screen_viewed\""), "{err}");
+    let err = patron_fails(
+        &[
+            "analytics",
+            "funnel",
+            "app:screen_viewed",
+            "order_placed",
+            "--segment",
+            "nobody",
+        ],
+        url,
+    );
+    assert!(err.contains("no segment named \"nobody\""), "{err}");
+}
+
+#[test]
+fn analytics_print_cohorts_and_funnels_as_csv_and_name_bad_arguments() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("patron.db").display());
+    analytics_csv_of_a_small_shop(&url, dir.path());
+}
+
+/// The same on PostgreSQL, when `PATRON_TEST_POSTGRES_URL` names a server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_print_cohorts_and_funnels_as_csv_and_name_bad_arguments_on_postgres() {
+    let Ok(server) = std::env::var("PATRON_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: set PATRON_TEST_POSTGRES_URL to run the PostgreSQL tests");
+        return;
+    };
+    let scratch = patron::store::scratch::ScratchPostgres::create(&server, "patron_cli")
+        .await
+        .expect("a scratch database");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = scratch.url().to_owned();
+    let path = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || analytics_csv_of_a_small_shop(&url, &path))
+        .await
+        .expect("the test ran");
+    scratch
+        .drop_database()
+        .await
+        .expect("drop the scratch database");
+}

@@ -17,7 +17,7 @@ use patron_domain::Position;
 use patron_projections::analytics::activity::{time_of, Activity, ActivityError, ORDER_PLACED};
 use patron_projections::analytics::association::{self, Rule};
 use patron_projections::analytics::attribution::{self, Attribution, Journey};
-use patron_projections::analytics::campaign::{self, CampaignEffect, CampaignQuery};
+use patron_projections::analytics::campaign::{self, CampaignEffect, CampaignError, CampaignQuery};
 use patron_projections::analytics::clv::{self, BgNbd, GammaGamma, Summary};
 use patron_projections::analytics::cohort::{self, CohortTable, Period};
 use patron_projections::analytics::funnel::{self, FunnelAsk, FunnelQuery, Step, StepFigures};
@@ -437,7 +437,13 @@ impl Analyst {
                 currency: currency as u16,
             },
         )
-        .map_err(|e| invalid("segment", e.to_string()))
+        .map_err(|e| {
+            let parameter = match e {
+                CampaignError::EmptyWindow => "window_days",
+                _ => "segment",
+            };
+            invalid(parameter, e.to_string())
+        })
     }
 
     /// The data-quality report per `period`.

@@ -312,10 +312,22 @@ impl EventStore {
         Ok(created)
     }
 
-    /// Deletes a segment with its members (the log stays); returns whether it existed.
+    /// Deletes a segment with its members, logging their exits (the log stays); returns whether
+    /// it existed.
     pub async fn delete_segment(&self, name: &str) -> Result<bool> {
+        let now = micros(Utc::now());
         let deleted = writing!(self, pool => {
             let mut tx = pool.begin().await?;
+            // Its members leave it: the log of entries and exits stays balanced, so a segment
+            // saved again under the name starts empty.
+            sqlx::query(
+                "INSERT INTO segment_log (segment, customer_id, entered, at) \
+                 SELECT segment, customer_id, 0, $2 FROM segment_members WHERE segment = $1",
+            )
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("DELETE FROM segment_members WHERE segment = $1")
                 .bind(name)
                 .execute(&mut *tx)

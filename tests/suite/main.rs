@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod analytics;
 mod append;
 mod batching;
 mod concurrency;

@@ -71,7 +71,7 @@ pub struct CohortRow {
     pub retention: Vec<f64>,
 }
 
-/// The retention table, cohorts in time order (then by channel).
+/// The retention table, cohorts in time order (then by channel name).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CohortTable {
     /// The period length.
@@ -112,7 +112,7 @@ pub fn cohorts(activity: &Activity, period: Period, by_channel: bool, end: i64) 
             }
         }
     }
-    let rows = table
+    let mut rows: Vec<CohortRow> = table
         .into_iter()
         .map(|((start, channel), (customers, buying))| CohortRow {
             cohort: period.start(start),
@@ -125,6 +125,12 @@ pub fn cohorts(activity: &Activity, period: Period, by_channel: bool, end: i64) 
             buying,
         })
         .collect();
+    // Channels are numbered as first seen; rows within a cohort go by channel name.
+    rows.sort_by(|a, b| {
+        a.cohort
+            .cmp(&b.cohort)
+            .then_with(|| a.channel.cmp(&b.channel))
+    });
     CohortTable { period, rows }
 }
 
