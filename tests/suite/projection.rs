@@ -476,7 +476,7 @@ async fn saved_segments_follow_their_rules_and_log_entries_and_exits(t: &TestSto
         vec![(a, true, day(33)), (a, false, day(130))]
     );
 
-    // Rules can change; deleting a segment keeps its log.
+    // Rules can change; deleting a segment keeps its log and logs its members' exits.
     assert!(!store
         .save_segment("active", "orders >= 1", day(131))
         .await
@@ -486,7 +486,12 @@ async fn saved_segments_follow_their_rules_and_log_entries_and_exits(t: &TestSto
     assert!(store.delete_segment("lapsed").await.unwrap());
     assert!(!store.delete_segment("lapsed").await.unwrap());
     assert!(store.segment_members("lapsed").await.unwrap().is_empty());
-    assert_eq!(store.segment_log("lapsed").await.unwrap().len(), 2);
+    // The log keeps the two entries and records both members leaving with the segment.
+    let log = store.segment_log("lapsed").await.unwrap();
+    assert_eq!(
+        log.iter().map(|c| c.entered).collect::<Vec<_>>(),
+        vec![true, true, false, false]
+    );
     let listed: Vec<(String, u64)> = store
         .segments()
         .await
