@@ -15,7 +15,7 @@ use futures::TryStreamExt;
 use patron_domain::identity::{IdentityRules, Strength};
 use patron_domain::Position;
 use patron_projections::analytics::activity::{time_of, Activity, ActivityError, ORDER_PLACED};
-use patron_projections::analytics::association::{self, Rule};
+use patron_projections::analytics::association::{self, AssociationError, Rule};
 use patron_projections::analytics::attribution::{self, Attribution, Journey};
 use patron_projections::analytics::campaign::{self, CampaignEffect, CampaignError, CampaignQuery};
 use patron_projections::analytics::clv::{self, BgNbd, GammaGamma, Summary};
@@ -51,6 +51,9 @@ pub enum AnalyticsError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A parameter of product associations is out of range (the message names it).
+    #[error(transparent)]
+    Association(AssociationError),
     /// The question names a segment that does not exist.
     #[error("no segment named {0:?}")]
     UnknownSegment(String),
@@ -62,9 +65,19 @@ impl AnalyticsError {
         match self {
             Self::Store(e) => e.code(),
             Self::Activity(_) => "UNREADABLE_EVENT",
-            Self::Invalid { .. } => "INVALID_ARGUMENT",
+            Self::Invalid { .. } | Self::Association(_) => "INVALID_ARGUMENT",
             Self::UnknownSegment(_) => "NOT_FOUND",
         }
+    }
+}
+
+/// An association error as asked: the longest itemset is `max_length` to the caller.
+fn association_error(e: AssociationError) -> AnalyticsError {
+    match e {
+        AssociationError::MaxLen(n) => {
+            invalid("max_length", format!("must be at least 1, got {n}"))
+        }
+        other => AnalyticsError::Association(other),
     }
 }
 
@@ -147,7 +160,7 @@ const NOTHING: Step = Step {
 };
 
 /// A funnel step as written: `event_type` or `channel:event_type`.
-pub fn parse_step(activity: &Activity, text: &str) -> Result<Step, AnalyticsError> {
+fn parse_step(activity: &Activity, text: &str) -> Result<Step, AnalyticsError> {
     let (channel, kind) = match text.split_once(':') {
         Some((channel, kind)) => (Some(channel.trim()), kind.trim()),
         None => (None, text.trim()),
@@ -360,9 +373,9 @@ impl Analyst {
             .flat_map(|(_, c)| c.orders.iter().map(|o| o.items.to_vec()))
             .collect();
         let itemsets = association::frequent_itemsets(&baskets, ask.min_support, ask.max_length)
-            .map_err(|e| invalid("min_support", e.to_string()))?;
+            .map_err(association_error)?;
         let rules = association::rules(&itemsets, baskets.len() as u64, ask.min_confidence)
-            .map_err(|e| invalid("min_confidence", e.to_string()))?;
+            .map_err(association_error)?;
         let chosen: Vec<&Rule> = match &ask.product {
             Some(sku) => match activity.skus.get(sku) {
                 Some(item) => association::bought_together(&rules, item, ask.limit),
@@ -513,46 +526,17 @@ impl Analyst {
         cohort::cohorts(activity, period, by_channel, end.timestamp())
     }
 
-    /// Conversion through the asked steps.
+    /// Conversion through the asked steps (of the asked segment's current members).
     pub async fn funnel(
         &self,
         activity: &Activity,
         ask: &FunnelAsk,
     ) -> Result<FunnelReport, AnalyticsError> {
-        if !(2..=10).contains(&ask.steps.len()) {
-            return Err(invalid(
-                "steps",
-                format!("a funnel has 2 to 10 steps, not {}", ask.steps.len()),
-            ));
-        }
-        if ask.window_days == 0 {
-            return Err(invalid("window_days", "must be at least 1 day"));
-        }
-        let steps = ask
-            .steps
-            .iter()
-            .map(|s| parse_step(activity, s))
-            .collect::<Result<Vec<_>, _>>()?;
         let members = match &ask.segment {
             Some(name) => Some(self.members(activity, name).await?),
             None => None,
         };
-        let figures = funnel::funnel(
-            activity,
-            &FunnelQuery {
-                steps,
-                window: i64::from(ask.window_days) * 86_400,
-                from: ask.from.map_or(i64::MIN, |t| t.timestamp()),
-                to: ask.to.map_or(i64::MAX, |t| t.timestamp()),
-                customers: members.as_ref(),
-            },
-        );
-        Ok(FunnelReport {
-            steps: ask.steps.clone(),
-            window_days: ask.window_days,
-            segment: ask.segment.clone(),
-            figures,
-        })
+        funnel_among(activity, ask, members.as_ref())
     }
 
     /// The most common paths to a first purchase, observed up to `end`.
@@ -570,7 +554,41 @@ impl Analyst {
     }
 }
 
-/// `days` before `at`.
-pub fn days_before(at: DateTime<Utc>, days: u32) -> DateTime<Utc> {
-    at - TimeDelta::days(i64::from(days))
+/// The funnel `ask` over the customers numbered in `members` (everyone without), checking the
+/// steps and the window.
+pub fn funnel_among(
+    activity: &Activity,
+    ask: &FunnelAsk,
+    members: Option<&HashSet<u32>>,
+) -> Result<FunnelReport, AnalyticsError> {
+    if !(2..=10).contains(&ask.steps.len()) {
+        return Err(invalid(
+            "steps",
+            format!("a funnel has 2 to 10 steps, not {}", ask.steps.len()),
+        ));
+    }
+    if ask.window_days == 0 {
+        return Err(invalid("window_days", "must be at least 1 day"));
+    }
+    let steps = ask
+        .steps
+        .iter()
+        .map(|s| parse_step(activity, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let figures = funnel::funnel(
+        activity,
+        &FunnelQuery {
+            steps,
+            window: i64::from(ask.window_days) * 86_400,
+            from: ask.from.map_or(i64::MIN, |t| t.timestamp()),
+            to: ask.to.map_or(i64::MAX, |t| t.timestamp()),
+            customers: members,
+        },
+    );
+    Ok(FunnelReport {
+        steps: ask.steps.clone(),
+        window_days: ask.window_days,
+        segment: ask.segment.clone(),
+        figures,
+    })
 }

@@ -12,7 +12,7 @@ use patron_projections::analytics::cohort::Period;
 use patron_projections::analytics::funnel::FunnelAsk;
 use serde::Serialize;
 
-use crate::analytics::{load_activity, Analyst, AssociationAsk};
+use crate::analytics::{funnel_among, load_activity, Analyst, AssociationAsk};
 use crate::store::EventStore;
 
 use super::bar;
@@ -129,29 +129,18 @@ pub async fn run_analytics_bench(
         window_days: 30,
         ..FunnelAsk::default()
     };
-    let mut runs_left = Vec::new();
-    for _ in 0..runs.max(1) {
-        let started = Instant::now();
-        let report = analyst.funnel(&activity, &funnel).await?;
-        runs_left.push((started.elapsed().as_secs_f64(), report));
-    }
-    runs_left.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let found = runs_left
-        .last()
-        .map(|(_, r)| {
+    timings.push(time(
+        runs,
+        "4-step funnel (30 days)",
+        || Ok(funnel_among(&activity, &funnel, None)?),
+        |r| {
             r.figures
                 .iter()
                 .map(|f| f.customers.to_string())
                 .collect::<Vec<_>>()
                 .join(" > ")
-        })
-        .unwrap_or_default();
-    timings.push(Timing {
-        name: "4-step funnel (30 days)".to_owned(),
-        median_s: runs_left[runs_left.len() / 2].0,
-        max_s: runs_left[runs_left.len() - 1].0,
-        found,
-    });
+        },
+    )?);
     timings.push(time(
         runs,
         "CLV fit and scoring (BG/NBD, GG)",
