@@ -7,6 +7,8 @@
 //! - [`store`]: the append-only event log on SQLite (embedded default) or PostgreSQL.
 //! - [`ingest`], [`import`], [`server`]: touchpoints in, resolved to customers.
 //! - [`privacy`]: opening sealed personal data, erasure, quarantine expiry.
+//! - [`correction`]: identity corrections by hand (merge, undo a merge, split, link, unlink,
+//!   block) and the audit of why an identifier belongs to a customer.
 //! - [`projection`]: the runner that folds the log into read models, with checkpoints.
 //! - [`scoring`]: value tiers, RFM and lifecycle stages of every customer as of a moment.
 //! - [`segmentation`]: segment rules judged over the whole customer base.
@@ -23,6 +25,7 @@ pub mod analytics;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod correction;
 pub mod demo;
 pub mod import;
 pub mod ingest;

@@ -4,16 +4,20 @@
 //! The model is in `docs/privacy.md`; the keys and the sealing are in
 //! [`patron_domain::privacy`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{Duration, Utc};
 use patron_domain::customer::CustomerId;
+use patron_domain::events::is_touchpoint;
 use patron_domain::events::{CustomerErased, CUSTOMER_ERASED};
 use patron_domain::privacy::{open_payload, CustomerKey, MasterKey, PrivacyError};
-use patron_domain::{Metadata, NewEvent, RecordedEvent};
+use patron_domain::{Metadata, NewEvent, Position, RecordedEvent};
+use patron_projections::holdings::Holdings;
+use patron_projections::profile::Profile;
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::store::projection::ProfileTable;
 use crate::store::{Erasure, EventStore, StoreError};
 
 /// What went wrong opening events or erasing a customer.
@@ -107,16 +111,35 @@ impl Opener {
         customer: CustomerId,
     ) -> Result<Vec<RecordedEvent>, PrivacyFailure> {
         let live = self.store.live_customer(customer).await?;
-        let mut events = Vec::new();
-        for member in members(&self.store, live).await? {
-            events.extend(
-                self.store
-                    .read_stream(&member.stream_id(), 1, usize::MAX)
-                    .await?,
-            );
+        // The profile's holdings name the touchpoints corrections moved; the aliases name
+        // customers merged so recently that the profile has not absorbed them yet.
+        let holdings: Holdings = self
+            .store
+            .load_profiles(ProfileTable::Live, &[live])
+            .await?
+            .remove(&live)
+            .and_then(|state| serde_json::from_str::<Profile>(&state).ok())
+            .map(|p| p.holdings)
+            .unwrap_or_default();
+        let mut streams: BTreeSet<CustomerId> = holdings.all_streams(live).into_iter().collect();
+        streams.extend(members(&self.store, live).await?);
+        let mut events: BTreeMap<Position, RecordedEvent> = BTreeMap::new();
+        for stream in streams {
+            for event in self
+                .store
+                .read_stream(&stream.stream_id(), 1, usize::MAX)
+                .await?
+            {
+                if !is_touchpoint(&event.event_type) || holdings.keeps(event.position) {
+                    events.insert(event.position, event);
+                }
+            }
         }
-        events.sort_by_key(|e| e.position);
-        self.open(events).await
+        let moved_in: Vec<Position> = holdings.moved_in.iter().copied().collect();
+        for event in self.store.events_at(&moved_in).await? {
+            events.insert(event.position, event);
+        }
+        self.open(events.into_values().collect()).await
     }
 }
 

@@ -39,7 +39,7 @@ pub const PROFILES: &str = "profiles";
 const PROFILES_REBUILD: &str = "profiles@rebuild";
 /// The version of the profile fold: raised whenever what a profile holds changes, so that
 /// stored profiles are rebuilt once by the new code.
-pub const PROFILE_VERSION: u32 = 6;
+pub const PROFILE_VERSION: u32 = 7;
 /// The setting holding the version the stored profiles were folded with.
 const PROFILE_VERSION_SETTING: &str = "projection.profiles.version";
 
@@ -207,7 +207,16 @@ impl ProfileProjection {
                 })?;
                 profiles.insert(customer, profile);
             }
-            profile::fold(&mut profiles, &events)?;
+            let refolds = profile::fold(&mut profiles, &events)?;
+            for customer in refolds {
+                if let Some(profile) = profiles.get_mut(&customer) {
+                    let touchpoints = self
+                        .store
+                        .owned_touchpoints(customer, &profile.holdings, last)
+                        .await?;
+                    profile.refold(&touchpoints)?;
+                }
+            }
             let rows = profiles
                 .iter()
                 .map(|(customer, profile)| {

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::customer::CustomerId;
-use crate::event_log::{EnvelopeError, EventId, NewEvent};
+use crate::event_log::{EnvelopeError, EventId, NewEvent, Position};
 use crate::identifier::Identifier;
 use crate::identity::{Resolution, SkipReason, Skipped};
 use crate::privacy::{CustomerKey, PrivacyError, SealedPart, SEALED_FIELD};
@@ -16,6 +16,111 @@ pub const CUSTOMER_MERGED: &str = "customer_merged";
 pub const CUSTOMER_MERGED_INTO: &str = "customer_merged_into";
 /// Event type of [`CustomerErased`].
 pub const CUSTOMER_ERASED: &str = "customer_erased";
+/// Event type of a [`Separation`] on the live customer a merge is undone from.
+pub const MERGE_UNDONE: &str = "merge_undone";
+/// Event type of a [`Separation`] on the customer an undone merge restores.
+pub const CUSTOMER_RESTORED: &str = "customer_restored";
+/// Event type of a [`Separation`] on the customer identifiers are split off from.
+pub const CUSTOMER_SPLIT: &str = "customer_split";
+/// Event type of a [`Separation`] on the new customer a split makes.
+pub const CUSTOMER_SPLIT_OFF: &str = "customer_split_off";
+/// Event type of [`IdentifierLinked`].
+pub const IDENTIFIER_LINKED: &str = "identifier_linked";
+/// Event type of [`IdentifierUnlinked`].
+pub const IDENTIFIER_UNLINKED: &str = "identifier_unlinked";
+/// Event type of [`IdentifierBlocked`].
+pub const IDENTIFIER_BLOCKED: &str = "identifier_blocked";
+/// The stream that holds the identity blocklist's events.
+pub const BLOCKLIST_STREAM: &str = "identity-blocklist";
+
+/// The event types on a customer's stream that are not touchpoints.
+const NOT_TOUCHPOINTS: [&str; 10] = [
+    CUSTOMER_MERGED,
+    CUSTOMER_MERGED_INTO,
+    CUSTOMER_ERASED,
+    MERGE_UNDONE,
+    CUSTOMER_RESTORED,
+    CUSTOMER_SPLIT,
+    CUSTOMER_SPLIT_OFF,
+    IDENTIFIER_LINKED,
+    IDENTIFIER_UNLINKED,
+    IDENTIFIER_BLOCKED,
+];
+
+/// Whether events of this type are touchpoints (rather than identity or privacy events).
+pub fn is_touchpoint(event_type: &str) -> bool {
+    !NOT_TOUCHPOINTS.contains(&event_type)
+}
+
+/// Whether events of this type separate a part of a customer into another one.
+pub fn is_separation(event_type: &str) -> bool {
+    matches!(
+        event_type,
+        MERGE_UNDONE | CUSTOMER_RESTORED | CUSTOMER_SPLIT | CUSTOMER_SPLIT_OFF
+    )
+}
+
+/// A part of a live customer made a customer of its own: a merge undone or identifiers split
+/// off. The same decision is written on both streams (the giving customer's event, then the
+/// part's), so that each stream can be folded alone; replays apply the decision as recorded
+/// and never decide again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Separation {
+    /// On the giving customer: the part. On the part: the customer it leaves.
+    pub other: CustomerId,
+    /// The customers whose streams the part takes whole: for an undone merge, the restored
+    /// customer and every customer merged into it before; empty for a split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<CustomerId>,
+    /// Positions of the touchpoints the part takes from outside `streams`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub touchpoints: Vec<Position>,
+    /// Positions of touchpoints on `streams` the part does not take (moved elsewhere before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<Position>,
+    /// Positions of touchpoints that carried identifiers of both sides: they stay with the
+    /// giving customer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<Position>,
+    /// The pseudonyms of the identifiers the part takes (sealed in the stored event).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifiers: Vec<Identifier>,
+}
+
+/// On a customer's stream: an identifier (a pseudonym, sealed in the stored event) was linked
+/// to this customer by hand.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentifierLinked {
+    /// The identifier's pseudonym.
+    pub identifier: Identifier,
+    /// The customer that held it before, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<CustomerId>,
+}
+
+/// On a customer's stream: an identifier this customer held was unlinked by hand, moved to
+/// another customer, or blocked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentifierUnlinked {
+    /// The identifier's pseudonym.
+    pub identifier: Identifier,
+    /// The customer it was linked to instead, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<CustomerId>,
+    /// Whether it was unlinked because it was blocked.
+    #[serde(default)]
+    pub blocked: bool,
+}
+
+/// On the blocklist stream: an identifier value may never link a customer again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentifierBlocked {
+    /// The identifier's pseudonym.
+    pub identifier: Identifier,
+    /// The customer that held it until then, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<CustomerId>,
+}
 
 /// How a touchpoint was resolved, kept with it so that its customer can be explained. It names
 /// identifiers by their position in the touchpoint's `identifiers`, so it holds no personal data

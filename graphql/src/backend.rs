@@ -227,6 +227,110 @@ pub struct ErasureRecord {
     pub scrubbed: bool,
 }
 
+/// An identity correction an operator asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorrectionAsk {
+    /// Merge `absorbed` into `survivor`.
+    Merge {
+        /// The customer that goes on.
+        survivor: Uuid,
+        /// The customer closed.
+        absorbed: Uuid,
+    },
+    /// Undo the merge that closed `customer`.
+    UndoMerge {
+        /// The absorbed customer to restore.
+        customer: Uuid,
+    },
+    /// Split identifiers (kind, raw value) off `customer` into a new customer.
+    Split {
+        /// The customer to split.
+        customer: Uuid,
+        /// The identifiers to move, as kind and value.
+        identifiers: Vec<(String, String)>,
+    },
+    /// Link an identifier to `customer`.
+    Link {
+        /// The customer.
+        customer: Uuid,
+        /// The identifier's kind.
+        kind: String,
+        /// Its value, as at ingestion.
+        value: String,
+    },
+    /// Unlink an identifier from `customer`.
+    Unlink {
+        /// The customer.
+        customer: Uuid,
+        /// The identifier's kind.
+        kind: String,
+        /// Its value, as at ingestion.
+        value: String,
+    },
+    /// Block an identifier value from ever linking again.
+    Block {
+        /// The identifier's kind.
+        kind: String,
+        /// Its value, as at ingestion.
+        value: String,
+    },
+}
+
+/// What a correction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CorrectionRecord {
+    /// Whether anything was written (`false`: already in place).
+    pub applied: bool,
+    /// What was done, or why nothing was.
+    pub note: String,
+    /// The live customers concerned.
+    pub customers: Vec<Uuid>,
+    /// Touchpoints moved to another customer.
+    pub touchpoints_moved: u64,
+    /// Identifiers moved or unlinked.
+    pub identifiers_moved: u64,
+    /// Positions of touchpoints that carried identifiers of both sides and stayed.
+    pub kept: Vec<u64>,
+    /// The log position of the last event written.
+    pub position: Option<u64>,
+}
+
+/// Why an identifier belongs to a customer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExplanationRecord {
+    /// The live customer holding it, if any.
+    pub customer: Option<Uuid>,
+    /// Whether the value is blocked.
+    pub blocked: bool,
+    /// The path of evidence, oldest first.
+    pub steps: Vec<ExplanationStepRecord>,
+}
+
+/// One step of an [`ExplanationRecord`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExplanationStepRecord {
+    /// `linked` or `merged`.
+    pub step: String,
+    /// The event's position.
+    pub position: u64,
+    /// The event's id.
+    pub event_id: Uuid,
+    /// The event's type.
+    pub event_type: String,
+    /// The customer whose stream holds it.
+    pub customer: Option<Uuid>,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// The system that sent it.
+    pub source: Option<String>,
+    /// Who appended it.
+    pub actor: Option<String>,
+    /// Why, for corrections by hand.
+    pub reason: Option<String>,
+    /// The identity rules version that decided, for decisions of the rules.
+    pub rules_version: Option<u32>,
+}
+
 /// A newly created API key, with its secret (shown once).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewApiKey {
@@ -279,6 +383,20 @@ pub trait Backend: Send + Sync + 'static {
     async fn log_access(&self, key: &ApiKey, customer: Uuid, what: &str) -> BackendResult<()>;
     /// Saved segments, by name.
     async fn segments(&self) -> BackendResult<Vec<SegmentRecord>>;
+    /// Applies an identity correction for `actor`, with `reason`; `expected_version` is the
+    /// version of its first customer the operator saw, if given.
+    async fn correct(
+        &self,
+        ask: CorrectionAsk,
+        actor: &str,
+        reason: &str,
+        expected_version: Option<u64>,
+    ) -> BackendResult<CorrectionRecord>;
+    /// Why an identifier (kind, value as at ingestion) belongs to its customer.
+    async fn explain_identifier(&self, kind: &str, value: &str)
+        -> BackendResult<ExplanationRecord>;
+    /// The version of a customer's stream: the number of events on it.
+    async fn customer_version(&self, id: Uuid) -> BackendResult<u64>;
     /// A page of a segment's members, after a customer id.
     async fn segment_members(
         &self,

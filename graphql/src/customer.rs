@@ -294,6 +294,16 @@ impl Customer {
         ID(self.id.to_string())
     }
 
+    /// The version of the customer's stream (the number of events on it): what an operator
+    /// passes as `expectedVersion` to a correction so that it fails if the customer changed.
+    async fn version(&self, ctx: &Context<'_>) -> Result<u64> {
+        require(ctx, Role::Viewer)?;
+        ctx.data::<Arc<dyn Backend>>()?
+            .customer_version(self.id)
+            .await
+            .map_err(crate::backend_error)
+    }
+
     /// Whether the customer was erased: their personal data is gone for good.
     async fn erased(&self) -> bool {
         self.record.profile.erased
@@ -525,7 +535,7 @@ impl Customer {
             .collect())
     }
 
-    /// Customers merged into this one, oldest first.
+    /// Customers merged into this one (and not separated again since), oldest first.
     #[graphql(complexity = 100)]
     async fn merged_from(&self, ctx: &Context<'_>) -> Result<Vec<Merge>> {
         require(ctx, Role::Viewer)?;
@@ -536,11 +546,23 @@ impl Customer {
             .await
             .map_err(crate::backend_error)?
             .unwrap_or_default();
+        // A merge undone later is no longer a merge of this customer.
+        let undone = |absorbed: &str, after: u64| {
+            history.iter().any(|u| {
+                u.event_type == "merge_undone"
+                    && u.customer == self.id
+                    && u.position > after
+                    && u.payload.get("other").and_then(Value::as_str) == Some(absorbed)
+            })
+        };
         Ok(history
             .iter()
             .filter(|e| e.event_type == "customer_merged" && e.customer == self.id)
             .filter_map(|e| {
                 let absorbed = e.payload.get("absorbed")?.as_str()?;
+                if undone(absorbed, e.position) {
+                    return None;
+                }
                 Some(Merge {
                     absorbed: ID(absorbed.to_owned()),
                     at: e.recorded_at,

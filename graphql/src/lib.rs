@@ -9,6 +9,7 @@
 pub mod access;
 pub mod analytics;
 pub mod backend;
+pub mod correction;
 pub mod cursor;
 pub mod customer;
 pub mod loader;

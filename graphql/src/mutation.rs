@@ -1,11 +1,12 @@
-//! The mutations: segments, ingestion, erasure and API keys.
+//! The mutations: segments, ingestion, identity corrections, erasure and API keys.
 
 use async_graphql::{Context, Json, Object, Result, SimpleObject, ID};
 use serde_json::Value;
 
 use crate::access::{api_error, codes, require, ApiKey, Role};
-use crate::backend::{ErasureRecord, IngestAnswer, Purpose};
+use crate::backend::{CorrectionAsk, ErasureRecord, IngestAnswer, Purpose};
 use crate::backend_error;
+use crate::correction::{self, customer_arg, CorrectionResult, IdentifierInput};
 use crate::query::{backend, parse_id, Segment};
 
 /// The most records one `ingest` mutation takes.
@@ -186,6 +187,108 @@ impl Mutation {
             .into_iter()
             .map(IngestResult::from)
             .collect())
+    }
+
+    /// Merges `absorbed` into `survivor` by hand (operator role). `expectedVersion` is the
+    /// survivor's `version` as the operator saw it: if it changed since, the merge fails with
+    /// `VERSION_CONFLICT`. Merging customers that are one already changes nothing.
+    async fn merge_customers(
+        &self,
+        ctx: &Context<'_>,
+        survivor: ID,
+        absorbed: ID,
+        reason: String,
+        expected_version: Option<u64>,
+    ) -> Result<CorrectionResult> {
+        let ask = CorrectionAsk::Merge {
+            survivor: customer_arg("survivor", &survivor)?,
+            absorbed: customer_arg("absorbed", &absorbed)?,
+        };
+        correction::correct(ctx, ask, &reason, expected_version).await
+    }
+
+    /// Undoes the merge that closed `customer` (operator role): it is a customer again with
+    /// its identifiers, the customers merged into it before, and every touchpoint that came
+    /// through its identifiers, including those after the merge. Touchpoints that carried
+    /// identifiers of both stay with the survivor and are listed in `kept`.
+    async fn undo_merge(
+        &self,
+        ctx: &Context<'_>,
+        customer: ID,
+        reason: String,
+        expected_version: Option<u64>,
+    ) -> Result<CorrectionResult> {
+        let ask = CorrectionAsk::UndoMerge {
+            customer: customer_arg("customer", &customer)?,
+        };
+        correction::correct(ctx, ask, &reason, expected_version).await
+    }
+
+    /// Moves identifiers, and the touchpoints that came through them, off `customer` into a
+    /// new customer (operator role).
+    async fn split_customer(
+        &self,
+        ctx: &Context<'_>,
+        customer: ID,
+        identifiers: Vec<IdentifierInput>,
+        reason: String,
+        expected_version: Option<u64>,
+    ) -> Result<CorrectionResult> {
+        let ask = CorrectionAsk::Split {
+            customer: customer_arg("customer", &customer)?,
+            identifiers: identifiers.into_iter().map(|i| (i.kind, i.value)).collect(),
+        };
+        correction::correct(ctx, ask, &reason, expected_version).await
+    }
+
+    /// Links an identifier to `customer`, taking it from any customer holding it (operator
+    /// role).
+    async fn link_identifier(
+        &self,
+        ctx: &Context<'_>,
+        customer: ID,
+        identifier: IdentifierInput,
+        reason: String,
+        expected_version: Option<u64>,
+    ) -> Result<CorrectionResult> {
+        let ask = CorrectionAsk::Link {
+            customer: customer_arg("customer", &customer)?,
+            kind: identifier.kind,
+            value: identifier.value,
+        };
+        correction::correct(ctx, ask, &reason, expected_version).await
+    }
+
+    /// Unlinks an identifier from `customer` (operator role).
+    async fn unlink_identifier(
+        &self,
+        ctx: &Context<'_>,
+        customer: ID,
+        identifier: IdentifierInput,
+        reason: String,
+        expected_version: Option<u64>,
+    ) -> Result<CorrectionResult> {
+        let ask = CorrectionAsk::Unlink {
+            customer: customer_arg("customer", &customer)?,
+            kind: identifier.kind,
+            value: identifier.value,
+        };
+        correction::correct(ctx, ask, &reason, expected_version).await
+    }
+
+    /// Blocks an identifier value (operator role): it is unlinked from whoever holds it and
+    /// links no customer again.
+    async fn block_identifier(
+        &self,
+        ctx: &Context<'_>,
+        identifier: IdentifierInput,
+        reason: String,
+    ) -> Result<CorrectionResult> {
+        let ask = CorrectionAsk::Block {
+            kind: identifier.kind,
+            value: identifier.value,
+        };
+        correction::correct(ctx, ask, &reason, None).await
     }
 
     /// Erases a customer for good (admin role): their keys and identity index entries are

@@ -138,6 +138,18 @@ impl Query {
         }
     }
 
+    /// Why an identifier (given as at ingestion) belongs to the customer holding it: the
+    /// event that linked it, then each merge, with source, actor, reason and rules version
+    /// (operator role).
+    async fn explain_identifier(
+        &self,
+        ctx: &Context<'_>,
+        kind: String,
+        value: String,
+    ) -> Result<crate::correction::IdentifierExplanation> {
+        crate::correction::explain(ctx, &kind, &value).await
+    }
+
     /// The customer holding an identifier, given as at ingestion (`kind: "phone", value:
     /// "138 1234 5678"`): it is normalized the same way. At most
     /// [`MAX_LOOKUPS`] per request, each written to the access log (lookups could otherwise

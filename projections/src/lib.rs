@@ -5,6 +5,8 @@
 //!
 //! - [`profile`]: the customer profile (activity, orders, revenue, channels, categories,
 //!   consent), merged customers folded into their survivor.
+//! - [`holdings`]: the streams and moved touchpoints a customer is made of, which identity
+//!   corrections change.
 //! - [`value`]: RFM scores and the named RFM segments, value tiers.
 //! - [`lifecycle`]: lifecycle stages.
 //! - [`tags`]: tags from rules and derived from the profile.
@@ -12,6 +14,7 @@
 //! - [`analytics`]: lifetime value, attribution and product associations.
 
 pub mod analytics;
+pub mod holdings;
 pub mod lifecycle;
 pub mod profile;
 pub mod segment;

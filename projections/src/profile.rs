@@ -10,8 +10,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Timelike, Utc};
 use patron_domain::customer::CustomerId;
 use patron_domain::events::{
-    CustomerMerged, CustomerMergedInto, CUSTOMER_ERASED, CUSTOMER_MERGED, CUSTOMER_MERGED_INTO,
+    is_separation, is_touchpoint, CustomerMerged, CustomerMergedInto, Separation, CUSTOMER_ERASED,
+    CUSTOMER_MERGED, CUSTOMER_MERGED_INTO, CUSTOMER_RESTORED, CUSTOMER_SPLIT_OFF,
 };
+
+use crate::holdings::Holdings;
 use patron_domain::touchpoint::{Channel, ConsentPurpose, LineItem, Money};
 use patron_domain::RecordedEvent;
 use serde::{Deserialize, Serialize};
@@ -82,6 +85,9 @@ pub struct Profile {
     /// [`patron_domain::touchpoint::CLEAR_TRAITS`]) as last given; dropped on erasure.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub traits: BTreeMap<String, TraitValue>,
+    /// The streams and moved touchpoints this customer is made of besides its own stream.
+    #[serde(default, skip_serializing_if = "Holdings::is_empty")]
+    pub holdings: Holdings,
 }
 
 /// A clear trait's value and when it was given.
@@ -309,6 +315,28 @@ impl Profile {
         }
     }
 
+    /// Folds the profile again from `touchpoints` (in log order): every figure is recomputed;
+    /// the holdings, the standing (merged, erased) stay. What a separation does to the
+    /// customers it concerns.
+    pub fn refold(&mut self, touchpoints: &[RecordedEvent]) -> Result<(), FoldError> {
+        *self = Profile {
+            holdings: std::mem::take(&mut self.holdings),
+            merged_into: self.merged_into,
+            erased: self.erased,
+            ..Profile::default()
+        };
+        for event in touchpoints {
+            self.apply_touchpoint(event).map_err(|source| FoldError {
+                position: event.position,
+                source,
+            })?;
+        }
+        if self.erased {
+            self.traits.clear();
+        }
+        Ok(())
+    }
+
     /// The channel with the most touchpoints (ties: the first by name).
     pub fn preferred_channel(&self) -> Option<&str> {
         let mut best: Option<(&str, u64)> = None;
@@ -389,6 +417,12 @@ pub enum ProfileChange {
     MergedAway(CustomerId),
     /// The stream's customer was erased.
     Erased,
+    /// The stream's customer gave up a part of itself to another customer.
+    Gives(Separation),
+    /// The stream's customer is a part separated from another one: a customer again.
+    Takes(Separation),
+    /// Nothing a profile shows (an identifier linked or unlinked by hand).
+    Nothing,
 }
 
 /// What `event` does to profiles.
@@ -403,9 +437,19 @@ pub fn change_of(event: &RecordedEvent) -> Result<ProfileChange, serde_json::Err
             ProfileChange::MergedAway(merged.survivor)
         }
         CUSTOMER_ERASED => ProfileChange::Erased,
+        CUSTOMER_RESTORED | CUSTOMER_SPLIT_OFF => {
+            ProfileChange::Takes(serde_json::from_str(&event.payload)?)
+        }
+        kind if is_separation(kind) => ProfileChange::Gives(serde_json::from_str(&event.payload)?),
+        kind if !is_touchpoint(kind) => ProfileChange::Nothing,
         _ => ProfileChange::Touchpoint,
     })
 }
+
+/// The live customers whose profiles a batch's separations left to fold again
+/// ([`Profile::refold`]) from the touchpoints their holdings name, up to the batch's last
+/// position.
+pub type Refolds = BTreeSet<CustomerId>;
 
 /// The readable head of a [`CustomerMerged`] payload (its evidence is sealed).
 #[derive(Deserialize)]
@@ -428,7 +472,8 @@ const _: fn(CustomerMergedInto) -> CustomerId = |m| m.survivor;
 pub fn fold(
     profiles: &mut HashMap<CustomerId, Profile>,
     events: &[RecordedEvent],
-) -> Result<(), FoldError> {
+) -> Result<Refolds, FoldError> {
+    let mut refolds = Refolds::new();
     for event in events {
         let Some(customer) = CustomerId::from_stream(&event.stream_id) else {
             continue;
@@ -445,7 +490,12 @@ pub fn fold(
                 .map_err(bad)?,
             ProfileChange::Absorbs(absorbed) => {
                 let mut gone = profiles.remove(&absorbed).unwrap_or_default();
-                profiles.entry(customer).or_default().absorb(&gone);
+                let survivor = profiles.entry(customer).or_default();
+                survivor.absorb(&gone);
+                survivor.holdings.absorb(absorbed, &gone.holdings);
+                if refolds.remove(&absorbed) {
+                    refolds.insert(customer);
+                }
                 gone.merged_into = Some(customer);
                 profiles.insert(absorbed, gone);
             }
@@ -457,9 +507,24 @@ pub fn fold(
                 profile.erased = true;
                 profile.traits.clear();
             }
+            ProfileChange::Gives(separation) => {
+                profiles
+                    .entry(customer)
+                    .or_default()
+                    .holdings
+                    .give(&separation);
+                refolds.insert(customer);
+            }
+            ProfileChange::Takes(separation) => {
+                let part = profiles.entry(customer).or_default();
+                part.merged_into = None;
+                part.holdings = Holdings::of_part(customer, &separation);
+                refolds.insert(customer);
+            }
+            ProfileChange::Nothing => {}
         }
     }
-    Ok(())
+    Ok(refolds)
 }
 
 /// Every customer whose profile `events` read or change: each stream's customer and each

@@ -98,6 +98,12 @@ pub async fn catch_up(
     let mut batches = store.stream_all(activity.position(), BATCH);
     while let Some(events) = batches.try_next().await? {
         activity.apply(&events)?;
+        for (customer, holdings) in activity.take_refolds() {
+            let touchpoints = store
+                .owned_touchpoints(customer, &holdings, activity.position())
+                .await?;
+            activity.refold(customer, &touchpoints)?;
+        }
         progress(activity.position(), head.max(activity.position()));
     }
     Ok(())

@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use patron_domain::customer::CustomerId;
 use patron_graphql::backend::{
-    Bucket, Change, CustomerPage, CustomerRecord, CustomerSort, Dimension, ErasureRecord,
-    HistoryEvent, IngestAnswer, MembershipChange, NewApiKey, Purpose, QuarantineRecord, Scores,
-    SegmentRecord,
+    Bucket, Change, CorrectionAsk, CorrectionRecord, CustomerPage, CustomerRecord, CustomerSort,
+    Dimension, ErasureRecord, ExplanationRecord, ExplanationStepRecord, HistoryEvent, IngestAnswer,
+    MembershipChange, NewApiKey, Purpose, QuarantineRecord, Scores, SegmentRecord,
 };
 use patron_graphql::{ApiKey, Backend, BackendError, BackendResult, Role};
 use patron_projections::analytics::attribution::Attribution;
@@ -29,10 +29,11 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use uuid::Uuid;
 
+use crate::correction::{Corrector, Request};
 use crate::ingest::{CommitQueue, Incoming, RecordOutcome};
 use crate::population::{Order, ResidentPopulation};
 use crate::privacy::{erase, Opener};
-use crate::projection::{Announcement, ProjectionError};
+use crate::projection::{Announcement, ProfileProjection, ProjectionError};
 use crate::segmentation;
 use crate::store::access::{AccessEntry, StoredKey};
 use crate::store::projection::ProfileTable;
@@ -42,6 +43,9 @@ use crate::store::{EventStore, StoreError};
 
 use super::Metrics;
 use crate::analytics::{Analyst, AnalyticsError, ResidentActivity};
+
+/// Events a correction's profile catch-up reads at a time.
+const CORRECTION_BATCH: usize = 20_000;
 
 /// Announcements kept for slow subscribers before they miss some.
 pub const ANNOUNCEMENT_BUFFER: usize = 4_096;
@@ -57,6 +61,7 @@ pub struct StoreBackend {
     population: Arc<ResidentPopulation>,
     activity: ResidentActivity,
     analyst: Analyst,
+    corrector: Corrector,
 }
 
 impl StoreBackend {
@@ -74,16 +79,25 @@ impl StoreBackend {
         let opener = Opener::new(store.clone(), commits.ingestor().master_key().clone());
         let analyst = Analyst::new(store.clone(), commits.ingestor().rules());
         let activity = ResidentActivity::new(store.clone());
+        let currency = currency.into();
+        let corrector = Corrector::new(
+            commits.ingestor().clone(),
+            ProfileProjection::new(store.clone(), CORRECTION_BATCH)
+                .with_segments(&currency)
+                .with_announcements(announcements.clone())
+                .with_population(population.clone()),
+        );
         Self {
             store,
             commits,
             opener,
-            currency: currency.into(),
+            currency,
             announcements,
             metrics,
             population,
             activity,
             analyst,
+            corrector,
         }
     }
 
@@ -559,6 +573,94 @@ impl Backend for StoreBackend {
                 },
             })
             .collect())
+    }
+
+    #[tracing::instrument(name = "api.correct", skip(self))]
+    async fn correct(
+        &self,
+        ask: CorrectionAsk,
+        actor: &str,
+        reason: &str,
+        expected_version: Option<u64>,
+    ) -> BackendResult<CorrectionRecord> {
+        let request = Request {
+            actor: actor.to_owned(),
+            reason: reason.to_owned(),
+            expected_version,
+        };
+        let c = &self.corrector;
+        let id = CustomerId::from_uuid;
+        let outcome = match ask {
+            CorrectionAsk::Merge { survivor, absorbed } => {
+                c.merge(id(survivor), id(absorbed), &request).await
+            }
+            CorrectionAsk::UndoMerge { customer } => c.undo_merge(id(customer), &request).await,
+            CorrectionAsk::Split {
+                customer,
+                identifiers,
+            } => c.split(id(customer), &identifiers, &request).await,
+            CorrectionAsk::Link {
+                customer,
+                kind,
+                value,
+            } => c.link(id(customer), &kind, &value, &request).await,
+            CorrectionAsk::Unlink {
+                customer,
+                kind,
+                value,
+            } => c.unlink(id(customer), &kind, &value, &request).await,
+            CorrectionAsk::Block { kind, value } => c.block(&kind, &value, &request).await,
+        }
+        .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
+        Ok(CorrectionRecord {
+            applied: outcome.applied,
+            note: outcome.note,
+            customers: outcome.customers.iter().map(|c| c.as_uuid()).collect(),
+            touchpoints_moved: outcome.touchpoints_moved as u64,
+            identifiers_moved: outcome.identifiers_moved as u64,
+            kept: outcome.kept,
+            position: outcome.position,
+        })
+    }
+
+    #[tracing::instrument(name = "api.explain_identifier", skip(self, value))]
+    async fn explain_identifier(
+        &self,
+        kind: &str,
+        value: &str,
+    ) -> BackendResult<ExplanationRecord> {
+        let explanation = self
+            .corrector
+            .explain(kind, value)
+            .await
+            .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
+        Ok(ExplanationRecord {
+            customer: explanation.customer.map(|c| c.as_uuid()),
+            blocked: explanation.blocked,
+            steps: explanation
+                .steps
+                .into_iter()
+                .map(|s| ExplanationStepRecord {
+                    step: s.step,
+                    position: s.position,
+                    event_id: s.event_id.as_uuid(),
+                    event_type: s.event_type,
+                    customer: s.customer.map(|c| c.as_uuid()),
+                    occurred_at: s.occurred_at,
+                    source: s.source,
+                    actor: s.actor,
+                    reason: s.reason,
+                    rules_version: s.rules_version,
+                })
+                .collect(),
+        })
+    }
+
+    async fn customer_version(&self, id: Uuid) -> BackendResult<u64> {
+        self.store
+            .stream_version(&CustomerId::from_uuid(id).stream_id())
+            .await
+            .map_err(store_error)
     }
 
     #[tracing::instrument(name = "api.erase", skip(self))]

@@ -33,6 +33,14 @@ pub struct IdentityChanges {
     pub links: Vec<(Identifier, CustomerId)>,
     /// Keys made for customers, wrapped by the master key.
     pub new_keys: Vec<(CustomerId, Vec<u8>)>,
+    /// Customers a correction made live again, each with the customers merged into it before,
+    /// which resolve to it again (applied after merges and links).
+    pub restored: Vec<(CustomerId, Vec<CustomerId>)>,
+    /// Pseudonyms given to a holder, or taken from any (`None`) by a correction (applied
+    /// after the restored customers).
+    pub holders: Vec<(Identifier, Option<CustomerId>)>,
+    /// Pseudonyms an operator blocked.
+    pub blocks: Vec<Identifier>,
 }
 
 impl IdentityChanges {
@@ -58,7 +66,12 @@ impl IdentityChanges {
 
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.merges.is_empty() && self.links.is_empty() && self.new_keys.is_empty()
+        self.merges.is_empty()
+            && self.links.is_empty()
+            && self.new_keys.is_empty()
+            && self.restored.is_empty()
+            && self.holders.is_empty()
+            && self.blocks.is_empty()
     }
 }
 
@@ -151,8 +164,7 @@ mod tests {
         );
         let changes = IdentityChanges {
             merges: vec![(b, a), (d, c), (a, c)],
-            links: vec![],
-            new_keys: vec![],
+            ..IdentityChanges::default()
         };
         assert_eq!(changes.final_merges(), vec![(b, c), (d, c), (a, c)]);
     }

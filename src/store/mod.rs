@@ -55,18 +55,20 @@ pub mod segments;
 mod sqlite;
 mod subscription;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use patron_domain::customer::CustomerId;
-use patron_domain::identifier::Identifier;
+use patron_domain::events::is_touchpoint;
+use patron_domain::identifier::{Identifier, IdentifierKind};
 use patron_domain::{
     EventId, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend, StreamId,
     StreamVersion, Upcasters,
 };
+use patron_projections::holdings::Holdings;
 use serde::Serialize;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -403,6 +405,33 @@ impl EventStore {
         }
     }
 
+    /// The pseudonyms a live customer holds in the identity index.
+    pub async fn held_by(&self, customer: CustomerId) -> Result<Vec<Identifier>> {
+        let rows = match &self.backend {
+            Backend::Sqlite(b) => b.held_by(customer).await?,
+            Backend::Postgres(b) => b.held_by(customer).await?,
+        };
+        rows.into_iter()
+            .map(|(kind, value)| {
+                Ok(Identifier {
+                    kind: IdentifierKind::new(kind).map_err(|e| StoreError::Corrupt {
+                        position: 0,
+                        reason: format!("identity index: {e}"),
+                    })?,
+                    value,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether an operator blocked a pseudonymous identifier.
+    pub async fn is_blocked(&self, key: &Identifier) -> Result<bool> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.is_blocked(key).await,
+            Backend::Postgres(b) => b.is_blocked(key).await,
+        }
+    }
+
     /// The live customer an id stands for: itself, or the survivor it was merged into.
     pub async fn live_customer(&self, customer: CustomerId) -> Result<CustomerId> {
         match &self.backend {
@@ -463,6 +492,55 @@ impl EventStore {
             Backend::Postgres(b) => b.read_stream(stream_id, from_version, max).await?,
         };
         self.upcast(events)
+    }
+
+    /// The touchpoints a customer owns up to position `upto` (in log order): those of its own
+    /// stream and of the streams its holdings name, less the ones moved out, plus the ones
+    /// moved in. What a profile or an activity is folded again from after a correction.
+    pub async fn owned_touchpoints(
+        &self,
+        customer: CustomerId,
+        holdings: &Holdings,
+        upto: Position,
+    ) -> Result<Vec<RecordedEvent>> {
+        let mut owned: BTreeMap<Position, RecordedEvent> = BTreeMap::new();
+        for stream in holdings.all_streams(customer) {
+            for event in self.read_stream(&stream.stream_id(), 1, usize::MAX).await? {
+                if event.position <= upto
+                    && is_touchpoint(&event.event_type)
+                    && holdings.keeps(event.position)
+                {
+                    owned.insert(event.position, event);
+                }
+            }
+        }
+        let moved_in: Vec<Position> = holdings
+            .moved_in
+            .iter()
+            .copied()
+            .filter(|p| *p <= upto && !owned.contains_key(p))
+            .collect();
+        for event in self.events_at(&moved_in).await? {
+            if is_touchpoint(&event.event_type) {
+                owned.insert(event.position, event);
+            }
+        }
+        Ok(owned.into_values().collect())
+    }
+
+    /// The events at `positions` (those that exist), in the order given.
+    pub async fn events_at(&self, positions: &[Position]) -> Result<Vec<RecordedEvent>> {
+        let mut events = Vec::with_capacity(positions.len());
+        for &position in positions {
+            // Positions are dense: the event after `position - 1` is the one at `position`.
+            events.extend(
+                self.read_all(position.saturating_sub(1), 1)
+                    .await?
+                    .into_iter()
+                    .filter(|e| e.position == position),
+            );
+        }
+        Ok(events)
     }
 
     /// The current version of a stream (0 if it has no events).

@@ -523,7 +523,24 @@ async fn load_graph(conn: &mut PgConnection, keys: &[Identifier]) -> Result<Iden
             Ok((identifier, CustomerId::from_uuid(row.try_get(2)?)))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(graph_of(rows))
+    let mut graph = graph_of(rows);
+    let blocked: Vec<(String, String)> = sqlx::query_as(
+        "SELECT b.kind, b.pseudonym FROM UNNEST($1::text[], $2::text[]) AS q(kind, pseudonym) \
+         JOIN blocked_identifiers b ON b.kind = q.kind AND b.pseudonym = q.pseudonym",
+    )
+    .bind(&kinds)
+    .bind(&values)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (kind, value) in blocked {
+        if let Some(key) = keys
+            .iter()
+            .find(|k| k.kind.as_str() == kind && k.value == value)
+        {
+            graph.block(key.clone());
+        }
+    }
+    Ok(graph)
 }
 
 /// The wrapped keys of those of `customers` that have one.
@@ -604,6 +621,44 @@ async fn write_identity_changes(conn: &mut PgConnection, changes: &IdentityChang
         .execute(&mut *conn)
         .await
         .map_err(StoreError::from_write)?;
+    }
+    for (restored, members) in &changes.restored {
+        sqlx::query("DELETE FROM customer_aliases WHERE absorbed = $1")
+            .bind(restored.as_uuid())
+            .execute(&mut *conn)
+            .await?;
+        let members: Vec<Uuid> = members.iter().map(|m| m.as_uuid()).collect();
+        sqlx::query("UPDATE customer_aliases SET survivor = $1 WHERE absorbed = ANY($2::uuid[])")
+            .bind(restored.as_uuid())
+            .bind(&members)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (key, holder) in &changes.holders {
+        match holder {
+            Some(holder) => sqlx::query(
+                "INSERT INTO identity_index (kind, pseudonym, customer_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (kind, pseudonym) DO UPDATE SET customer_id = excluded.customer_id",
+            )
+            .bind(key.kind.as_str())
+            .bind(&key.value)
+            .bind(holder.as_uuid()),
+            None => sqlx::query("DELETE FROM identity_index WHERE kind = $1 AND pseudonym = $2")
+                .bind(key.kind.as_str())
+                .bind(&key.value),
+        }
+        .execute(&mut *conn)
+        .await?;
+    }
+    for key in &changes.blocks {
+        sqlx::query(
+            "INSERT INTO blocked_identifiers (kind, pseudonym) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(key.kind.as_str())
+        .bind(&key.value)
+        .execute(&mut *conn)
+        .await?;
     }
     if !changes.new_keys.is_empty() {
         let (customers, wrapped): (Vec<Uuid>, Vec<Vec<u8>>) = changes
@@ -762,6 +817,27 @@ impl PostgresLog {
         .fetch_optional(&self.pool)
         .await?;
         Ok(id.map(CustomerId::from_uuid))
+    }
+
+    pub(crate) async fn held_by(&self, customer: CustomerId) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT kind, pseudonym FROM identity_index WHERE customer_id = $1 \
+             ORDER BY kind, pseudonym",
+        )
+        .bind(customer.as_uuid())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub(crate) async fn is_blocked(&self, key: &Identifier) -> Result<bool> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM blocked_identifiers WHERE kind = $1 AND pseudonym = $2",
+        )
+        .bind(key.kind.as_str())
+        .bind(&key.value)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
     }
 
     pub(crate) async fn live_customer(&self, customer: CustomerId) -> Result<CustomerId> {

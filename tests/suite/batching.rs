@@ -15,8 +15,9 @@ use patron::projection::ProfileProjection;
 use patron::server::{Metrics, StoreBackend};
 use patron_domain::identity::IdentityRules;
 use patron_graphql::backend::{
-    Bucket, Change, CustomerPage, CustomerRecord, CustomerSort, Dimension, ErasureRecord,
-    HistoryEvent, IngestAnswer, NewApiKey, Purpose, QuarantineRecord, SegmentRecord,
+    Bucket, Change, CorrectionAsk, CorrectionRecord, CustomerPage, CustomerRecord, CustomerSort,
+    Dimension, ErasureRecord, ExplanationRecord, HistoryEvent, IngestAnswer, NewApiKey, Purpose,
+    QuarantineRecord, SegmentRecord,
 };
 use patron_graphql::{ApiKey, Backend, BackendResult, Role};
 use patron_projections::analytics::attribution::Attribution;
@@ -76,6 +77,27 @@ impl Backend for Counting {
     }
     async fn segments(&self) -> BackendResult<Vec<SegmentRecord>> {
         self.inner.segments().await
+    }
+    async fn correct(
+        &self,
+        ask: CorrectionAsk,
+        actor: &str,
+        reason: &str,
+        expected_version: Option<u64>,
+    ) -> BackendResult<CorrectionRecord> {
+        self.inner
+            .correct(ask, actor, reason, expected_version)
+            .await
+    }
+    async fn explain_identifier(
+        &self,
+        kind: &str,
+        value: &str,
+    ) -> BackendResult<ExplanationRecord> {
+        self.inner.explain_identifier(kind, value).await
+    }
+    async fn customer_version(&self, id: Uuid) -> BackendResult<u64> {
+        self.inner.customer_version(id).await
     }
     async fn segment_members(
         &self,

@@ -17,7 +17,7 @@ use crate::helpers::TestStore;
 use crate::http::{spawn_app, TestApp};
 
 /// Creates a key with `role` straight in the store; returns its secret.
-async fn key(t: &TestStore, role: &str) -> String {
+pub(crate) async fn key(t: &TestStore, role: &str) -> String {
     let secret = format!("test-{role}-{}", uuid::Uuid::new_v4());
     t.store
         .create_api_key(role, role, &secret_hash(&secret), chrono::Utc::now())
@@ -28,7 +28,7 @@ async fn key(t: &TestStore, role: &str) -> String {
 
 impl TestApp {
     /// Posts a GraphQL request with `secret`; returns the status and the body.
-    async fn graphql_status(
+    pub(crate) async fn graphql_status(
         &self,
         secret: Option<&str>,
         query: &str,
@@ -47,7 +47,7 @@ impl TestApp {
     }
 
     /// Posts a GraphQL request that must succeed; returns its `data`.
-    async fn graphql(&self, secret: &str, query: &str, variables: Value) -> Value {
+    pub(crate) async fn graphql(&self, secret: &str, query: &str, variables: Value) -> Value {
         let (status, body) = self.graphql_status(Some(secret), query, variables).await;
         assert_eq!(status, 200, "{body}");
         assert!(body.get("errors").is_none(), "unexpected errors: {body}");
@@ -55,7 +55,12 @@ impl TestApp {
     }
 
     /// Posts a GraphQL request that must fail; returns its first error's code and message.
-    async fn graphql_error(&self, secret: &str, query: &str, variables: Value) -> (String, String) {
+    pub(crate) async fn graphql_error(
+        &self,
+        secret: &str,
+        query: &str,
+        variables: Value,
+    ) -> (String, String) {
         let (_, body) = self.graphql_status(Some(secret), query, variables).await;
         let error = &body["errors"][0];
         assert!(!error.is_null(), "expected an error: {body}");
@@ -69,7 +74,13 @@ impl TestApp {
     }
 }
 
-fn record(event_type: &str, channel: &str, at: &str, identifiers: Value, extra: Value) -> Value {
+pub(crate) fn record(
+    event_type: &str,
+    channel: &str,
+    at: &str,
+    identifiers: Value,
+    extra: Value,
+) -> Value {
     let mut r = json!({
         "event_id": uuid::Uuid::new_v4().to_string(),
         "type": event_type,
@@ -108,7 +119,12 @@ fn traits(phone: &str, name: &str, city: &str) -> Value {
 const INGEST: &str = "mutation($records: [JSON!]!) { ingest(records: $records) { status customer code field reason } }";
 
 /// Ingests through the GraphQL mutation, then brings profiles and scores up to date.
-async fn ingest(app: &TestApp, t: &TestStore, operator: &str, records: Vec<Value>) -> Vec<Value> {
+pub(crate) async fn ingest(
+    app: &TestApp,
+    t: &TestStore,
+    operator: &str,
+    records: Vec<Value>,
+) -> Vec<Value> {
     let data = app
         .graphql(operator, INGEST, json!({"records": records}))
         .await;

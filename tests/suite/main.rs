@@ -7,6 +7,7 @@ mod analytics;
 mod append;
 mod batching;
 mod concurrency;
+mod correction;
 mod graphql;
 mod http;
 mod idempotency;

@@ -29,6 +29,10 @@ pub trait IdentityView {
     fn owner(&self, identifier: &Identifier) -> Option<CustomerId>;
     /// The identifiers a live customer holds.
     fn identifiers(&self, customer: CustomerId) -> Vec<&Identifier>;
+    /// Whether an operator blocked this identifier (beyond the rules' blocked values).
+    fn is_blocked(&self, _identifier: &Identifier) -> bool {
+        false
+    }
 }
 
 /// Why an identifier of a touchpoint was not linked.
@@ -132,7 +136,7 @@ impl<'r> Resolver<'r> {
             if usable.contains(&id) || skipped.iter().any(|s: &Skipped| &s.identifier == id) {
                 continue;
             }
-            if self.rules.is_blocked(id) {
+            if self.rules.is_blocked(id) || view.is_blocked(id) {
                 skipped.push(Skipped {
                     identifier: id.clone(),
                     reason: SkipReason::Blocked,
@@ -258,6 +262,7 @@ pub struct IdentityGraph {
     owners: HashMap<Identifier, CustomerId>,
     held: HashMap<CustomerId, BTreeSet<Identifier>>,
     merged_into: HashMap<CustomerId, CustomerId>,
+    blocked: rustc_hash::FxHashSet<Identifier>,
 }
 
 impl IdentityGraph {
@@ -273,6 +278,11 @@ impl IdentityGraph {
             .or_default()
             .insert(identifier.clone());
         self.owners.insert(identifier, customer);
+    }
+
+    /// Records that an operator blocked `identifier` (used when loading a stored graph).
+    pub fn block(&mut self, identifier: Identifier) {
+        self.blocked.insert(identifier);
     }
 
     /// Records that `absorbed` was merged into `survivor` (used when loading a stored graph).
@@ -327,6 +337,10 @@ impl IdentityView for IdentityGraph {
             .get(&customer)
             .map(|ids| ids.iter().collect())
             .unwrap_or_default()
+    }
+
+    fn is_blocked(&self, identifier: &Identifier) -> bool {
+        self.blocked.contains(identifier)
     }
 }
 

@@ -12,13 +12,18 @@
 //! erased customer's activity is dropped. Events may arrive out of time order (late offline
 //! data): each customer's lists stay sorted by the time things happened.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
-use patron_domain::events::{CUSTOMER_ERASED, CUSTOMER_MERGED_INTO};
+use patron_domain::events::{
+    is_separation, is_touchpoint, Separation, CUSTOMER_ERASED, CUSTOMER_MERGED_INTO,
+    CUSTOMER_RESTORED, CUSTOMER_SPLIT_OFF,
+};
 use patron_domain::RecordedEvent;
 use serde::Deserialize;
+
+use crate::holdings::Holdings;
 
 /// The event type of an order.
 pub const ORDER_PLACED: &str = "order_placed";
@@ -157,6 +162,10 @@ pub struct Activity {
     pub currencies: Names,
     /// Product SKUs.
     pub skus: Names,
+    /// The holdings of customers made of more than their own stream, by number.
+    holdings: HashMap<u32, Holdings>,
+    /// Customers a separation left to fold again ([`Activity::take_refolds`]).
+    refolds: BTreeSet<u32>,
 }
 
 #[derive(Deserialize)]
@@ -327,6 +336,14 @@ impl Activity {
                 if survivor == n {
                     return Ok(());
                 }
+                let theirs = self.holdings.remove(&n).unwrap_or_default();
+                self.holdings
+                    .entry(survivor)
+                    .or_default()
+                    .absorb(id, &theirs);
+                if self.refolds.remove(&n) {
+                    self.refolds.insert(survivor);
+                }
                 let absorbed = &mut self.customers[n as usize];
                 let touches = std::mem::take(&mut absorbed.touches);
                 let orders = std::mem::take(&mut absorbed.orders);
@@ -345,61 +362,116 @@ impl Activity {
                 c.touches = Vec::new();
                 c.orders = Vec::new();
             }
-            _ => {
-                let Some(channel) = event.metadata.channel.as_deref() else {
-                    return Ok(());
-                };
-                let n = self.live_number(n);
-                if self.customers[n as usize].standing == Standing::Erased {
-                    return Ok(());
-                }
-                let at = event.occurred_at.timestamp();
-                let lag = (event.recorded_at - event.occurred_at)
-                    .num_seconds()
-                    .clamp(0, i64::from(u32::MAX)) as u32;
-                let channel = intern_u8(&mut self.channels, channel, "channels")?;
-                let touch = Touch {
-                    at,
-                    lag,
-                    kind: intern_u16(&mut self.event_types, &event.event_type, "event types")?,
-                    source: intern_u16(
-                        &mut self.sources,
-                        event.metadata.source.as_deref().unwrap_or(""),
-                        "sources",
-                    )?,
-                    channel,
-                };
-                let order = if event.event_type == ORDER_PLACED {
-                    let order: OrderPayload = serde_json::from_str(&event.payload)
-                        .map_err(|e| payload_error(event, e))?;
-                    let mut items = order
-                        .action
-                        .items
-                        .iter()
-                        .map(|i| self.skus.intern(&i.sku))
-                        .collect::<Vec<_>>();
-                    items.sort_unstable();
-                    items.dedup();
-                    Some(OrderFact {
-                        at,
-                        channel,
-                        currency: intern_u16(
-                            &mut self.currencies,
-                            &order.action.currency,
-                            "currencies",
-                        )?,
-                        total_minor: order.action.total_minor,
-                        items: items.into_boxed_slice(),
-                    })
+            CUSTOMER_RESTORED | CUSTOMER_SPLIT_OFF => {
+                let separation: Separation =
+                    serde_json::from_str(&event.payload).map_err(|e| payload_error(event, e))?;
+                self.customers[n as usize].standing = Standing::Live;
+                let holdings = Holdings::of_part(id, &separation);
+                if holdings.is_empty() {
+                    self.holdings.remove(&n);
                 } else {
-                    None
-                };
-                let c = &mut self.customers[n as usize];
-                insert_sorted(&mut c.touches, touch, |t| t.at);
-                if let Some(order) = order {
-                    insert_sorted(&mut c.orders, order, |o| o.at);
+                    self.holdings.insert(n, holdings);
                 }
+                self.refolds.insert(n);
             }
+            kind if is_separation(kind) => {
+                let separation: Separation =
+                    serde_json::from_str(&event.payload).map_err(|e| payload_error(event, e))?;
+                let n = self.live_number(n);
+                self.holdings.entry(n).or_default().give(&separation);
+                self.refolds.insert(n);
+            }
+            kind if !is_touchpoint(kind) => {}
+            _ => {
+                let n = self.live_number(n);
+                self.add_touch(n, event)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The live customers a separation left to fold again, with their holdings: the caller
+    /// reads each one's touchpoints up to [`Activity::position`]
+    /// ([`patron_domain`]'s log through the store) and hands them to [`Activity::refold`].
+    pub fn take_refolds(&mut self) -> Vec<(CustomerId, Holdings)> {
+        std::mem::take(&mut self.refolds)
+            .into_iter()
+            .filter(|n| self.customers[*n as usize].standing == Standing::Live)
+            .map(|n| {
+                (
+                    self.customers[n as usize].id,
+                    self.holdings.get(&n).cloned().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Replaces a customer's activity with what `touchpoints` (the ones it owns, in log
+    /// order) add up to.
+    pub fn refold(
+        &mut self,
+        customer: CustomerId,
+        touchpoints: &[RecordedEvent],
+    ) -> Result<(), ActivityError> {
+        let n = self.number(customer);
+        let c = &mut self.customers[n as usize];
+        c.touches.clear();
+        c.orders.clear();
+        for event in touchpoints {
+            self.add_touch(n, event)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a touchpoint to customer `n`'s activity.
+    fn add_touch(&mut self, n: u32, event: &RecordedEvent) -> Result<(), ActivityError> {
+        let Some(channel) = event.metadata.channel.as_deref() else {
+            return Ok(());
+        };
+        if self.customers[n as usize].standing == Standing::Erased {
+            return Ok(());
+        }
+        let at = event.occurred_at.timestamp();
+        let lag = (event.recorded_at - event.occurred_at)
+            .num_seconds()
+            .clamp(0, i64::from(u32::MAX)) as u32;
+        let channel = intern_u8(&mut self.channels, channel, "channels")?;
+        let touch = Touch {
+            at,
+            lag,
+            kind: intern_u16(&mut self.event_types, &event.event_type, "event types")?,
+            source: intern_u16(
+                &mut self.sources,
+                event.metadata.source.as_deref().unwrap_or(""),
+                "sources",
+            )?,
+            channel,
+        };
+        let order = if event.event_type == ORDER_PLACED {
+            let order: OrderPayload =
+                serde_json::from_str(&event.payload).map_err(|e| payload_error(event, e))?;
+            let mut items = order
+                .action
+                .items
+                .iter()
+                .map(|i| self.skus.intern(&i.sku))
+                .collect::<Vec<_>>();
+            items.sort_unstable();
+            items.dedup();
+            Some(OrderFact {
+                at,
+                channel,
+                currency: intern_u16(&mut self.currencies, &order.action.currency, "currencies")?,
+                total_minor: order.action.total_minor,
+                items: items.into_boxed_slice(),
+            })
+        } else {
+            None
+        };
+        let c = &mut self.customers[n as usize];
+        insert_sorted(&mut c.touches, touch, |t| t.at);
+        if let Some(order) = order {
+            insert_sorted(&mut c.orders, order, |o| o.at);
         }
         Ok(())
     }

@@ -904,7 +904,21 @@ fn load_graph(db: &RawDb<'_>, keys: &[Identifier]) -> Result<IdentityGraph> {
             ));
         }
     }
-    Ok(graph_of(rows))
+    let mut graph = graph_of(rows);
+    let mut any = db.prepare("SELECT EXISTS (SELECT 1 FROM blocked_identifiers)")?;
+    if any.step()? && any.column_i64(0) != 0 {
+        let mut blocked =
+            db.prepare("SELECT 1 FROM blocked_identifiers WHERE kind = ?1 AND pseudonym = ?2")?;
+        for key in keys {
+            blocked.reset()?;
+            blocked.bind_text(1, Some(key.kind.as_str()))?;
+            blocked.bind_text(2, Some(&key.value))?;
+            if blocked.step()? {
+                graph.block(key.clone());
+            }
+        }
+    }
+    Ok(graph)
 }
 
 /// The wrapped keys of those of `customers` that have one.
@@ -955,6 +969,55 @@ fn write_identity_changes(db: &RawDb<'_>, changes: &IdentityChanges) -> Result<(
             link.bind_text(2, Some(&key.value))?;
             link.bind_blob(3, Some(customer.as_uuid().as_bytes()))?;
             link.step()?;
+        }
+    }
+    if !changes.restored.is_empty() {
+        let mut unalias = db.prepare("DELETE FROM customer_aliases WHERE absorbed = ?1")?;
+        let mut realias =
+            db.prepare("UPDATE customer_aliases SET survivor = ?1 WHERE absorbed = ?2")?;
+        for (restored, members) in &changes.restored {
+            unalias.reset()?;
+            unalias.bind_blob(1, Some(restored.as_uuid().as_bytes()))?;
+            unalias.step()?;
+            for member in members {
+                realias.reset()?;
+                realias.bind_blob(1, Some(restored.as_uuid().as_bytes()))?;
+                realias.bind_blob(2, Some(member.as_uuid().as_bytes()))?;
+                realias.step()?;
+            }
+        }
+    }
+    if !changes.holders.is_empty() {
+        let mut give = db.prepare(
+            "INSERT INTO identity_index (kind, pseudonym, customer_id) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (kind, pseudonym) DO UPDATE SET customer_id = excluded.customer_id",
+        )?;
+        let mut take =
+            db.prepare("DELETE FROM identity_index WHERE kind = ?1 AND pseudonym = ?2")?;
+        for (key, holder) in &changes.holders {
+            let stmt = match holder {
+                Some(_) => &mut give,
+                None => &mut take,
+            };
+            stmt.reset()?;
+            stmt.bind_text(1, Some(key.kind.as_str()))?;
+            stmt.bind_text(2, Some(&key.value))?;
+            if let Some(holder) = holder {
+                stmt.bind_blob(3, Some(holder.as_uuid().as_bytes()))?;
+            }
+            stmt.step()?;
+        }
+    }
+    if !changes.blocks.is_empty() {
+        let mut block = db.prepare(
+            "INSERT INTO blocked_identifiers (kind, pseudonym) VALUES (?1, ?2) \
+             ON CONFLICT DO NOTHING",
+        )?;
+        for key in &changes.blocks {
+            block.reset()?;
+            block.bind_text(1, Some(key.kind.as_str()))?;
+            block.bind_text(2, Some(&key.value))?;
+            block.step()?;
         }
     }
     if !changes.new_keys.is_empty() {
@@ -1047,6 +1110,27 @@ impl SqliteLog {
         .fetch_optional(&self.reader)
         .await?;
         Ok(id.map(CustomerId::from_uuid))
+    }
+
+    pub(crate) async fn held_by(&self, customer: CustomerId) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT kind, pseudonym FROM identity_index WHERE customer_id = ? \
+             ORDER BY kind, pseudonym",
+        )
+        .bind(customer.as_uuid())
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    pub(crate) async fn is_blocked(&self, key: &Identifier) -> Result<bool> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM blocked_identifiers WHERE kind = ? AND pseudonym = ?",
+        )
+        .bind(key.kind.as_str())
+        .bind(&key.value)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(found.is_some())
     }
 
     pub(crate) async fn live_customer(&self, customer: CustomerId) -> Result<CustomerId> {

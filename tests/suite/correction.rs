@@ -1,0 +1,490 @@
+//! Identity corrections end to end through GraphQL on a real server: an operator finds a wrong
+//! merge, sees why it happened, undoes it and sees both customers' profiles and segment
+//! memberships corrected; splits, links, unlinks and blocks; conflicts, idempotency, roles.
+
+use serde_json::{json, Value};
+
+use crate::graphql::{ingest, key, record};
+use crate::helpers::TestStore;
+use crate::http::{spawn_app, TestApp};
+
+fn order(at: &str, identifiers: Value, total: i64) -> Value {
+    record(
+        "order_placed",
+        "web",
+        at,
+        identifiers,
+        json!({"order_id": uuid::Uuid::new_v4().to_string(), "currency": "CNY", "items": [
+            {"sku": "SKU-1", "category": "makeup", "quantity": 1, "unit_price_minor": total}]}),
+    )
+}
+
+const PROFILE: &str = "id version orders revenue { currency minor } touchpoints segments";
+
+async fn customer(app: &TestApp, secret: &str, id: &str) -> Value {
+    let data = app
+        .graphql(
+            secret,
+            &format!(
+                "query($id: ID!) {{ customer(id: $id) {{ {PROFILE} mergedFrom {{ absorbed }} }} }}"
+            ),
+            json!({"id": id}),
+        )
+        .await;
+    data["customer"].clone()
+}
+
+async fn holder(app: &TestApp, secret: &str, kind: &str, value: &str) -> Value {
+    let data = app
+        .graphql(
+            secret,
+            "query($k: String!, $v: String!) { customerByIdentifier(kind: $k, value: $v) { id } }",
+            json!({"k": kind, "v": value}),
+        )
+        .await;
+    data["customerByIdentifier"]["id"].clone()
+}
+
+const MERGE: &str = "mutation($s: ID!, $a: ID!, $r: String!) { mergeCustomers(survivor: $s, absorbed: $a, reason: $r) { applied note customerIds } }";
+const UNDO: &str = "mutation($c: ID!, $r: String!, $v: Int) { undoMerge(customer: $c, reason: $r, expectedVersion: $v) { applied note touchpointsMoved identifiersMoved kept customers { id orders revenue { minor } segments } } }";
+const EXPLAIN: &str = "query($k: String!, $v: String!) { explainIdentifier(kind: $k, value: $v) { blocked customer { id } steps { step eventType customer actor reason rulesVersion source } } }";
+
+async fn an_operator_finds_explains_and_undoes_a_wrong_merge(t: &TestStore) {
+    let app = spawn_app(t).await;
+    let operator = key(t, "operator").await;
+    let analyst = key(t, "analyst").await;
+    let answers = ingest(
+        &app,
+        t,
+        &operator,
+        vec![
+            order(
+                "2026-03-01T10:00:00Z",
+                json!({"phone": "13912340001"}),
+                10_000,
+            ),
+            order(
+                "2026-03-02T10:00:00Z",
+                json!({"phone": "13912340002", "device_id": "IDFA-B"}),
+                3_000,
+            ),
+            order(
+                "2026-03-03T10:00:00Z",
+                json!({"phone": "13912340002"}),
+                4_000,
+            ),
+        ],
+    )
+    .await;
+    let a = answers[0]["customer"].as_str().expect("a").to_owned();
+    let b = answers[1]["customer"].as_str().expect("b").to_owned();
+    assert_ne!(a, b);
+    app.graphql(
+        &analyst,
+        "mutation { createSegment(name: \"repeat\", rule: \"orders >= 2\") { size } }",
+        json!({}),
+    )
+    .await;
+
+    // The wrong merge, by hand.
+    let merged = app
+        .graphql(
+            &operator,
+            MERGE,
+            json!({"s": a, "a": b, "r": "same name at the desk"}),
+        )
+        .await;
+    assert_eq!(merged["mergeCustomers"]["applied"], true);
+    let after_merge = customer(&app, &operator, &b).await;
+    assert_eq!(
+        after_merge["id"], a,
+        "the absorbed id resolves to the survivor"
+    );
+    assert_eq!(after_merge["orders"], 3);
+    assert_eq!(after_merge["segments"], json!(["repeat"]));
+    // A touchpoint through the absorbed customer's phone after the merge.
+    ingest(
+        &app,
+        t,
+        &operator,
+        vec![order(
+            "2026-03-10T10:00:00Z",
+            json!({"phone": "13912340002"}),
+            5_000,
+        )],
+    )
+    .await;
+    assert_eq!(customer(&app, &operator, &a).await["orders"], 4);
+
+    // Why does B's phone belong to A?
+    let why = app
+        .graphql(
+            &operator,
+            EXPLAIN,
+            json!({"k": "phone", "v": "139 1234 0002"}),
+        )
+        .await["explainIdentifier"]
+        .clone();
+    assert_eq!(why["customer"]["id"], a);
+    let steps = why["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{why}");
+    assert_eq!(steps[0]["step"], "linked");
+    assert_eq!(steps[0]["eventType"], "order_placed");
+    assert_eq!(steps[0]["customer"], b);
+    assert_eq!(steps[0]["rulesVersion"], 1);
+    assert_eq!(steps[0]["source"], "web-system");
+    assert_eq!(steps[1]["step"], "merged");
+    assert_eq!(steps[1]["reason"], "same name at the desk");
+    assert_eq!(steps[1]["actor"], "api-key:operator");
+    assert!(steps[1]["rulesVersion"].is_null(), "a merge by hand");
+
+    // Undo with a stale version: a conflict, nothing written.
+    let version = customer(&app, &operator, &a).await["version"]
+        .as_u64()
+        .expect("version");
+    let (code, message) = app
+        .graphql_error(
+            &operator,
+            UNDO,
+            json!({"c": b, "r": "different people", "v": version - 1}),
+        )
+        .await;
+    assert_eq!(code, "VERSION_CONFLICT", "{message}");
+    assert!(message.contains(&a), "{message}");
+    // Roles and reasons.
+    let (code, _) = app
+        .graphql_error(&analyst, UNDO, json!({"c": b, "r": "different people"}))
+        .await;
+    assert_eq!(code, "FORBIDDEN");
+    let (code, message) = app
+        .graphql_error(&operator, UNDO, json!({"c": b, "r": " "}))
+        .await;
+    assert_eq!(code, "INVALID_ARGUMENT", "{message}");
+
+    let undone = app
+        .graphql(
+            &operator,
+            UNDO,
+            json!({"c": b, "r": "different people", "v": version}),
+        )
+        .await["undoMerge"]
+        .clone();
+    assert_eq!(undone["applied"], true, "{undone}");
+    assert_eq!(undone["touchpointsMoved"], 3, "{undone}");
+    assert_eq!(undone["identifiersMoved"], 2, "phone and device: {undone}");
+    assert_eq!(undone["kept"], json!([]));
+    let by_id: std::collections::HashMap<String, Value> = undone["customers"]
+        .as_array()
+        .expect("customers")
+        .iter()
+        .map(|c| (c["id"].as_str().expect("id").to_owned(), c.clone()))
+        .collect();
+    assert_eq!(by_id[&a]["orders"], 1);
+    assert_eq!(by_id[&a]["revenue"], json!([{"minor": 10_000}]));
+    assert_eq!(by_id[&a]["segments"], json!([]), "A left the segment");
+    assert_eq!(by_id[&b]["orders"], 3, "B's orders, the late one too");
+    assert_eq!(by_id[&b]["revenue"], json!([{"minor": 12_000}]));
+    assert_eq!(by_id[&b]["segments"], json!(["repeat"]));
+    assert_eq!(holder(&app, &operator, "phone", "13912340002").await, b);
+    assert_eq!(holder(&app, &operator, "device_id", "IDFA-B").await, b);
+    assert_eq!(holder(&app, &operator, "phone", "13912340001").await, a);
+    assert_eq!(customer(&app, &operator, &a).await["mergedFrom"], json!([]));
+
+    // The same undo again changes nothing.
+    let again = app
+        .graphql(&operator, UNDO, json!({"c": b, "r": "different people"}))
+        .await["undoMerge"]
+        .clone();
+    assert_eq!(again["applied"], false);
+    assert!(again["note"]
+        .as_str()
+        .expect("note")
+        .contains("nothing to undo"));
+
+    // B's history says who did it and why.
+    let history = app
+        .graphql(
+            &operator,
+            "query($id: ID!) { customer(id: $id) { timeline(first: 50) { edges { node { type actor reason } } } } }",
+            json!({"id": b}),
+        )
+        .await;
+    let events: Vec<&Value> = history["customer"]["timeline"]["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|e| &e["node"])
+        .collect();
+    let restored = events
+        .iter()
+        .find(|e| e["type"] == "customer_restored")
+        .expect("the restoration is in B's history");
+    assert_eq!(restored["actor"], "api-key:operator");
+    assert_eq!(restored["reason"], "different people");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "order_placed")
+            .count(),
+        3
+    );
+
+    // New touchpoints through B's phone go to B again.
+    ingest(
+        &app,
+        t,
+        &operator,
+        vec![order(
+            "2026-03-12T10:00:00Z",
+            json!({"phone": "13912340002"}),
+            1_000,
+        )],
+    )
+    .await;
+    assert_eq!(customer(&app, &operator, &b).await["orders"], 4);
+    assert_eq!(customer(&app, &operator, &a).await["orders"], 1);
+}
+
+const SPLIT: &str = "mutation($c: ID!, $ids: [IdentifierInput!]!, $r: String!) { splitCustomer(customer: $c, identifiers: $ids, reason: $r) { applied note customerIds touchpointsMoved identifiersMoved kept } }";
+
+async fn a_split_moves_identifiers_and_their_touchpoints_to_a_new_customer(t: &TestStore) {
+    let app = spawn_app(t).await;
+    let operator = key(t, "operator").await;
+    // One phone, and a shared email that a second person also used alone.
+    let answers = ingest(
+        &app,
+        t,
+        &operator,
+        vec![
+            order(
+                "2026-04-01T10:00:00Z",
+                json!({"phone": "13912340011", "email": "family@example.cn"}),
+                1_000,
+            ),
+            order(
+                "2026-04-02T10:00:00Z",
+                json!({"email": "family@example.cn", "device_id": "IDFA-S"}),
+                2_000,
+            ),
+            order(
+                "2026-04-03T10:00:00Z",
+                json!({"phone": "13912340011"}),
+                4_000,
+            ),
+        ],
+    )
+    .await;
+    let a = answers[0]["customer"].as_str().expect("a").to_owned();
+    assert!(answers.iter().all(|r| r["customer"] == a));
+
+    let (code, message) = app
+        .graphql_error(
+            &operator,
+            SPLIT,
+            json!({"c": a, "ids": [{"kind": "phone", "value": "not a phone"}], "r": "x"}),
+        )
+        .await;
+    assert_eq!(code, "INVALID_IDENTIFIER", "{message}");
+    assert!(message.starts_with("identifier phone:"), "{message}");
+
+    let split = app
+        .graphql(
+            &operator,
+            SPLIT,
+            json!({"c": a, "ids": [{"kind": "email", "value": "FAMILY@example.cn"}], "r": "shared family email"}),
+        )
+        .await["splitCustomer"]
+        .clone();
+    assert_eq!(split["applied"], true, "{split}");
+    // The first order carried the phone that stays: it stays, and is reported.
+    assert_eq!(split["touchpointsMoved"], 1, "{split}");
+    assert_eq!(split["kept"].as_array().map(Vec::len), Some(1), "{split}");
+    assert_eq!(
+        split["identifiersMoved"], 2,
+        "the email and the device: {split}"
+    );
+    let new = split["customerIds"][1].as_str().expect("new").to_owned();
+    assert_ne!(new, a);
+    let theirs = customer(&app, &operator, &new).await;
+    assert_eq!(theirs["orders"], 1);
+    assert_eq!(
+        theirs["revenue"],
+        json!([{"currency": "CNY", "minor": 2_000}])
+    );
+    assert_eq!(customer(&app, &operator, &a).await["orders"], 2);
+    assert_eq!(
+        holder(&app, &operator, "email", "family@example.cn").await,
+        new
+    );
+    assert_eq!(holder(&app, &operator, "device_id", "IDFA-S").await, new);
+    assert_eq!(holder(&app, &operator, "phone", "13912340011").await, a);
+
+    let again = app
+        .graphql(
+            &operator,
+            SPLIT,
+            json!({"c": a, "ids": [{"kind": "email", "value": "family@example.cn"}], "r": "shared family email"}),
+        )
+        .await["splitCustomer"]
+        .clone();
+    assert_eq!(again["applied"], false, "{again}");
+    // The email now explains through the split.
+    let why = app
+        .graphql(
+            &operator,
+            EXPLAIN,
+            json!({"k": "email", "v": "family@example.cn"}),
+        )
+        .await["explainIdentifier"]
+        .clone();
+    assert_eq!(why["customer"]["id"], new);
+    assert_eq!(why["steps"][0]["eventType"], "customer_split_off", "{why}");
+    assert_eq!(why["steps"][0]["reason"], "shared family email");
+}
+
+const LINK: &str = "mutation($c: ID!, $k: String!, $v: String!, $r: String!) { linkIdentifier(customer: $c, identifier: {kind: $k, value: $v}, reason: $r) { applied note customerIds } }";
+const UNLINK: &str = "mutation($c: ID!, $k: String!, $v: String!, $r: String!) { unlinkIdentifier(customer: $c, identifier: {kind: $k, value: $v}, reason: $r) { applied note } }";
+const BLOCK: &str = "mutation($k: String!, $v: String!, $r: String!) { blockIdentifier(identifier: {kind: $k, value: $v}, reason: $r) { applied note customerIds } }";
+
+async fn identifiers_are_linked_unlinked_and_blocked_by_hand(t: &TestStore) {
+    let app = spawn_app(t).await;
+    let operator = key(t, "operator").await;
+    let answers = ingest(
+        &app,
+        t,
+        &operator,
+        vec![
+            order(
+                "2026-05-01T10:00:00Z",
+                json!({"phone": "13912340021"}),
+                1_000,
+            ),
+            order(
+                "2026-05-01T11:00:00Z",
+                json!({"phone": "13912340022", "member_card": "MC-22"}),
+                1_000,
+            ),
+        ],
+    )
+    .await;
+    let (a, b) = (
+        answers[0]["customer"].as_str().expect("a").to_owned(),
+        answers[1]["customer"].as_str().expect("b").to_owned(),
+    );
+    // The member card really is A's: move it.
+    let linked = app
+        .graphql(
+            &operator,
+            LINK,
+            json!({"c": a, "k": "member_card", "v": "MC-22", "r": "card swapped at the desk"}),
+        )
+        .await["linkIdentifier"]
+        .clone();
+    assert_eq!(linked["applied"], true);
+    assert_eq!(linked["customerIds"], json!([a, b]));
+    assert_eq!(holder(&app, &operator, "member_card", "MC-22").await, a);
+    let again = app
+        .graphql(
+            &operator,
+            LINK,
+            json!({"c": a, "k": "member_card", "v": "MC-22", "r": "card swapped at the desk"}),
+        )
+        .await["linkIdentifier"]
+        .clone();
+    assert_eq!(again["applied"], false);
+    let why = app
+        .graphql(
+            &operator,
+            EXPLAIN,
+            json!({"k": "member_card", "v": "MC-22"}),
+        )
+        .await["explainIdentifier"]
+        .clone();
+    assert_eq!(why["steps"][0]["eventType"], "identifier_linked", "{why}");
+
+    // Unlinking from the wrong customer names the holder.
+    let (code, message) = app
+        .graphql_error(
+            &operator,
+            UNLINK,
+            json!({"c": b, "k": "member_card", "v": "MC-22", "r": "x"}),
+        )
+        .await;
+    assert_eq!(code, "IDENTIFIER_HELD_BY_OTHER");
+    assert!(message.contains(&a), "{message}");
+    let unlinked = app
+        .graphql(
+            &operator,
+            UNLINK,
+            json!({"c": a, "k": "member_card", "v": "MC-22", "r": "card returned"}),
+        )
+        .await["unlinkIdentifier"]
+        .clone();
+    assert_eq!(unlinked["applied"], true);
+    assert!(holder(&app, &operator, "member_card", "MC-22")
+        .await
+        .is_null());
+
+    // A blocked phone is unlinked and links nobody again: its next touchpoint starts a new
+    // customer instead of reaching A.
+    let blocked = app
+        .graphql(
+            &operator,
+            BLOCK,
+            json!({"k": "phone", "v": "13912340021", "r": "shop's own number"}),
+        )
+        .await["blockIdentifier"]
+        .clone();
+    assert_eq!(blocked["applied"], true);
+    assert_eq!(blocked["customerIds"], json!([a]));
+    assert!(holder(&app, &operator, "phone", "13912340021")
+        .await
+        .is_null());
+    let later = ingest(
+        &app,
+        t,
+        &operator,
+        vec![order(
+            "2026-05-02T10:00:00Z",
+            json!({"phone": "13912340021"}),
+            500,
+        )],
+    )
+    .await;
+    assert_ne!(later[0]["customer"], a);
+    assert!(holder(&app, &operator, "phone", "13912340021")
+        .await
+        .is_null());
+    let why = app
+        .graphql(
+            &operator,
+            EXPLAIN,
+            json!({"k": "phone", "v": "13912340021"}),
+        )
+        .await["explainIdentifier"]
+        .clone();
+    assert_eq!(why["blocked"], true);
+    let (code, _) = app
+        .graphql_error(
+            &operator,
+            LINK,
+            json!({"c": a, "k": "phone", "v": "13912340021", "r": "x"}),
+        )
+        .await;
+    assert_eq!(code, "IDENTIFIER_BLOCKED");
+    let again = app
+        .graphql(
+            &operator,
+            BLOCK,
+            json!({"k": "phone", "v": "13912340021", "r": "shop's own number"}),
+        )
+        .await["blockIdentifier"]
+        .clone();
+    assert_eq!(again["applied"], false);
+}
+
+crate::on_both_stores!(
+    an_operator_finds_explains_and_undoes_a_wrong_merge,
+    a_split_moves_identifiers_and_their_touchpoints_to_a_new_customer,
+    identifiers_are_linked_unlinked_and_blocked_by_hand,
+);
