@@ -325,47 +325,82 @@ impl Corrector {
             let owned = self.owned(live, &giver.holdings).await?;
             let held: BTreeSet<Identifier> =
                 self.store().held_by(live).await?.into_iter().collect();
-            // Touchpoints on the part's streams that the giver no longer owns stay excluded.
             let owned_positions: BTreeSet<Position> = owned.iter().map(|o| o.position).collect();
-            let mut excluded = Vec::new();
-            let mut theirs_claimed: BTreeSet<Identifier> = BTreeSet::new();
+            let mut on_streams = BTreeSet::new();
+            // What gave the part identifiers and took them away, in log order.
+            let mut changes: Vec<(Position, bool, Vec<Identifier>)> = Vec::new();
             for stream in &streams {
                 let events = self
                     .store()
                     .read_stream(&stream.stream_id(), 1, usize::MAX)
                     .await?;
-                for event in &events {
-                    if is_touchpoint(&event.event_type)
-                        && !owned_positions.contains(&event.position)
-                    {
-                        excluded.push(event.position);
-                    }
-                }
+                on_streams.extend(
+                    events
+                        .iter()
+                        .filter(|e| is_touchpoint(&e.event_type))
+                        .map(|e| e.position),
+                );
                 for event in self.opener.open(events).await? {
-                    theirs_claimed.extend(hand_given(&event));
+                    let given = if is_touchpoint(&event.event_type) {
+                        self.linked_by(&event)
+                    } else {
+                        hand_given(&event)
+                    };
+                    changes.push((event.position, true, given));
+                    changes.push((event.position, false, taken_away(&event)));
                 }
             }
+            // What the part owned when it was merged, and the giver still owns.
             let part: BTreeSet<Position> = owned
                 .iter()
                 .filter(|o| {
-                    streams.contains(&o.stream) || theirs.holdings.moved_in.contains(&o.position)
+                    (streams.contains(&o.stream) && theirs.holdings.keeps(o.position))
+                        || theirs.holdings.moved_in.contains(&o.position)
                 })
                 .map(|o| o.position)
                 .collect();
-            for o in owned.iter().filter(|o| part.contains(&o.position)) {
-                theirs_claimed.extend(o.linked.iter().cloned());
+            for o in owned
+                .iter()
+                .filter(|o| part.contains(&o.position) && !streams.contains(&o.stream))
+            {
+                changes.push((o.position, true, o.linked.iter().cloned().collect()));
+            }
+            changes.sort_by_key(|(position, _, _)| *position);
+            let mut theirs_claimed: BTreeSet<Identifier> = BTreeSet::new();
+            for (_, given, identifiers) in changes {
+                for identifier in identifiers {
+                    if given {
+                        theirs_claimed.insert(identifier);
+                    } else {
+                        theirs_claimed.remove(&identifier);
+                    }
+                }
             }
             let identifiers: BTreeSet<Identifier> =
                 theirs_claimed.intersection(&held).cloned().collect();
             let decision = self.divide(&owned, &held, identifiers, part, |o| {
                 !streams.contains(&o.stream)
             });
+            // Touchpoints on the part's streams that do not go with it: the giver keeps those
+            // it owns; others belong to third customers already.
+            let excluded: Vec<Position> = on_streams.difference(&decision.going).copied().collect();
+            let giver_keeps: Vec<Position> = excluded
+                .iter()
+                .copied()
+                .filter(|p| owned_positions.contains(p))
+                .collect();
+            let released: Vec<Position> = on_streams
+                .intersection(&decision.going)
+                .copied()
+                .filter(|p| giver.holdings.moved_in.contains(p))
+                .collect();
             let keys = self.keys(&[live, absorbed]).await?;
             let separation = Separation {
                 other: absorbed,
                 streams: streams.clone(),
                 touchpoints: decision.moved_elsewhere.clone(),
-                excluded: vec![],
+                excluded: giver_keeps,
+                released,
                 kept: decision.kept.clone(),
                 identifiers: decision.identifiers.iter().cloned().collect(),
             };
@@ -375,6 +410,7 @@ impl Corrector {
                 &Separation {
                     other: live,
                     excluded,
+                    released: vec![],
                     ..separation.clone()
                 },
                 &["identifiers"],
@@ -470,6 +506,7 @@ impl Corrector {
                     streams: vec![],
                     touchpoints: decision.moved_elsewhere.clone(),
                     excluded: vec![],
+                    released: vec![],
                     kept: decision.kept.clone(),
                     identifiers: decision.identifiers.iter().cloned().collect(),
                 };
@@ -1013,11 +1050,27 @@ impl Corrector {
             .collect())
     }
 
+    /// The pseudonyms an opened touchpoint linked to its customer.
+    fn linked_by(&self, event: &RecordedEvent) -> Vec<Identifier> {
+        let Ok(carried) = serde_json::from_str::<Carried>(&event.payload) else {
+            return vec![];
+        };
+        carried
+            .resolution
+            .map(|r| r.linked)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| carried.identifiers.get(i))
+            .map(|i| self.ingestor.pseudonym(i))
+            .collect()
+    }
+
     /// Divides a customer's touchpoints and identifiers between it and a part taking
     /// `identifiers` and the touchpoints in `part`: a touchpoint that carried a taken
     /// identifier goes too, unless it also carried a core identifier that stays (then it
-    /// stays, and is reported as kept); an identifier held by the customer that only
-    /// touchpoints going to the part carried goes with them. `outside` says which moved
+    /// stays, and is reported as kept); an identifier such a touchpoint linked goes with it
+    /// unless a touchpoint that stays carried it too. The touchpoints in `part` go whatever
+    /// they carried, and take no identifiers along. `outside` says which moved
     /// touchpoints the part does not get through its streams.
     fn divide(
         &self,
@@ -1033,7 +1086,7 @@ impl Corrector {
             .filter(|i| !identifiers.contains(*i) && rules.is_core(&i.kind))
             .collect();
         let mut kept = Vec::new();
-        let mut going: BTreeSet<Position> = part;
+        let mut going: BTreeSet<Position> = part.clone();
         for o in owned {
             if going.contains(&o.position) || !o.carried.iter().any(|i| identifiers.contains(i)) {
                 continue;
@@ -1051,8 +1104,8 @@ impl Corrector {
             .collect();
         let followers: Vec<Identifier> = owned
             .iter()
-            .filter(|o| going.contains(&o.position))
-            .flat_map(|o| o.carried.iter())
+            .filter(|o| going.contains(&o.position) && !part.contains(&o.position))
+            .flat_map(|o| o.linked.iter())
             .filter(|i| held.contains(*i) && !staying_carried.contains(*i))
             .cloned()
             .collect();
@@ -1064,6 +1117,7 @@ impl Corrector {
             .collect();
         Division {
             moved: going.len(),
+            going,
             moved_elsewhere,
             kept,
             identifiers,
@@ -1140,6 +1194,8 @@ impl Step {
 struct Division {
     /// Touchpoints going to the part.
     moved: usize,
+    /// Their positions.
+    going: BTreeSet<Position>,
     /// Those of them not on the part's streams.
     moved_elsewhere: Vec<Position>,
     /// Touchpoints that carried identifiers of both sides and stay.
@@ -1151,6 +1207,14 @@ struct Division {
 /// The pseudonyms an opened identity event gave its stream's customer by hand (links and
 /// the identifiers of a restoration or a split).
 fn hand_given(event: &RecordedEvent) -> Vec<Identifier> {
+    match event.event_type.as_str() {
+        IDENTIFIER_LINKED | CUSTOMER_RESTORED | CUSTOMER_SPLIT_OFF => hand_given_members(event),
+        _ => vec![],
+    }
+}
+
+/// The `identifier` and `identifiers` members of an opened identity event.
+fn hand_given_members(event: &RecordedEvent) -> Vec<Identifier> {
     #[derive(Deserialize)]
     struct Given {
         #[serde(default)]
@@ -1158,12 +1222,16 @@ fn hand_given(event: &RecordedEvent) -> Vec<Identifier> {
         #[serde(default)]
         identifiers: Vec<Identifier>,
     }
+    serde_json::from_str::<Given>(&event.payload)
+        .map(|g| g.identifier.into_iter().chain(g.identifiers).collect())
+        .unwrap_or_default()
+}
+
+/// The pseudonyms an opened identity event took from its stream's customer by hand (unlinks,
+/// and the identifiers given up by an undone merge or a split).
+fn taken_away(event: &RecordedEvent) -> Vec<Identifier> {
     match event.event_type.as_str() {
-        IDENTIFIER_LINKED | CUSTOMER_RESTORED | CUSTOMER_SPLIT_OFF => {
-            serde_json::from_str::<Given>(&event.payload)
-                .map(|g| g.identifier.into_iter().chain(g.identifiers).collect())
-                .unwrap_or_default()
-        }
+        IDENTIFIER_UNLINKED | MERGE_UNDONE | CUSTOMER_SPLIT => hand_given_members(event),
         _ => vec![],
     }
 }

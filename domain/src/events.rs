@@ -75,9 +75,14 @@ pub struct Separation {
     /// Positions of the touchpoints the part takes from outside `streams`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub touchpoints: Vec<Position>,
-    /// Positions of touchpoints on `streams` the part does not take (moved elsewhere before).
+    /// On the part: positions of touchpoints on `streams` it does not take (they belonged to
+    /// other customers when it was merged). On the giver: those of them it keeps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<Position>,
+    /// On the giver: positions of touchpoints on `streams` the part takes that the giver held
+    /// as moved in (it owned them by a correction, not by a merge).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<Position>,
     /// Positions of touchpoints that carried identifiers of both sides: they stay with the
     /// giving customer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -58,6 +58,13 @@ impl Holdings {
             self.moved_in.remove(position);
             self.moved_out.insert(*position);
         }
+        for position in &separation.excluded {
+            self.moved_out.remove(position);
+            self.moved_in.insert(*position);
+        }
+        for position in &separation.released {
+            self.moved_in.remove(position);
+        }
     }
 
     /// The holdings of the part a separation makes a customer of its own.

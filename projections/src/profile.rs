@@ -283,7 +283,8 @@ impl Profile {
         for (k, v) in &other.by_type {
             *self.by_type.entry(k.clone()).or_default() += v;
         }
-        if self.by_hour.len() != 24 {
+        // An empty profile keeps no hours: absorbing one adds none.
+        if self.by_hour.len() != 24 && !other.by_hour.is_empty() {
             self.by_hour.resize(24, 0);
         }
         for (hour, n) in other.by_hour.iter().enumerate().take(24) {
@@ -496,7 +497,14 @@ pub fn fold(
                 if refolds.remove(&absorbed) {
                     refolds.insert(customer);
                 }
-                gone.merged_into = Some(customer);
+                // A merged customer's row keeps only what a correction needs to restore it:
+                // its figures live on in the survivor's.
+                gone = Profile {
+                    merged_into: Some(customer),
+                    erased: gone.erased,
+                    holdings: std::mem::take(&mut gone.holdings),
+                    ..Profile::default()
+                };
                 profiles.insert(absorbed, gone);
             }
             ProfileChange::MergedAway(survivor) => {

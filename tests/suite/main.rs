@@ -8,6 +8,7 @@ mod append;
 mod batching;
 mod concurrency;
 mod correction;
+mod correction_properties;
 mod graphql;
 mod http;
 mod idempotency;
