@@ -207,6 +207,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Correct identity resolution by hand: merge, undo a merge, split, link, unlink, block.
+    /// Each correction is recorded with --actor and --reason; the profiles of the customers
+    /// involved are folded again at once.
+    Correct {
+        /// The correction.
+        #[command(subcommand)]
+        correction: crate::correction::command::CorrectCommand,
+    },
+    /// Explain why an identifier (`KIND=VALUE`) belongs to the customer holding it: the event
+    /// that linked it, then each merge, with source, actor, reason and rules version.
+    Explain {
+        /// The identifier, for example `phone=13912340001`.
+        identifier: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Score every live customer as of now (or --as-of): value tier, RFM scores and segment,
     /// lifecycle stage; record the stage transitions since the last run. Brings the profiles up
     /// to date first.
@@ -558,6 +575,27 @@ impl Cli {
                     json,
                 )
                 .await
+            }
+            Command::Correct { ref correction } => {
+                let rules = self.scoring_rules()?;
+                let ingestor = self.ingestor().await?;
+                let done = crate::correction::command::correct(
+                    &ingestor,
+                    &rules.tiers.currency,
+                    correction,
+                )
+                .await;
+                ingestor.store().close().await;
+                done
+            }
+            Command::Explain {
+                ref identifier,
+                json,
+            } => {
+                let ingestor = self.ingestor().await?;
+                let done = crate::correction::command::explain(&ingestor, identifier, json).await;
+                ingestor.store().close().await;
+                done
             }
             Command::Score { as_of, json } => {
                 let rules = self.scoring_rules()?;

@@ -845,3 +845,109 @@ async fn analytics_print_cohorts_and_funnels_as_csv_and_name_bad_arguments_on_po
         .await
         .expect("drop the scratch database");
 }
+
+#[test]
+fn a_wrong_merge_is_explained_and_undone_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("patron.db").display());
+    let file = dir.path().join("shop.ndjson");
+    write_small_shop(&file);
+    patron_ok(&["import", file.to_str().unwrap()], &url);
+    let holder = |phone: &str| -> serde_json::Value {
+        let out = patron_ok(&["explain", &format!("phone={phone}"), "--json"], &url);
+        serde_json::from_str(&out).expect("JSON")
+    };
+    let first = holder("139 0000 0201");
+    let second = holder("+8613900000202");
+    let (a, b) = (
+        first["customer"].as_str().expect("a").to_owned(),
+        second["customer"].as_str().expect("b").to_owned(),
+    );
+    assert_ne!(a, b);
+    assert_eq!(second["steps"][0]["step"], "linked");
+    assert_eq!(second["steps"][0]["rules_version"], 1);
+
+    let merged = patron_ok(
+        &[
+            "correct",
+            "merge",
+            "--survivor",
+            &a,
+            "--absorbed",
+            &b,
+            "--reason",
+            "TICKET-1",
+            "--actor",
+            "li.wei",
+            "--json",
+        ],
+        &url,
+    );
+    let merged: serde_json::Value = serde_json::from_str(&merged).expect("JSON");
+    assert_eq!(merged["applied"], true);
+    let why = holder("+8613900000202");
+    assert_eq!(why["customer"], a.as_str());
+    assert_eq!(why["steps"][1]["step"], "merged");
+    assert_eq!(why["steps"][1]["actor"], "li.wei");
+    assert_eq!(why["steps"][1]["reason"], "TICKET-1");
+    let text = patron_ok(&["explain", "phone=+8613900000202"], &url);
+    assert!(text.contains("by li.wei: TICKET-1"), "{text}");
+
+    let stale = patron_fails(
+        &[
+            "correct",
+            "undo-merge",
+            "--customer",
+            &b,
+            "--reason",
+            "TICKET-2",
+            "--expected-version",
+            "1",
+        ],
+        &url,
+    );
+    assert!(stale.contains("VERSION_CONFLICT"), "{stale}");
+    let undone = patron_ok(
+        &[
+            "correct",
+            "undo-merge",
+            "--customer",
+            &b,
+            "--reason",
+            "TICKET-2",
+        ],
+        &url,
+    );
+    assert!(undone.starts_with("applied:"), "{undone}");
+    assert!(undone.contains("touchpoints moved:   3"), "{undone}");
+    assert_eq!(holder("+8613900000202")["customer"], b.as_str());
+    let again = patron_ok(
+        &[
+            "correct",
+            "undo-merge",
+            "--customer",
+            &b,
+            "--reason",
+            "TICKET-2",
+        ],
+        &url,
+    );
+    assert!(again.starts_with("unchanged:"), "{again}");
+
+    let bad = patron_fails(
+        &[
+            "correct",
+            "split",
+            "--customer",
+            &a,
+            "--identifier",
+            "phone",
+            "--reason",
+            "x",
+        ],
+        &url,
+    );
+    assert!(bad.contains("KIND=VALUE"), "{bad}");
+    let missing = patron_fails(&["correct", "block", "--identifier", "phone=1"], &url);
+    assert!(missing.contains("--reason"), "{missing}");
+}

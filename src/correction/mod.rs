@@ -30,6 +30,8 @@ use patron_projections::profile::Profile;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub mod command;
+
 use crate::ingest::Ingestor;
 use crate::privacy::{Opener, PrivacyFailure};
 use crate::projection::{ProfileProjection, ProjectionError};
