@@ -99,6 +99,17 @@ pub enum Command {
         #[arg(long, default_value_t = 20_000)]
         batch: usize,
     },
+    /// Fold the whole log again into a scratch table (with a progress bar) and report every
+    /// difference from the live profiles; fails if there is one. The live read models are not
+    /// touched.
+    Verify {
+        /// Events per batch.
+        #[arg(long, default_value_t = 20_000)]
+        batch: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print events from the log as NDJSON, in position order.
     Log {
         /// Start after this position (0: from the beginning).
@@ -465,6 +476,7 @@ impl Cli {
                 ref projection,
                 batch,
             } => rebuild(&self.database_url, projection, batch).await,
+            Command::Verify { batch, json } => verify(&self.database_url, batch, json).await,
             Command::Serve {
                 ref address,
                 ref write_keys,
@@ -1188,6 +1200,49 @@ async fn rebuild(url: &str, projection: &str, batch: usize) -> Result<()> {
         reached as f64 / seconds.max(1e-9)
     );
     store.close().await;
+    Ok(())
+}
+
+async fn verify(url: &str, batch: usize, json: bool) -> Result<()> {
+    let store = open(url).await?;
+    let head = store.head().await.context("cannot read the log's head")?;
+    let bar = indicatif::ProgressBar::new(head);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} verifying profiles [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let found = ProfileProjection::new(store.clone(), batch)
+        .verify(|at, head| {
+            bar.set_length(head);
+            bar.set_position(at);
+        })
+        .await
+        .context("cannot verify the profiles")?;
+    bar.finish_and_clear();
+    store.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    } else {
+        println!(
+            "verified {} profiles at position {} in {:.1} s",
+            found.profiles,
+            found.position,
+            started.elapsed().as_secs_f64()
+        );
+        println!("different: {}", found.different);
+        println!("missing:   {}", found.missing);
+        println!("extra:     {}", found.extra);
+        for d in &found.examples {
+            println!("  {} {} {}", d.kind, d.customer, d.fields.join(", "));
+        }
+    }
+    anyhow::ensure!(
+        found.is_clean(),
+        "the live profiles differ from a fold of the log: `patron rebuild profiles` replaces them"
+    );
     Ok(())
 }
 

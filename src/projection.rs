@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 
 use crate::population::ResidentPopulation;
 use crate::store::projection::{ProfileRow, ProfileTable};
+
 use crate::store::{EventStore, StoreError};
 
 /// How often a following projection looks at the log.
@@ -37,6 +38,106 @@ pub const FOLLOW_DEFER_MAX: Duration = Duration::from_secs(30);
 pub const PROFILES: &str = "profiles";
 /// The checkpoint of a profile rebuild in progress.
 const PROFILES_REBUILD: &str = "profiles@rebuild";
+/// The checkpoint of a `patron verify` in progress.
+const PROFILES_VERIFY: &str = "profiles@verify";
+/// How many times `verify` folds again to meet the live profiles at one position.
+const VERIFY_ROUNDS: usize = 5;
+/// How many differing customers a verification names.
+const VERIFY_EXAMPLES: usize = 20;
+
+/// What `patron verify` found: the live profiles against a fold of the whole log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// The position both were folded to.
+    pub position: Position,
+    /// Profiles compared (customers in either).
+    pub profiles: u64,
+    /// Customers whose live profile differs from the fold's.
+    pub different: u64,
+    /// Customers the fold has and the live profiles lack.
+    pub missing: u64,
+    /// Customers the live profiles have and the fold does not.
+    pub extra: u64,
+    /// Up to 20 of them, each with the fields that differ.
+    pub examples: Vec<ProfileDifference>,
+}
+
+/// A customer whose live profile is not what the log folds to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProfileDifference {
+    /// The customer.
+    pub customer: CustomerId,
+    /// `different`, `missing` (from the live profiles) or `extra` (in them).
+    pub kind: String,
+    /// The profile fields that differ (for `different`).
+    pub fields: Vec<String>,
+}
+
+impl Verification {
+    fn of(position: Position, live: &[ProfileRow], rebuilt: &[ProfileRow]) -> Self {
+        let live: HashMap<CustomerId, &ProfileRow> = live.iter().map(|r| (r.customer, r)).collect();
+        let rebuilt: HashMap<CustomerId, &ProfileRow> =
+            rebuilt.iter().map(|r| (r.customer, r)).collect();
+        let mut customers: Vec<CustomerId> = live.keys().chain(rebuilt.keys()).copied().collect();
+        customers.sort();
+        customers.dedup();
+        let mut found = Verification {
+            position,
+            profiles: customers.len() as u64,
+            ..Verification::default()
+        };
+        for customer in customers {
+            let (kind, fields) = match (live.get(&customer), rebuilt.get(&customer)) {
+                (Some(l), Some(r)) if l == r => continue,
+                (Some(l), Some(r)) => {
+                    found.different += 1;
+                    ("different", differing_fields(&l.state, &r.state))
+                }
+                (None, _) => {
+                    found.missing += 1;
+                    ("missing", vec![])
+                }
+                (_, None) => {
+                    found.extra += 1;
+                    ("extra", vec![])
+                }
+            };
+            if found.examples.len() < VERIFY_EXAMPLES {
+                found.examples.push(ProfileDifference {
+                    customer,
+                    kind: kind.to_owned(),
+                    fields,
+                });
+            }
+        }
+        found
+    }
+
+    /// Whether the live profiles are exactly what the log folds to.
+    pub fn is_clean(&self) -> bool {
+        self.different == 0 && self.missing == 0 && self.extra == 0
+    }
+}
+
+/// The top-level fields of two profiles' JSON that differ.
+fn differing_fields(a: &str, b: &str) -> Vec<String> {
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_default();
+    let (a, b) = (parse(a), parse(b));
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        a.as_object().unwrap_or(&empty),
+        b.as_object().unwrap_or(&empty),
+    );
+    let mut fields: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    fields.sort();
+    fields.dedup();
+    fields
+}
 /// The version of the profile fold: raised whenever what a profile holds changes, so that
 /// stored profiles are rebuilt once by the new code.
 pub const PROFILE_VERSION: u32 = 7;
@@ -406,6 +507,40 @@ impl ProfileProjection {
             .put_setting(PROFILE_VERSION_SETTING, &PROFILE_VERSION.to_string())
             .await?;
         Ok(at)
+    }
+
+    /// Folds the whole log again into a scratch table and compares it with the live profiles,
+    /// at the same position (the live ones are brought there first); the scratch table is
+    /// dropped afterwards. `progress` is told the position reached and the head.
+    pub async fn verify(
+        &self,
+        mut progress: impl FnMut(Position, Position),
+    ) -> Result<Verification, ProjectionError> {
+        self.ensure_fold_version().await?;
+        self.store
+            .reset_profile_table(ProfileTable::Verify, PROFILES_VERIFY)
+            .await?;
+        let compared = async {
+            let mut at = 0;
+            // The live profiles may move on while the scratch ones are folded: fold both to
+            // the same position before comparing.
+            for _ in 0..VERIFY_ROUNDS {
+                let live = self.catch_up().await?;
+                while let Some(reached) = self.step(PROFILES_VERIFY, ProfileTable::Verify).await? {
+                    at = reached;
+                    progress(at, self.store.head().await?.max(at));
+                }
+                if self.store.checkpoint(PROFILES).await? == at && live <= at {
+                    break;
+                }
+            }
+            let live = self.store.all_profiles(ProfileTable::Live).await?;
+            let rebuilt = self.store.all_profiles(ProfileTable::Verify).await?;
+            Ok::<_, ProjectionError>(Verification::of(at, &live, &rebuilt))
+        }
+        .await;
+        self.store.drop_verify_profiles(PROFILES_VERIFY).await?;
+        compared
     }
 
     /// How far the live profiles are behind the log.

@@ -933,6 +933,8 @@ fn a_wrong_merge_is_explained_and_undone_from_the_command_line() {
         &url,
     );
     assert!(again.starts_with("unchanged:"), "{again}");
+    let verified = patron_ok(&["verify"], &url);
+    assert!(verified.contains("different: 0"), "{verified}");
 
     let bad = patron_fails(
         &[

@@ -22,6 +22,8 @@ pub enum ProfileTable {
     Live,
     /// `profiles_next`, filled by a rebuild and then swapped in.
     Next,
+    /// `profiles_verify`, filled by `patron verify` to compare with the live one, then dropped.
+    Verify,
 }
 
 impl ProfileTable {
@@ -29,6 +31,7 @@ impl ProfileTable {
         match self {
             Self::Live => "profiles",
             Self::Next => "profiles_next",
+            Self::Verify => "profiles_verify",
         }
     }
 }
@@ -213,16 +216,49 @@ impl EventStore {
 
     /// Empties the rebuild table and sets its checkpoint `name` to 0, to rebuild from there.
     pub async fn reset_next_profiles(&self, name: &str) -> Result<()> {
+        self.reset_profile_table(ProfileTable::Next, name).await
+    }
+
+    /// Drops the table `patron verify` filled, and its checkpoint `name`.
+    pub async fn drop_verify_profiles(&self, name: &str) -> Result<()> {
+        let drop = "DROP TABLE IF EXISTS profiles_verify";
         match &self.backend {
             Backend::Sqlite(b) => {
                 let mut tx = b.writer().begin_with("BEGIN IMMEDIATE").await?;
-                sqlx::query("DROP TABLE IF EXISTS profiles_next")
+                sqlx::query(drop).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM projection_checkpoints WHERE name = ?")
+                    .bind(name)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(
-                    "CREATE TABLE profiles_next (customer_id BLOB PRIMARY KEY, merged_into BLOB, \
+                tx.commit().await?;
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.pool().begin().await?;
+                sqlx::query(drop).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties a scratch profile table (`Next` or `Verify`) and sets its checkpoint `name` to
+    /// 0, to fold it from there.
+    pub async fn reset_profile_table(&self, table: ProfileTable, name: &str) -> Result<()> {
+        let table = table.name();
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                let mut tx = b.writer().begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&format!(
+                    "CREATE TABLE {table} (customer_id BLOB PRIMARY KEY, merged_into BLOB, \
                      state TEXT NOT NULL) WITHOUT ROWID",
-                )
+                ))
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(
@@ -236,13 +272,13 @@ impl EventStore {
             }
             Backend::Postgres(b) => {
                 let mut tx = b.pool().begin().await?;
-                sqlx::query("DROP TABLE IF EXISTS profiles_next")
+                sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(
-                    "CREATE TABLE profiles_next (customer_id UUID PRIMARY KEY, merged_into UUID, \
+                sqlx::query(&format!(
+                    "CREATE TABLE {table} (customer_id UUID PRIMARY KEY, merged_into UUID, \
                      state TEXT NOT NULL)",
-                )
+                ))
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(

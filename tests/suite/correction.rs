@@ -483,7 +483,97 @@ async fn identifiers_are_linked_unlinked_and_blocked_by_hand(t: &TestStore) {
     assert_eq!(again["applied"], false);
 }
 
+async fn verify_finds_a_live_profile_that_is_not_what_the_log_folds_to(t: &TestStore) {
+    use patron::correction::{Corrector, Request};
+    use patron::ingest::Ingestor;
+    use patron::projection::{ProfileProjection, PROFILES};
+    use patron::store::projection::ProfileTable;
+    use patron_domain::identity::IdentityRules;
+
+    let ing = Ingestor::new(
+        t.store.clone(),
+        IdentityRules::default(),
+        b"test identity key",
+        crate::helpers::master_key(),
+    );
+    let records: Vec<String> = [
+        order(
+            "2026-06-01T10:00:00Z",
+            json!({"phone": "13912340031"}),
+            1_000,
+        ),
+        order(
+            "2026-06-02T10:00:00Z",
+            json!({"phone": "13912340032"}),
+            2_000,
+        ),
+        order(
+            "2026-06-03T10:00:00Z",
+            json!({"phone": "13912340032"}),
+            3_000,
+        ),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect();
+    let report = ing.ingest_json(&records).await.expect("ingest");
+    assert_eq!(report.accepted, 3);
+    let projection = ProfileProjection::new(t.store.clone(), 2);
+    let corrector = Corrector::new(ing.clone(), projection.clone());
+    let request = Request {
+        actor: "op".into(),
+        reason: "test".into(),
+        expected_version: None,
+    };
+    let a = ing
+        .customer_by_identifier("phone", "13912340031")
+        .await
+        .expect("look up")
+        .expect("a");
+    let b = ing
+        .customer_by_identifier("phone", "13912340032")
+        .await
+        .expect("look up")
+        .expect("b");
+    corrector.merge(a, b, &request).await.expect("merge");
+    corrector.undo_merge(b, &request).await.expect("undo");
+
+    let found = projection.verify(|_, _| {}).await.expect("verify");
+    assert!(found.is_clean(), "{found:?}");
+    assert_eq!(found.position, t.store.head().await.expect("head"));
+    assert_eq!(found.profiles, 2);
+
+    // A live profile that drifted from the log is found, and named with its field.
+    let at = t.store.checkpoint(PROFILES).await.expect("checkpoint");
+    let mut row = t
+        .store
+        .all_profiles(ProfileTable::Live)
+        .await
+        .expect("rows")
+        .into_iter()
+        .find(|r| r.customer == a)
+        .expect("a's row");
+    row.state = row.state.replace("\"touchpoints\":1", "\"touchpoints\":7");
+    assert!(t
+        .store
+        .commit_rows(PROFILES, ProfileTable::Live, at, at, &[row])
+        .await
+        .expect("tamper"));
+    let found = projection.verify(|_, _| {}).await.expect("verify");
+    assert_eq!((found.different, found.missing, found.extra), (1, 0, 0));
+    assert_eq!(found.examples[0].customer, a);
+    assert_eq!(found.examples[0].fields, vec!["touchpoints".to_owned()]);
+    // The scratch table is gone: a rebuild repairs the live profiles, and verify agrees.
+    projection.rebuild(|_, _| {}).await.expect("rebuild");
+    assert!(projection
+        .verify(|_, _| {})
+        .await
+        .expect("verify")
+        .is_clean());
+}
+
 crate::on_both_stores!(
+    verify_finds_a_live_profile_that_is_not_what_the_log_folds_to,
     an_operator_finds_explains_and_undoes_a_wrong_merge,
     a_split_moves_identifiers_and_their_touchpoints_to_a_new_customer,
     identifiers_are_linked_unlinked_and_blocked_by_hand,
