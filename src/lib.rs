@@ -14,6 +14,7 @@
 //! - [`segmentation`]: segment rules judged over the whole customer base.
 //! - [`analytics`]: lifetime value, cohorts, funnels, paths, attribution, associations,
 //!   campaign effect and data quality over every customer's activity.
+//! - [`time_travel`]: a customer's profile at a time, as the log knew it at a time.
 //! - [`bench`]: the `patron bench` workloads whose figures go into `docs/benchmarks.md`.
 //! - [`cli`]: the `patron` command line.
 //! - [`telemetry`]: tracing set-up.
@@ -37,3 +38,4 @@ pub mod segmentation;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod time_travel;

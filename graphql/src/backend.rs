@@ -397,6 +397,14 @@ pub trait Backend: Send + Sync + 'static {
         -> BackendResult<ExplanationRecord>;
     /// The version of a customer's stream: the number of events on it.
     async fn customer_version(&self, id: Uuid) -> BackendResult<u64>;
+    /// A customer's profile as it was at `at`, as the log knew it at `known_at` (now when
+    /// `None`); `None` if the customer did not exist then.
+    async fn profile_as_of(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        known_at: Option<DateTime<Utc>>,
+    ) -> BackendResult<Option<Profile>>;
     /// A page of a segment's members, after a customer id.
     async fn segment_members(
         &self,

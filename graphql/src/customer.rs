@@ -626,6 +626,77 @@ impl Customer {
     }
 }
 
+/// A customer's profile at a time, as the log knew it at a time (see `customerAsOf`).
+pub struct ProfileAsOf {
+    /// The customer asked for.
+    pub id: Uuid,
+    /// The time the profile is of.
+    pub at: DateTime<Utc>,
+    /// The time the log is read as of (now when absent).
+    pub known_at: Option<DateTime<Utc>>,
+    /// The profile.
+    pub profile: patron_projections::profile::Profile,
+}
+
+#[async_graphql::Object]
+impl ProfileAsOf {
+    /// The customer asked for.
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+
+    /// The time the profile is of: touchpoints that happened by then count.
+    async fn at(&self) -> DateTime<Utc> {
+        self.at
+    }
+
+    /// The time the log is read as of: events stored after it (late offline data,
+    /// corrections) do not count. Null: now.
+    async fn known_at(&self) -> Option<DateTime<Utc>> {
+        self.known_at
+    }
+
+    /// The first touchpoint's time.
+    async fn first_seen(&self) -> Option<DateTime<Utc>> {
+        self.profile.first_seen
+    }
+
+    /// The last touchpoint's time, by then.
+    async fn last_seen(&self) -> Option<DateTime<Utc>> {
+        self.profile.last_seen
+    }
+
+    /// Touchpoints by then, all channels.
+    async fn touchpoints(&self) -> u64 {
+        self.profile.touchpoints
+    }
+
+    /// Touchpoints per channel, most first.
+    async fn channels(&self) -> Vec<Count> {
+        counts(&self.profile.by_channel)
+    }
+
+    /// Touchpoints per event type, most first.
+    async fn event_types(&self) -> Vec<Count> {
+        counts(&self.profile.by_type)
+    }
+
+    /// Orders placed by then.
+    async fn orders(&self) -> u64 {
+        self.profile.orders
+    }
+
+    /// Order totals per currency, by then.
+    async fn revenue(&self) -> Vec<Money> {
+        money(&self.profile.revenue)
+    }
+
+    /// The last order's time, by then.
+    async fn last_order_at(&self) -> Option<DateTime<Utc>> {
+        self.profile.last_order_at
+    }
+}
+
 fn counts(map: &std::collections::BTreeMap<String, u64>) -> Vec<Count> {
     let mut counts: Vec<Count> = map
         .iter()

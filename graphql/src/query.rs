@@ -138,6 +138,31 @@ impl Query {
         }
     }
 
+    /// A customer's profile as it was at `at`, as the log knew it at `knownAt` (now when
+    /// absent): with `knownAt` = `at`, what anyone could have seen then; without it, what the
+    /// log now says the customer was then (late offline data and corrections included). Both
+    /// are replays of the log. Null if the customer did not exist then.
+    async fn customer_as_of(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        at: chrono::DateTime<chrono::Utc>,
+        known_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Option<crate::customer::ProfileAsOf>> {
+        require(ctx, Role::Viewer)?;
+        let id = parse_id(&id)?;
+        let profile = backend(ctx)?
+            .profile_as_of(id, at, known_at)
+            .await
+            .map_err(backend_error)?;
+        Ok(profile.map(|profile| crate::customer::ProfileAsOf {
+            id,
+            at,
+            known_at,
+            profile,
+        }))
+    }
+
     /// Why an identifier (given as at ingestion) belongs to the customer holding it: the
     /// event that linked it, then each merge, with source, actor, reason and rules version
     /// (operator role).

@@ -656,6 +656,18 @@ impl Backend for StoreBackend {
         })
     }
 
+    #[tracing::instrument(name = "api.profile_as_of", skip(self))]
+    async fn profile_as_of(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        known_at: Option<DateTime<Utc>>,
+    ) -> BackendResult<Option<Profile>> {
+        crate::time_travel::profile_as_of(&self.store, CustomerId::from_uuid(id), at, known_at)
+            .await
+            .map_err(projection_error)
+    }
+
     async fn customer_version(&self, id: Uuid) -> BackendResult<u64> {
         self.store
             .stream_version(&CustomerId::from_uuid(id).stream_id())

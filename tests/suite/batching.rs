@@ -99,6 +99,14 @@ impl Backend for Counting {
     async fn customer_version(&self, id: Uuid) -> BackendResult<u64> {
         self.inner.customer_version(id).await
     }
+    async fn profile_as_of(
+        &self,
+        id: Uuid,
+        at: chrono::DateTime<chrono::Utc>,
+        known_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> BackendResult<Option<patron_projections::profile::Profile>> {
+        self.inner.profile_as_of(id, at, known_at).await
+    }
     async fn segment_members(
         &self,
         name: &str,

@@ -572,7 +572,114 @@ async fn verify_finds_a_live_profile_that_is_not_what_the_log_folds_to(t: &TestS
         .is_clean());
 }
 
+const AS_OF: &str = "query($id: ID!, $at: DateTime!, $k: DateTime) { customerAsOf(id: $id, at: $at, knownAt: $k) { touchpoints orders revenue { minor } firstSeen lastSeen } }";
+
+async fn as_of(app: &TestApp, secret: &str, id: &str, at: &str, known: Option<&str>) -> Value {
+    app.graphql(secret, AS_OF, json!({"id": id, "at": at, "k": known}))
+        .await["customerAsOf"]
+        .clone()
+}
+
+async fn a_profile_is_read_as_it_was_and_as_it_was_known(t: &TestStore) {
+    let app = spawn_app(t).await;
+    let operator = key(t, "operator").await;
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(30));
+    let answers = ingest(
+        &app,
+        t,
+        &operator,
+        vec![
+            order(
+                "2026-03-01T10:00:00Z",
+                json!({"phone": "13912340041"}),
+                1_000,
+            ),
+            order(
+                "2026-03-05T10:00:00Z",
+                json!({"phone": "13912340041"}),
+                2_000,
+            ),
+        ],
+    )
+    .await;
+    let a = answers[0]["customer"].as_str().expect("a").to_owned();
+    pause().await;
+    let t1 = chrono::Utc::now().to_rfc3339();
+    // What the live profile showed at t1.
+    let then = app
+        .graphql(
+            &operator,
+            "query($id: ID!) { customer(id: $id) { touchpoints orders revenue { minor } firstSeen lastSeen } }",
+            json!({"id": a}),
+        )
+        .await["customer"]
+        .clone();
+    pause().await;
+    // After t1: a late offline order that happened before it, and another customer merged in.
+    let later = ingest(
+        &app,
+        t,
+        &operator,
+        vec![
+            order(
+                "2026-03-03T10:00:00Z",
+                json!({"phone": "13912340041"}),
+                4_000,
+            ),
+            order(
+                "2026-03-02T10:00:00Z",
+                json!({"phone": "13912340042"}),
+                8_000,
+            ),
+        ],
+    )
+    .await;
+    let b = later[1]["customer"].as_str().expect("b").to_owned();
+    app.graphql(&operator, MERGE, json!({"s": a, "a": b, "r": "one person"}))
+        .await;
+    pause().await;
+    let t2 = chrono::Utc::now().to_rfc3339();
+    pause().await;
+    app.graphql(
+        &operator,
+        UNDO,
+        json!({"c": b, "r": "two people after all"}),
+    )
+    .await;
+
+    // As known at t1: exactly what the live profile showed then.
+    assert_eq!(as_of(&app, &operator, &a, &t1, Some(&t1)).await, then);
+    assert_eq!(then["orders"], 2);
+    // As now known to have been at t1: the late order counts; the merge was undone.
+    let now_known = as_of(&app, &operator, &a, &t1, None).await;
+    assert_eq!(now_known["orders"], 3);
+    assert_eq!(now_known["revenue"], json!([{"minor": 7_000}]));
+    // As known at t2, while the merge stood: B's order counted too.
+    let at_t2 = as_of(&app, &operator, &a, &t2, Some(&t2)).await;
+    assert_eq!(at_t2["orders"], 4);
+    assert_eq!(at_t2["revenue"], json!([{"minor": 15_000}]));
+    // Valid time: what had happened by 2026-03-04, as known at t1 and as known now.
+    let march = "2026-03-04T00:00:00Z";
+    assert_eq!(
+        as_of(&app, &operator, &a, march, Some(&t1)).await["orders"],
+        1
+    );
+    assert_eq!(as_of(&app, &operator, &a, march, None).await["orders"], 2);
+    assert_eq!(
+        as_of(&app, &operator, &a, march, Some(&t2)).await["orders"],
+        3
+    );
+    // B as known at t2 was merged into A: its id reads A's profile then; B did not exist at t1.
+    assert_eq!(
+        as_of(&app, &operator, &b, &t2, Some(&t2)).await["orders"],
+        4
+    );
+    assert!(as_of(&app, &operator, &b, &t1, Some(&t1)).await.is_null());
+    assert_eq!(as_of(&app, &operator, &b, &t2, None).await["orders"], 1);
+}
+
 crate::on_both_stores!(
+    a_profile_is_read_as_it_was_and_as_it_was_known,
     verify_finds_a_live_profile_that_is_not_what_the_log_folds_to,
     an_operator_finds_explains_and_undoes_a_wrong_merge,
     a_split_moves_identifiers_and_their_touchpoints_to_a_new_customer,
