@@ -14,6 +14,7 @@
 //! - [`segmentation`]: segment rules judged over the whole customer base.
 //! - [`analytics`]: lifetime value, cohorts, funnels, paths, attribution, associations,
 //!   campaign effect and data quality over every customer's activity.
+//! - [`review`]: the review queue of likely duplicates the rules did not merge.
 //! - [`time_travel`]: a customer's profile at a time, as the log knew it at a time.
 //! - [`bench`]: the `patron bench` workloads whose figures go into `docs/benchmarks.md`.
 //! - [`cli`]: the `patron` command line.
@@ -33,6 +34,7 @@ pub mod ingest;
 pub mod population;
 pub mod privacy;
 pub mod projection;
+pub mod review;
 pub mod scoring;
 pub mod segmentation;
 pub mod server;

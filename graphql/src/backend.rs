@@ -331,6 +331,38 @@ pub struct ExplanationStepRecord {
     pub rules_version: Option<u32>,
 }
 
+/// A likely duplicate in the review queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SuggestionRecord {
+    /// Its number.
+    pub id: i64,
+    /// The first customer (in id order).
+    pub first: Uuid,
+    /// The second customer.
+    pub second: Uuid,
+    /// The probability that they are one person, 0 to 1.
+    pub score: f64,
+    /// The evidence: signal, weight in bits, what was seen.
+    pub evidence: Vec<(String, f64, String)>,
+    /// When a scan first found it.
+    pub found_at: DateTime<Utc>,
+}
+
+/// What a scan for duplicates did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScanRecord {
+    /// Touchpoints read.
+    pub touchpoints: u64,
+    /// Live customers seen.
+    pub customers: u64,
+    /// Pairs in the queue after the scan (scored at least 0.5).
+    pub pairs: u64,
+    /// Of those, pairs not suggested before.
+    pub new: u64,
+    /// How long it took, seconds.
+    pub seconds: f64,
+}
+
 /// A newly created API key, with its secret (shown once).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewApiKey {
@@ -397,6 +429,18 @@ pub trait Backend: Send + Sync + 'static {
         -> BackendResult<ExplanationRecord>;
     /// The version of a customer's stream: the number of events on it.
     async fn customer_version(&self, id: Uuid) -> BackendResult<u64>;
+    /// The open suggestions of the review queue, highest score first.
+    async fn suggestions(&self, max: usize) -> BackendResult<Vec<SuggestionRecord>>;
+    /// Scans the log for likely duplicates.
+    async fn scan_duplicates(&self) -> BackendResult<ScanRecord>;
+    /// Accepts (a merge: its record) or rejects (`None`) a suggestion.
+    async fn decide_suggestion(
+        &self,
+        id: i64,
+        accept: bool,
+        actor: &str,
+        reason: &str,
+    ) -> BackendResult<Option<CorrectionRecord>>;
     /// A customer's profile as it was at `at`, as the log knew it at `known_at` (now when
     /// `None`); `None` if the customer did not exist then.
     async fn profile_as_of(

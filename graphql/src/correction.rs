@@ -195,3 +195,143 @@ pub(crate) fn customer_arg(name: &str, id: &ID) -> Result<Uuid> {
         )
     })
 }
+
+/// A likely duplicate in the review queue.
+pub struct DuplicateSuggestion(pub crate::backend::SuggestionRecord);
+
+#[Object]
+impl DuplicateSuggestion {
+    /// Its number, for `acceptSuggestion` and `rejectSuggestion`.
+    async fn id(&self) -> i64 {
+        self.0.id
+    }
+
+    /// The probability that the two are one person, 0 to 1 (see docs/corrections.md).
+    async fn score(&self) -> f64 {
+        self.0.score
+    }
+
+    /// The two customers, their profiles as they are now.
+    async fn customers(&self, ctx: &Context<'_>) -> Result<Vec<Customer>> {
+        let mut customers = Vec::with_capacity(2);
+        for id in [self.0.first, self.0.second] {
+            let live = backend(ctx)?
+                .live_customer(id)
+                .await
+                .map_err(backend_error)?
+                .unwrap_or(id);
+            customers.extend(Customer::load(ctx, live).await?);
+        }
+        Ok(customers)
+    }
+
+    /// The ids of the two customers, as the scan found them.
+    async fn customer_ids(&self) -> Vec<ID> {
+        [self.0.first, self.0.second]
+            .iter()
+            .map(|c| ID(c.to_string()))
+            .collect()
+    }
+
+    /// Why they look like one person.
+    async fn evidence(&self) -> Vec<DuplicateEvidence> {
+        self.0
+            .evidence
+            .iter()
+            .map(|(signal, weight_bits, detail)| DuplicateEvidence {
+                signal: signal.clone(),
+                weight_bits: *weight_bits,
+                detail: detail.clone(),
+            })
+            .collect()
+    }
+
+    /// When a scan first found it.
+    async fn found_at(&self) -> DateTime<Utc> {
+        self.0.found_at
+    }
+}
+
+/// One signal that two customers are one person.
+#[derive(SimpleObject)]
+pub struct DuplicateEvidence {
+    /// `same_name_birthday_city`, `shared_auxiliary_identifier` or `email_one_typo_apart`.
+    pub signal: String,
+    /// Its weight: log2 of how much likelier it is for one person than for two, in bits.
+    pub weight_bits: f64,
+    /// What was seen (kinds and positions, no personal data).
+    pub detail: String,
+}
+
+/// What a scan for duplicates did.
+#[derive(SimpleObject)]
+pub struct DuplicateScan {
+    /// Touchpoints read.
+    pub touchpoints: u64,
+    /// Live customers seen.
+    pub customers: u64,
+    /// Pairs in the queue after the scan.
+    pub pairs: u64,
+    /// Of those, pairs not suggested before.
+    pub new: u64,
+    /// How long it took, seconds.
+    pub seconds: f64,
+}
+
+/// The open suggestions, for an operator.
+pub(crate) async fn suggestions(
+    ctx: &Context<'_>,
+    first: usize,
+) -> Result<Vec<DuplicateSuggestion>> {
+    require(ctx, Role::Operator)?;
+    if first == 0 || first > 500 {
+        return Err(api_error(
+            codes::INVALID_ARGUMENT,
+            format!("`first`: between 1 and 500, got {first}"),
+        ));
+    }
+    Ok(backend(ctx)?
+        .suggestions(first)
+        .await
+        .map_err(backend_error)?
+        .into_iter()
+        .map(DuplicateSuggestion)
+        .collect())
+}
+
+/// Scans for duplicates, for an operator.
+pub(crate) async fn scan(ctx: &Context<'_>) -> Result<DuplicateScan> {
+    require(ctx, Role::Operator)?;
+    let r = backend(ctx)?
+        .scan_duplicates()
+        .await
+        .map_err(backend_error)?;
+    Ok(DuplicateScan {
+        touchpoints: r.touchpoints,
+        customers: r.customers,
+        pairs: r.pairs,
+        new: r.new,
+        seconds: r.seconds,
+    })
+}
+
+/// Accepts or rejects a suggestion, for an operator.
+pub(crate) async fn decide(
+    ctx: &Context<'_>,
+    id: i64,
+    accept: bool,
+    reason: &str,
+) -> Result<Option<CorrectionResult>> {
+    let key = require(ctx, Role::Operator)?;
+    if reason.trim().is_empty() {
+        return Err(api_error(
+            codes::INVALID_ARGUMENT,
+            "`reason`: say why, for the history",
+        ));
+    }
+    Ok(backend(ctx)?
+        .decide_suggestion(id, accept, &format!("api-key:{}", key.name), reason)
+        .await
+        .map_err(backend_error)?
+        .map(CorrectionResult))
+}

@@ -291,6 +291,30 @@ impl Mutation {
         correction::correct(ctx, ask, &reason, None).await
     }
 
+    /// Scans the whole log for likely duplicates and adds them to the review queue (operator
+    /// role). Pairs rejected before are not suggested again.
+    async fn scan_duplicates(&self, ctx: &Context<'_>) -> Result<correction::DuplicateScan> {
+        correction::scan(ctx).await
+    }
+
+    /// Accepts a suggestion of the review queue: the two customers are merged by hand, the
+    /// one seen first surviving (operator role).
+    async fn accept_suggestion(
+        &self,
+        ctx: &Context<'_>,
+        id: i64,
+        reason: String,
+    ) -> Result<Option<CorrectionResult>> {
+        correction::decide(ctx, id, true, &reason).await
+    }
+
+    /// Rejects a suggestion of the review queue: the pair is never suggested again (operator
+    /// role).
+    async fn reject_suggestion(&self, ctx: &Context<'_>, id: i64, reason: String) -> Result<bool> {
+        correction::decide(ctx, id, false, &reason).await?;
+        Ok(true)
+    }
+
     /// Erases a customer for good (admin role): their keys and identity index entries are
     /// destroyed, their history reads as erased, their quarantined records are removed.
     async fn erase_customer(&self, ctx: &Context<'_>, id: ID, reason: String) -> Result<Erasure> {

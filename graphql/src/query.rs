@@ -163,6 +163,16 @@ impl Query {
         }))
     }
 
+    /// The review queue: likely duplicates the identity rules did not merge, highest score
+    /// first (operator role). `scanDuplicates` fills it.
+    async fn duplicate_suggestions(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: usize,
+    ) -> Result<Vec<crate::correction::DuplicateSuggestion>> {
+        crate::correction::suggestions(ctx, first).await
+    }
+
     /// Why an identifier (given as at ingestion) belongs to the customer holding it: the
     /// event that linked it, then each merge, with source, actor, reason and rules version
     /// (operator role).

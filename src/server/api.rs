@@ -11,7 +11,8 @@ use patron_domain::customer::CustomerId;
 use patron_graphql::backend::{
     Bucket, Change, CorrectionAsk, CorrectionRecord, CustomerPage, CustomerRecord, CustomerSort,
     Dimension, ErasureRecord, ExplanationRecord, ExplanationStepRecord, HistoryEvent, IngestAnswer,
-    MembershipChange, NewApiKey, Purpose, QuarantineRecord, Scores, SegmentRecord,
+    MembershipChange, NewApiKey, Purpose, QuarantineRecord, ScanRecord, Scores, SegmentRecord,
+    SuggestionRecord,
 };
 use patron_graphql::{ApiKey, Backend, BackendError, BackendResult, Role};
 use patron_projections::analytics::attribution::Attribution;
@@ -34,6 +35,7 @@ use crate::ingest::{CommitQueue, Incoming, RecordOutcome};
 use crate::population::{Order, ResidentPopulation};
 use crate::privacy::{erase, Opener};
 use crate::projection::{Announcement, ProfileProjection, ProjectionError};
+use crate::review::Reviewer;
 use crate::segmentation;
 use crate::store::access::{AccessEntry, StoredKey};
 use crate::store::projection::ProfileTable;
@@ -62,6 +64,7 @@ pub struct StoreBackend {
     activity: ResidentActivity,
     analyst: Analyst,
     corrector: Corrector,
+    reviewer: Reviewer,
 }
 
 impl StoreBackend {
@@ -87,7 +90,9 @@ impl StoreBackend {
                 .with_announcements(announcements.clone())
                 .with_population(population.clone()),
         );
+        let reviewer = Reviewer::new(commits.ingestor().clone(), corrector.clone());
         Self {
+            reviewer,
             store,
             commits,
             opener,
@@ -612,15 +617,7 @@ impl Backend for StoreBackend {
             CorrectionAsk::Block { kind, value } => c.block(&kind, &value, &request).await,
         }
         .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
-        Ok(CorrectionRecord {
-            applied: outcome.applied,
-            note: outcome.note,
-            customers: outcome.customers.iter().map(|c| c.as_uuid()).collect(),
-            touchpoints_moved: outcome.touchpoints_moved as u64,
-            identifiers_moved: outcome.identifiers_moved as u64,
-            kept: outcome.kept,
-            position: outcome.position,
-        })
+        Ok(correction_record(outcome))
     }
 
     #[tracing::instrument(name = "api.explain_identifier", skip(self, value))]
@@ -666,6 +663,69 @@ impl Backend for StoreBackend {
         crate::time_travel::profile_as_of(&self.store, CustomerId::from_uuid(id), at, known_at)
             .await
             .map_err(projection_error)
+    }
+
+    async fn suggestions(&self, max: usize) -> BackendResult<Vec<SuggestionRecord>> {
+        let queue = self
+            .reviewer
+            .queue(max)
+            .await
+            .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
+        Ok(queue
+            .into_iter()
+            .map(|s| SuggestionRecord {
+                id: s.stored.id,
+                first: s.stored.first.as_uuid(),
+                second: s.stored.second.as_uuid(),
+                score: s.stored.score,
+                evidence: s
+                    .evidence
+                    .into_iter()
+                    .map(|e| (e.signal, e.weight_bits, e.detail))
+                    .collect(),
+                found_at: s.stored.found_at,
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(name = "api.scan_duplicates", skip(self))]
+    async fn scan_duplicates(&self) -> BackendResult<ScanRecord> {
+        let report = self
+            .reviewer
+            .scan(|_, _| {})
+            .await
+            .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
+        Ok(ScanRecord {
+            touchpoints: report.touchpoints,
+            customers: report.customers,
+            pairs: report.pairs,
+            new: report.new,
+            seconds: report.seconds,
+        })
+    }
+
+    #[tracing::instrument(name = "api.decide_suggestion", skip(self))]
+    async fn decide_suggestion(
+        &self,
+        id: i64,
+        accept: bool,
+        actor: &str,
+        reason: &str,
+    ) -> BackendResult<Option<CorrectionRecord>> {
+        let failed = |e: crate::review::ReviewError| BackendError::new(e.code(), e.to_string());
+        if !accept {
+            self.reviewer
+                .reject(id, actor, reason)
+                .await
+                .map_err(failed)?;
+            return Ok(None);
+        }
+        let outcome = self
+            .reviewer
+            .accept(id, actor, reason)
+            .await
+            .map_err(failed)?;
+        Ok(Some(correction_record(outcome)))
     }
 
     async fn customer_version(&self, id: Uuid) -> BackendResult<u64> {
@@ -772,6 +832,18 @@ impl Backend for StoreBackend {
                 }
             })
             .boxed()
+    }
+}
+
+fn correction_record(outcome: crate::correction::Outcome) -> CorrectionRecord {
+    CorrectionRecord {
+        applied: outcome.applied,
+        note: outcome.note,
+        customers: outcome.customers.iter().map(|c| c.as_uuid()).collect(),
+        touchpoints_moved: outcome.touchpoints_moved as u64,
+        identifiers_moved: outcome.identifiers_moved as u64,
+        kept: outcome.kept,
+        position: outcome.position,
     }
 }
 

@@ -49,6 +49,7 @@ mod plan;
 mod postgres;
 pub mod projection;
 pub mod quality;
+pub mod review;
 pub mod scores;
 pub mod scratch;
 pub mod segments;

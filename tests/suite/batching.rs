@@ -99,6 +99,26 @@ impl Backend for Counting {
     async fn customer_version(&self, id: Uuid) -> BackendResult<u64> {
         self.inner.customer_version(id).await
     }
+    async fn suggestions(
+        &self,
+        max: usize,
+    ) -> BackendResult<Vec<patron_graphql::backend::SuggestionRecord>> {
+        self.inner.suggestions(max).await
+    }
+    async fn scan_duplicates(&self) -> BackendResult<patron_graphql::backend::ScanRecord> {
+        self.inner.scan_duplicates().await
+    }
+    async fn decide_suggestion(
+        &self,
+        id: i64,
+        accept: bool,
+        actor: &str,
+        reason: &str,
+    ) -> BackendResult<Option<CorrectionRecord>> {
+        self.inner
+            .decide_suggestion(id, accept, actor, reason)
+            .await
+    }
     async fn profile_as_of(
         &self,
         id: Uuid,

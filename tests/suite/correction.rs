@@ -678,7 +678,159 @@ async fn a_profile_is_read_as_it_was_and_as_it_was_known(t: &TestStore) {
     assert_eq!(as_of(&app, &operator, &b, &t2, None).await["orders"], 1);
 }
 
+const QUEUE: &str = "{ duplicateSuggestions { id score customerIds evidence { signal weightBits detail } customers { id } } }";
+
+async fn likely_duplicates_are_scored_explained_accepted_and_rejected(t: &TestStore) {
+    let app = spawn_app(t).await;
+    let operator = key(t, "operator").await;
+    let traits = |phone: &str, name: &str, city: &str| {
+        record(
+            "traits_updated",
+            "membership_desk",
+            "2026-02-01T10:00:00Z",
+            json!({"phone": phone}),
+            json!({"traits": {"name": name, "birthday": "1990-04-01", "city": city}}),
+        )
+    };
+    let answers = ingest(
+        &app,
+        t,
+        &operator,
+        vec![
+            traits("13912340051", "Li Wei", "Shanghai"),
+            traits("13912340052", "li wei ", "shanghai"),
+            order(
+                "2026-02-02T10:00:00Z",
+                json!({"phone": "13912340053", "device_id": "TABLET-1"}),
+                1_000,
+            ),
+            order(
+                "2026-02-03T10:00:00Z",
+                json!({"phone": "13912340054", "device_id": "TABLET-1"}),
+                1_000,
+            ),
+            order(
+                "2026-02-04T10:00:00Z",
+                json!({"email": "zhang.min@example.cn"}),
+                1_000,
+            ),
+            order(
+                "2026-02-05T10:00:00Z",
+                json!({"email": "zhang.mni@example.cn"}),
+                1_000,
+            ),
+            order(
+                "2026-02-06T10:00:00Z",
+                json!({"phone": "13912340056", "email": "wang.fang@example.cn"}),
+                1_000,
+            ),
+        ],
+    )
+    .await;
+    let who: Vec<String> = answers
+        .iter()
+        .map(|a| a["customer"].as_str().expect("customer").to_owned())
+        .collect();
+    let pair = |i: usize, j: usize| {
+        let mut p = vec![who[i].clone(), who[j].clone()];
+        p.sort();
+        json!(p)
+    };
+
+    let (code, _) = app
+        .graphql_error(&key(t, "analyst").await, QUEUE, json!({}))
+        .await;
+    assert_eq!(code, "FORBIDDEN");
+    let scan = app
+        .graphql(
+            &operator,
+            "mutation { scanDuplicates { touchpoints customers pairs new } }",
+            json!({}),
+        )
+        .await["scanDuplicates"]
+        .clone();
+    assert_eq!(
+        scan,
+        json!({"touchpoints": 7, "customers": 7, "pairs": 3, "new": 3})
+    );
+    let queue = app.graphql(&operator, QUEUE, json!({})).await["duplicateSuggestions"].clone();
+    let queue = queue.as_array().expect("queue").clone();
+    assert_eq!(queue.len(), 3, "{queue:?}");
+    // Highest first: name, birthday and city (odds 1:10 x 900,000), an email typo (1:10 x
+    // 500), a shared tablet (1:10 x 20).
+    assert_eq!(queue[0]["customerIds"], pair(0, 1));
+    assert_eq!(queue[0]["evidence"][0]["signal"], "same_name_birthday_city");
+    assert!((queue[0]["score"].as_f64().expect("score") - 90_000.0 / 90_001.0).abs() < 1e-9);
+    assert_eq!(queue[1]["customerIds"], pair(4, 5));
+    assert_eq!(queue[1]["evidence"][0]["signal"], "email_one_typo_apart");
+    assert!((queue[1]["score"].as_f64().expect("score") - 50.0 / 51.0).abs() < 1e-9);
+    assert_eq!(queue[2]["customerIds"], pair(2, 3));
+    assert_eq!(
+        queue[2]["evidence"][0]["signal"],
+        "shared_auxiliary_identifier"
+    );
+    assert!((queue[2]["score"].as_f64().expect("score") - 2.0 / 3.0).abs() < 1e-9);
+    let detail = queue[2]["evidence"][0]["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("device_id") && !detail.contains("TABLET"),
+        "{detail}"
+    );
+
+    // The tablet is a family's: rejected, never suggested again.
+    let tablet = queue[2]["id"].as_i64().expect("id");
+    app.graphql(
+        &operator,
+        "mutation($id: Int!) { rejectSuggestion(id: $id, reason: \"mother and son\") }",
+        json!({"id": tablet}),
+    )
+    .await;
+    let (code, _) = app
+        .graphql_error(
+            &operator,
+            "mutation($id: Int!) { rejectSuggestion(id: $id, reason: \"again\") }",
+            json!({"id": tablet}),
+        )
+        .await;
+    assert_eq!(code, "ALREADY_DECIDED");
+    // The email typo is one person: accepted, they are merged.
+    let email = queue[1]["id"].as_i64().expect("id");
+    let merged = app
+        .graphql(
+            &operator,
+            "mutation($id: Int!) { acceptSuggestion(id: $id, reason: \"called her\") { applied customers { id orders } } }",
+            json!({"id": email}),
+        )
+        .await["acceptSuggestion"]
+        .clone();
+    assert_eq!(merged["applied"], true);
+    assert_eq!(merged["customers"][0]["orders"], 2);
+    assert_eq!(
+        holder(&app, &operator, "email", "zhang.mni@example.cn").await,
+        who[4]
+    );
+
+    let rescan = app
+        .graphql(
+            &operator,
+            "mutation { scanDuplicates { pairs new } }",
+            json!({}),
+        )
+        .await["scanDuplicates"]
+        .clone();
+    assert_eq!(rescan["new"], 0, "{rescan}");
+    let queue = app.graphql(&operator, QUEUE, json!({})).await["duplicateSuggestions"].clone();
+    assert_eq!(
+        queue.as_array().map(|q| q
+            .iter()
+            .map(|s| s["customerIds"].clone())
+            .collect::<Vec<_>>()),
+        Some(vec![pair(0, 1)]),
+        "only the name pair is still open"
+    );
+}
+
 crate::on_both_stores!(
+    likely_duplicates_are_scored_explained_accepted_and_rejected,
     a_profile_is_read_as_it_was_and_as_it_was_known,
     verify_finds_a_live_profile_that_is_not_what_the_log_folds_to,
     an_operator_finds_explains_and_undoes_a_wrong_merge,
