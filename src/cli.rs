@@ -226,6 +226,12 @@ pub enum Command {
         #[command(subcommand)]
         correction: crate::correction::command::CorrectCommand,
     },
+    /// Try a changed identity-rules file on the whole log (dry-run), or apply it as corrections.
+    Rules {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::correction::command::RulesCommand,
+    },
     /// Explain why an identifier (`KIND=VALUE`) belongs to the customer holding it: the event
     /// that linked it, then each merge, with source, actor, reason and rules version.
     Explain {
@@ -597,6 +603,15 @@ impl Cli {
                     correction,
                 )
                 .await;
+                ingestor.store().close().await;
+                done
+            }
+            Command::Rules { ref command } => {
+                let scoring = self.scoring_rules()?;
+                let ingestor = self.ingestor().await?;
+                let done =
+                    crate::correction::command::rules(&ingestor, &scoring.tiers.currency, command)
+                        .await;
                 ingestor.store().close().await;
                 done
             }

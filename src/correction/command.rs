@@ -275,3 +275,136 @@ fn print_explanation(explanation: &Explanation, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// What to do with a changed identity-rules file.
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Resolve the whole log again under the rules in FILE, in memory, and report which
+    /// customers would merge or split and how many segment memberships would move. Nothing
+    /// is written.
+    DryRun {
+        /// The changed identity-rules file (TOML).
+        file: std::path::PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dry-run the rules in FILE, then write what would change as corrections by hand (splits,
+    /// then merges), each with --actor and --reason, so that every change is in the history
+    /// and can be undone. Put FILE in the configuration for new touchpoints afterwards.
+    Apply {
+        /// The changed identity-rules file (TOML).
+        file: std::path::PathBuf,
+        /// Why (kept on every correction).
+        #[arg(long)]
+        reason: String,
+        /// Who asks.
+        #[arg(long, default_value = "cli")]
+        actor: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Reads an identity-rules file.
+fn read_rules(file: &std::path::Path) -> Result<patron_domain::identity::IdentityRules> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the identity rules {}", file.display()))?;
+    let parsed: patron_domain::identity::rules::RulesFile = toml::from_str(&text)
+        .with_context(|| format!("the identity rules {} are invalid", file.display()))?;
+    patron_domain::identity::IdentityRules::from_file(parsed)
+        .with_context(|| format!("the identity rules {} are invalid", file.display()))
+}
+
+/// Runs a rules dry-run (and applies it, for `apply`), with a progress bar; prints the report.
+pub async fn rules(ingestor: &Ingestor, currency: &str, command: &RulesCommand) -> Result<()> {
+    let (file, json) = match command {
+        RulesCommand::DryRun { file, json } | RulesCommand::Apply { file, json, .. } => {
+            (file, *json)
+        }
+    };
+    let rules = read_rules(file)?;
+    let head = ingestor.store().head().await?;
+    let bar = indicatif::ProgressBar::new(head);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} resolving again [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let change = super::dry_run::dry_run(ingestor, &rules, currency, |at, head| {
+        bar.set_length(head);
+        bar.set_position(at);
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{} ({})", e, e.code()))?;
+    bar.finish_and_clear();
+    let applied = match command {
+        RulesCommand::DryRun { .. } => None,
+        RulesCommand::Apply { reason, actor, .. } => {
+            anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+            let projection =
+                ProfileProjection::new(ingestor.store().clone(), 20_000).with_segments(currency);
+            let corrector = Corrector::new(ingestor.clone(), projection);
+            let request = Request {
+                actor: actor.clone(),
+                reason: format!("identity rules version {}: {reason}", rules.version()),
+                expected_version: None,
+            };
+            Some(
+                super::dry_run::apply(&corrector, ingestor, &change, &request)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{} ({})", e, e.code()))?,
+            )
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"change": change, "applied": applied})
+            )?
+        );
+        return Ok(());
+    }
+    println!(
+        "rules version {}: {} touchpoints resolved again in {:.1} s",
+        change.rules_version, change.touchpoints, change.seconds
+    );
+    println!(
+        "customers:          {} now, {} under the new rules",
+        change.customers_now, change.customers_after
+    );
+    println!("merges:             {}", change.merges);
+    println!("splits:             {}", change.splits);
+    println!(
+        "held back:          {} (would undo corrections by hand)",
+        change.held_back
+    );
+    println!("memberships moving: {}", change.memberships_moving);
+    for s in &change.segments {
+        println!("  {}: +{} -{}", s.segment, s.entries, s.exits);
+    }
+    for m in &change.merge_examples {
+        let ids: Vec<String> = m.customers.iter().map(ToString::to_string).collect();
+        println!(
+            "  merge {} (through {})",
+            ids.join(" + "),
+            m.through.join(", ")
+        );
+    }
+    for s in &change.split_examples {
+        println!(
+            "  split {} into {} ({} touchpoints leave)",
+            s.customer, s.parts, s.touchpoints_leaving
+        );
+    }
+    if let Some(applied) = applied {
+        println!(
+            "applied: {} splits, {} merges, {} already in place",
+            applied.splits, applied.merges, applied.unchanged
+        );
+    }
+    Ok(())
+}

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub mod command;
+pub mod dry_run;
 
 use crate::ingest::Ingestor;
 use crate::privacy::{Opener, PrivacyFailure};

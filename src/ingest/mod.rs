@@ -419,6 +419,12 @@ impl Ingestor {
         &self.store
     }
 
+    /// `rules` with their blocked values replaced by pseudonyms, as the resolver applies
+    /// them to pseudonymous identifiers.
+    pub fn pseudonymous_rules(&self, rules: &IdentityRules) -> IdentityRules {
+        self.pseudonymizer.rules(rules)
+    }
+
     /// The pseudonym under which the identity index knows an identifier.
     pub fn pseudonym(&self, identifier: &Identifier) -> Identifier {
         self.pseudonymizer.pseudonym(identifier)

@@ -829,7 +829,167 @@ async fn likely_duplicates_are_scored_explained_accepted_and_rejected(t: &TestSt
     );
 }
 
+async fn a_rules_change_is_tried_on_the_log_then_applied_as_corrections(t: &TestStore) {
+    use patron::correction::dry_run::{apply, dry_run};
+    use patron::correction::{Corrector, Request};
+    use patron::ingest::Ingestor;
+    use patron::projection::ProfileProjection;
+    use patron::segmentation::refresh;
+    use patron_domain::identifier::IdentifierKind;
+    use patron_domain::identity::{IdentityRules, RulesFile, Strength};
+
+    let ing = Ingestor::new(
+        t.store.clone(),
+        IdentityRules::default(),
+        b"test identity key",
+        crate::helpers::master_key(),
+    );
+    let projection = ProfileProjection::new(t.store.clone(), 100).with_segments("CNY");
+    let corrector = Corrector::new(ing.clone(), projection.clone());
+    let request = Request {
+        actor: "op".into(),
+        reason: "test".into(),
+        expected_version: None,
+    };
+    let records: Vec<String> = [
+        // X and Y share a tablet: two customers while devices are auxiliary.
+        order(
+            "2026-07-01T10:00:00Z",
+            json!({"phone": "13912340061", "device_id": "TAB-X"}),
+            1_000,
+        ),
+        order(
+            "2026-07-02T10:00:00Z",
+            json!({"phone": "13912340062", "device_id": "TAB-X"}),
+            1_000,
+        ),
+        // W: two phones joined by one email, one customer while emails are core.
+        order(
+            "2026-07-03T10:00:00Z",
+            json!({"phone": "13912340063", "email": "w@example.cn"}),
+            1_000,
+        ),
+        order(
+            "2026-07-04T10:00:00Z",
+            json!({"phone": "13912340064", "email": "w@example.cn"}),
+            1_000,
+        ),
+        // U and V share a tablet too, but an operator separated them.
+        order(
+            "2026-07-05T10:00:00Z",
+            json!({"phone": "13912340065", "device_id": "TAB-U"}),
+            1_000,
+        ),
+        order(
+            "2026-07-06T10:00:00Z",
+            json!({"phone": "13912340066", "device_id": "TAB-U"}),
+            1_000,
+        ),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect();
+    ing.ingest_json(&records).await.expect("ingest");
+    projection.catch_up().await.expect("catch up");
+    let holder = |phone: &'static str| {
+        let ing = ing.clone();
+        async move {
+            ing.customer_by_identifier("phone", phone)
+                .await
+                .expect("look up")
+                .expect("held")
+        }
+    };
+    let (x, y, w) = (
+        holder("13912340061").await,
+        holder("13912340062").await,
+        holder("13912340063").await,
+    );
+    let (u, v) = (holder("13912340065").await, holder("13912340066").await);
+    assert_eq!(holder("13912340064").await, w);
+    corrector.merge(u, v, &request).await.expect("merge");
+    corrector.undo_merge(v, &request).await.expect("undo");
+    t.store
+        .save_segment_for("repeat", "orders >= 2", None, chrono::Utc::now())
+        .await
+        .expect("segment");
+    refresh(&t.store, "CNY", chrono::Utc::now())
+        .await
+        .expect("refresh");
+    assert_eq!(
+        t.store.segment_members("repeat").await.expect("members"),
+        vec![w]
+    );
+
+    // The new rules: devices merge, emails do not.
+    let mut file = RulesFile::default();
+    file.version = 2;
+    let kind = |k: &str| IdentifierKind::new(k).expect("kind");
+    file.kinds
+        .get_mut(&kind("device_id"))
+        .expect("device rule")
+        .strength = Strength::Core;
+    file.kinds
+        .get_mut(&kind("email"))
+        .expect("email rule")
+        .strength = Strength::Auxiliary;
+    let rules = IdentityRules::from_file(file).expect("rules");
+    let head = t.store.head().await.expect("head");
+
+    let change = dry_run(&ing, &rules, "CNY", |_, _| {})
+        .await
+        .expect("dry run");
+    assert_eq!(
+        t.store.head().await.expect("head"),
+        head,
+        "a dry run writes nothing"
+    );
+    assert_eq!(change.rules_version, 2);
+    assert_eq!(change.touchpoints, 6);
+    assert_eq!((change.customers_now, change.customers_after), (5, 4));
+    assert_eq!((change.merges, change.splits, change.held_back), (1, 1, 1));
+    let mut merged = change.merge_examples[0].customers.clone();
+    merged.sort();
+    let mut expected = vec![x, y];
+    expected.sort();
+    assert_eq!(merged, expected);
+    assert_eq!(change.merge_examples[0].through, vec!["device_id", "phone"]);
+    assert_eq!(change.split_examples[0].customer, w);
+    assert_eq!(change.split_examples[0].touchpoints_leaving, 1);
+    // X+Y enter `repeat` (two orders), W leaves it (one order left).
+    assert_eq!(change.memberships_moving, 2);
+    assert_eq!(
+        (change.segments[0].entries, change.segments[0].exits),
+        (1, 1)
+    );
+
+    let applied = apply(&corrector, &ing, &change, &request)
+        .await
+        .expect("apply");
+    assert_eq!((applied.splits, applied.merges), (1, 1));
+    assert_eq!(
+        holder("13912340062").await,
+        x,
+        "Y merged into X, seen first"
+    );
+    assert_ne!(holder("13912340064").await, w, "W's second phone split off");
+    assert_ne!(
+        holder("13912340066").await,
+        u,
+        "the operator's separation stands"
+    );
+    // Applied as corrections: the same rules now propose nothing.
+    let again = dry_run(&ing, &rules, "CNY", |_, _| {})
+        .await
+        .expect("dry run");
+    assert_eq!((again.merges, again.splits), (0, 0), "{again:?}");
+    // And each correction can be undone.
+    corrector.undo_merge(y, &request).await.expect("undo");
+    assert_eq!(holder("13912340062").await, y);
+}
+
 crate::on_both_stores!(
+    a_rules_change_is_tried_on_the_log_then_applied_as_corrections,
     likely_duplicates_are_scored_explained_accepted_and_rejected,
     a_profile_is_read_as_it_was_and_as_it_was_known,
     verify_finds_a_live_profile_that_is_not_what_the_log_folds_to,
