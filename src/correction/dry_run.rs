@@ -101,13 +101,16 @@ pub struct RulesChange {
     plan: Plan,
 }
 
+/// Identifiers as kind and raw value.
+type RawIdentifiers = Vec<(String, String)>;
+
 /// The corrections a rules change needs, with the identifiers (kind, raw value) they act on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Plan {
     /// For each split: the customer, and the identifiers of each part that leaves it.
-    splits: Vec<(CustomerId, Vec<Vec<(String, String)>>)>,
+    splits: Vec<(CustomerId, Vec<RawIdentifiers>)>,
     /// For each merge: identifiers of the new customer (one per current customer is enough).
-    merges: Vec<Vec<(String, String)>>,
+    merges: Vec<RawIdentifiers>,
 }
 
 /// What applying a rules change did.
