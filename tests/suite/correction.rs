@@ -922,8 +922,10 @@ async fn a_rules_change_is_tried_on_the_log_then_applied_as_corrections(t: &Test
     );
 
     // The new rules: devices merge, emails do not.
-    let mut file = RulesFile::default();
-    file.version = 2;
+    let mut file = RulesFile {
+        version: 2,
+        ..RulesFile::default()
+    };
     let kind = |k: &str| IdentifierKind::new(k).expect("kind");
     file.kinds
         .get_mut(&kind("device_id"))
