@@ -226,6 +226,12 @@ pub enum Command {
         #[command(subcommand)]
         correction: crate::correction::command::CorrectCommand,
     },
+    /// The review queue of likely duplicates: scan, list, accept (a merge), reject.
+    Review {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::correction::command::ReviewCommand,
+    },
     /// Try a changed identity-rules file on the whole log (dry-run), or apply it as corrections.
     Rules {
         /// What to do.
@@ -603,6 +609,15 @@ impl Cli {
                     correction,
                 )
                 .await;
+                ingestor.store().close().await;
+                done
+            }
+            Command::Review { ref command } => {
+                let scoring = self.scoring_rules()?;
+                let ingestor = self.ingestor().await?;
+                let done =
+                    crate::correction::command::review(&ingestor, &scoring.tiers.currency, command)
+                        .await;
                 ingestor.store().close().await;
                 done
             }

@@ -336,11 +336,7 @@ impl Reviewer {
             for (i, a) in candidates.iter().enumerate() {
                 for b in &candidates[i + 1..] {
                     let (ha, hb) = (holders[a], holders[b]);
-                    if ha != hb
-                        && a != b
-                        && strsim::damerau_levenshtein(a, b) == 1
-                        && typo_pairs.insert(ordered(ha, hb))
-                    {
+                    if ha != hb && a != b && is_typo(a, b) && typo_pairs.insert(ordered(ha, hb)) {
                         add(
                             &mut found,
                             ordered(ha, hb),
@@ -479,6 +475,27 @@ fn add(
     }
 }
 
+/// Whether two emails are one typing error apart (an insertion, a deletion, a substitution
+/// or a transposition) in letters or punctuation: a differing digit (`lily88`, `lily89`) more
+/// often names another account than a slip of the finger.
+fn is_typo(a: &str, b: &str) -> bool {
+    if strsim::damerau_levenshtein(a, b) != 1 {
+        return false;
+    }
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let suffix = a[prefix..]
+        .iter()
+        .rev()
+        .zip(b[prefix..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let differing = a[prefix..a.len() - suffix]
+        .iter()
+        .chain(&b[prefix..b.len() - suffix]);
+    !differing.clone().any(char::is_ascii_digit)
+}
+
 /// A text and every text one character shorter (by characters, not bytes).
 fn deletions(text: &str) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
@@ -545,5 +562,19 @@ mod tests {
             "transposition"
         );
         assert!(!share("li.wei@example.cn", "wang.fang@example.cn"));
+    }
+
+    #[test]
+    fn a_typo_is_one_slip_in_letters_not_a_different_number() {
+        assert!(is_typo("li.wei@example.cn", "li.wie@example.cn"));
+        assert!(is_typo("li.wei@example.cn", "li.wei@exmple.cn"));
+        assert!(is_typo("li.wei@example.cn", "liwei@example.cn"));
+        assert!(!is_typo("user1234@example.cn", "user1235@example.cn"));
+        assert!(!is_typo("lily88@example.cn", "lily8@example.cn"));
+        assert!(!is_typo("li.wei@example.cn", "li.wei@example.cn"));
+        assert!(
+            !is_typo("li.wei@example.cn", "li.wie@exmple.cn"),
+            "two slips"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! `patron correct` and `patron explain`: identity corrections and their audit from the
-//! command line.
+//! `patron correct`, `patron explain`, `patron review` and `patron rules`: identity
+//! corrections, their audit, the review queue and rules dry-runs from the command line.
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -405,6 +405,115 @@ pub async fn rules(ingestor: &Ingestor, currency: &str, command: &RulesCommand) 
             "applied: {} splits, {} merges, {} already in place",
             applied.splits, applied.merges, applied.unchanged
         );
+    }
+    Ok(())
+}
+
+/// The review queue of likely duplicates.
+#[derive(Debug, Subcommand)]
+pub enum ReviewCommand {
+    /// Read the whole log (with a progress bar) and add the likely duplicates it finds to the
+    /// queue; pairs rejected before are not suggested again.
+    Scan {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the open suggestions, highest score first.
+    List {
+        /// How many at most.
+        #[arg(long, default_value_t = 20)]
+        first: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept a suggestion: the two customers are merged by hand.
+    Accept {
+        /// The suggestion's number.
+        id: i64,
+        #[command(flatten)]
+        request: RequestArgs,
+    },
+    /// Reject a suggestion: the pair is never suggested again.
+    Reject {
+        /// The suggestion's number.
+        id: i64,
+        #[command(flatten)]
+        request: RequestArgs,
+    },
+}
+
+/// Runs a review queue command.
+pub async fn review(ingestor: &Ingestor, currency: &str, command: &ReviewCommand) -> Result<()> {
+    let projection =
+        ProfileProjection::new(ingestor.store().clone(), 20_000).with_segments(currency);
+    let reviewer = crate::review::Reviewer::new(
+        ingestor.clone(),
+        Corrector::new(ingestor.clone(), projection),
+    );
+    let failed = |e: crate::review::ReviewError| anyhow::anyhow!("{} ({})", e, e.code());
+    match command {
+        ReviewCommand::Scan { json } => {
+            let head = ingestor.store().head().await?;
+            let bar = indicatif::ProgressBar::new(head);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} scanning [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report = reviewer
+                .scan(|at, head| {
+                    bar.set_length(head);
+                    bar.set_position(at);
+                })
+                .await
+                .map_err(failed)?;
+            bar.finish_and_clear();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "scanned {} touchpoints of {} customers in {:.1} s",
+                    report.touchpoints, report.customers, report.seconds
+                );
+                println!("suggested pairs: {} ({} new)", report.pairs, report.new);
+            }
+        }
+        ReviewCommand::List { first, json } => {
+            let queue = reviewer.queue(*first).await.map_err(failed)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&queue)?);
+            } else {
+                for s in &queue {
+                    println!(
+                        "#{} score {:.4}: {} and {}",
+                        s.stored.id, s.stored.score, s.stored.first, s.stored.second
+                    );
+                    for e in &s.evidence {
+                        println!(
+                            "    {} (+{:.2} bits): {}",
+                            e.signal, e.weight_bits, e.detail
+                        );
+                    }
+                }
+            }
+        }
+        ReviewCommand::Accept { id, request } => {
+            let outcome = reviewer
+                .accept(*id, &request.actor, &request.reason)
+                .await
+                .map_err(failed)?;
+            print_outcome(&outcome, request.json)?;
+        }
+        ReviewCommand::Reject { id, request } => {
+            reviewer
+                .reject(*id, &request.actor, &request.reason)
+                .await
+                .map_err(failed)?;
+            println!("rejected suggestion {id}: the pair is not suggested again");
+        }
     }
     Ok(())
 }
