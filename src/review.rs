@@ -144,6 +144,8 @@ pub struct ScanReport {
     pub pairs: u64,
     /// Of those, pairs not suggested before.
     pub new: u64,
+    /// Open suggestions this scan no longer found (their customers changed), withdrawn.
+    pub withdrawn: u64,
     /// How long it took, seconds.
     pub seconds: f64,
 }
@@ -360,7 +362,8 @@ impl Reviewer {
             })
             .collect();
         report.pairs = pairs.len() as u64;
-        report.new = self.store().record_suggestions(&pairs, Utc::now()).await?;
+        (report.new, report.withdrawn) =
+            self.store().record_suggestions(&pairs, Utc::now()).await?;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
     }

@@ -359,6 +359,8 @@ pub struct ScanRecord {
     pub pairs: u64,
     /// Of those, pairs not suggested before.
     pub new: u64,
+    /// Open suggestions the scan no longer found, withdrawn.
+    pub withdrawn: u64,
     /// How long it took, seconds.
     pub seconds: f64,
 }

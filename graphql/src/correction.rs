@@ -274,6 +274,8 @@ pub struct DuplicateScan {
     pub pairs: u64,
     /// Of those, pairs not suggested before.
     pub new: u64,
+    /// Open suggestions the scan no longer found (their customers changed), withdrawn.
+    pub withdrawn: u64,
     /// How long it took, seconds.
     pub seconds: f64,
 }
@@ -311,6 +313,7 @@ pub(crate) async fn scan(ctx: &Context<'_>) -> Result<DuplicateScan> {
         customers: r.customers,
         pairs: r.pairs,
         new: r.new,
+        withdrawn: r.withdrawn,
         seconds: r.seconds,
     })
 }

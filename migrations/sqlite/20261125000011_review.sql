@@ -8,6 +8,7 @@ CREATE TABLE duplicate_suggestions (
     evidence    TEXT NOT NULL,            -- JSON: the signals and their weights
     status      TEXT NOT NULL,            -- open, accepted, rejected
     found_at    INTEGER NOT NULL,         -- microseconds since 1970-01-01 UTC
+    seen_at     INTEGER NOT NULL,         -- the last scan that found it
     decided_at  INTEGER,
     decided_by  TEXT,
     reason      TEXT,

@@ -478,7 +478,10 @@ pub async fn review(ingestor: &Ingestor, currency: &str, command: &ReviewCommand
                     "scanned {} touchpoints of {} customers in {:.1} s",
                     report.touchpoints, report.customers, report.seconds
                 );
-                println!("suggested pairs: {} ({} new)", report.pairs, report.new);
+                println!(
+                    "suggested pairs: {} ({} new, {} withdrawn)",
+                    report.pairs, report.new, report.withdrawn
+                );
             }
         }
         ReviewCommand::List { first, json } => {

@@ -700,6 +700,7 @@ impl Backend for StoreBackend {
             customers: report.customers,
             pairs: report.pairs,
             new: report.new,
+            withdrawn: report.withdrawn,
             seconds: report.seconds,
         })
     }

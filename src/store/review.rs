@@ -74,9 +74,15 @@ const COLUMNS: &str =
 
 impl EventStore {
     /// Records what a scan found: new pairs are added as open, open ones get the new score
-    /// and evidence, decided ones are left as they are. Returns how many were new.
-    pub async fn record_suggestions(&self, found: &[FoundPair], at: DateTime<Utc>) -> Result<u64> {
+    /// and evidence, decided ones are left as they are, and open ones the scan no longer found
+    /// are withdrawn. Returns how many were new and how many were withdrawn.
+    pub async fn record_suggestions(
+        &self,
+        found: &[FoundPair],
+        at: DateTime<Utc>,
+    ) -> Result<(u64, u64)> {
         let mut new = 0;
+        let withdrawn;
         let at = at.timestamp_micros();
         match &self.backend {
             Backend::Sqlite(b) => {
@@ -84,40 +90,8 @@ impl EventStore {
                 for f in found {
                     let done = sqlx::query(
                         "INSERT INTO duplicate_suggestions \
-                         (first_id, second_id, score, evidence, status, found_at) \
-                         VALUES (?, ?, ?, ?, 'open', ?) ON CONFLICT (first_id, second_id) DO NOTHING",
-                    )
-                    .bind(f.pair.0.as_uuid())
-                    .bind(f.pair.1.as_uuid())
-                    .bind(f.score)
-                    .bind(&f.evidence)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-                    if done.rows_affected() == 1 {
-                        new += 1;
-                    } else {
-                        sqlx::query(
-                            "UPDATE duplicate_suggestions SET score = ?, evidence = ? \
-                             WHERE first_id = ? AND second_id = ? AND status = 'open'",
-                        )
-                        .bind(f.score)
-                        .bind(&f.evidence)
-                        .bind(f.pair.0.as_uuid())
-                        .bind(f.pair.1.as_uuid())
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                tx.commit().await?;
-            }
-            Backend::Postgres(b) => {
-                let mut tx = b.pool().begin().await?;
-                for f in found {
-                    let done = sqlx::query(
-                        "INSERT INTO duplicate_suggestions \
-                         (first_id, second_id, score, evidence, status, found_at) \
-                         VALUES ($1, $2, $3, $4, 'open', $5) \
+                         (first_id, second_id, score, evidence, status, found_at, seen_at) \
+                         VALUES (?, ?, ?, ?, 'open', ?, ?) \
                          ON CONFLICT (first_id, second_id) DO NOTHING",
                     )
                     .bind(f.pair.0.as_uuid())
@@ -125,27 +99,78 @@ impl EventStore {
                     .bind(f.score)
                     .bind(&f.evidence)
                     .bind(at)
+                    .bind(at)
                     .execute(&mut *tx)
                     .await?;
                     if done.rows_affected() == 1 {
                         new += 1;
                     } else {
                         sqlx::query(
-                            "UPDATE duplicate_suggestions SET score = $1, evidence = $2 \
-                             WHERE first_id = $3 AND second_id = $4 AND status = 'open'",
+                            "UPDATE duplicate_suggestions SET score = ?, evidence = ?, seen_at = ? \
+                             WHERE first_id = ? AND second_id = ? AND status = 'open'",
                         )
                         .bind(f.score)
                         .bind(&f.evidence)
+                        .bind(at)
                         .bind(f.pair.0.as_uuid())
                         .bind(f.pair.1.as_uuid())
                         .execute(&mut *tx)
                         .await?;
                     }
                 }
+                withdrawn = sqlx::query(
+                    "DELETE FROM duplicate_suggestions WHERE status = 'open' AND seen_at < ?",
+                )
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+            }
+            Backend::Postgres(b) => {
+                let mut tx = b.pool().begin().await?;
+                for f in found {
+                    let done = sqlx::query(
+                        "INSERT INTO duplicate_suggestions \
+                         (first_id, second_id, score, evidence, status, found_at, seen_at) \
+                         VALUES ($1, $2, $3, $4, 'open', $5, $6) \
+                         ON CONFLICT (first_id, second_id) DO NOTHING",
+                    )
+                    .bind(f.pair.0.as_uuid())
+                    .bind(f.pair.1.as_uuid())
+                    .bind(f.score)
+                    .bind(&f.evidence)
+                    .bind(at)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 1 {
+                        new += 1;
+                    } else {
+                        sqlx::query(
+                            "UPDATE duplicate_suggestions SET score = $1, evidence = $2, \
+                             seen_at = $3 WHERE first_id = $4 AND second_id = $5 AND status = 'open'",
+                        )
+                        .bind(f.score)
+                        .bind(&f.evidence)
+                        .bind(at)
+                        .bind(f.pair.0.as_uuid())
+                        .bind(f.pair.1.as_uuid())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                withdrawn = sqlx::query(
+                    "DELETE FROM duplicate_suggestions WHERE status = 'open' AND seen_at < $1",
+                )
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
                 tx.commit().await?;
             }
         }
-        Ok(new)
+        Ok((new, withdrawn))
     }
 
     /// Suggestions with `status`, highest score first, at most `max`.

@@ -812,12 +812,13 @@ async fn likely_duplicates_are_scored_explained_accepted_and_rejected(t: &TestSt
     let rescan = app
         .graphql(
             &operator,
-            "mutation { scanDuplicates { pairs new } }",
+            "mutation { scanDuplicates { pairs new withdrawn } }",
             json!({}),
         )
         .await["scanDuplicates"]
         .clone();
     assert_eq!(rescan["new"], 0, "{rescan}");
+    assert_eq!(rescan["withdrawn"], 0, "{rescan}");
     let queue = app.graphql(&operator, QUEUE, json!({})).await["duplicateSuggestions"].clone();
     assert_eq!(
         queue.as_array().map(|q| q
