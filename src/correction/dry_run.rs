@@ -43,7 +43,7 @@ const LISTED: usize = 50;
 pub struct ProposedMerge {
     /// The customers now, the one seen first first.
     pub customers: Vec<CustomerId>,
-    /// The kinds of the identifiers that join them under the new rules.
+    /// The kinds of the identifiers that join them: carried by touchpoints of more than one.
     pub through: Vec<String>,
 }
 
@@ -295,9 +295,17 @@ pub async fn dry_run(
                 }
             }
         }
-        let through: BTreeSet<String> = identifiers_of(*cluster, None)
+        // The kinds of identifiers that touchpoints of more than one of them carried.
+        let mut carriers: BTreeMap<&(String, String), BTreeSet<CustomerId>> = BTreeMap::new();
+        for s in seen.iter().filter(|s| s.cluster == *cluster) {
+            for id in &s.identifiers {
+                carriers.entry(id).or_default().insert(s.owner);
+            }
+        }
+        let through: BTreeSet<String> = carriers
             .into_iter()
-            .map(|(kind, _)| kind)
+            .filter(|(_, owners)| owners.len() > 1)
+            .map(|((kind, _), _)| kind.clone())
             .collect();
         if change.merge_examples.len() < LISTED {
             change.merge_examples.push(ProposedMerge {

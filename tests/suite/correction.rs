@@ -956,7 +956,7 @@ async fn a_rules_change_is_tried_on_the_log_then_applied_as_corrections(t: &Test
     let mut expected = vec![x, y];
     expected.sort();
     assert_eq!(merged, expected);
-    assert_eq!(change.merge_examples[0].through, vec!["device_id", "phone"]);
+    assert_eq!(change.merge_examples[0].through, vec!["device_id"]);
     assert_eq!(change.split_examples[0].customer, w);
     assert_eq!(change.split_examples[0].touchpoints_leaving, 1);
     // X+Y enter `repeat` (two orders), W leaves it (one order left).
