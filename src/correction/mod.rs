@@ -428,22 +428,13 @@ impl Corrector {
                 ],
                 changes: IdentityChanges {
                     restored: vec![(absorbed, members)],
-                    holders: decision
-                        .identifiers
-                        .iter()
-                        .map(|i| (i.clone(), Some(absorbed)))
-                        .collect(),
+                    holders: decision.holders(absorbed),
                     ..IdentityChanges::default()
                 },
-                outcome: Outcome {
-                    applied: true,
-                    note: format!("the merge of {absorbed} into {live} is undone"),
-                    customers: vec![live, absorbed],
-                    touchpoints_moved: decision.moved,
-                    identifiers_moved: decision.identifiers.len(),
-                    kept: decision.kept,
-                    position: None,
-                },
+                outcome: decision.outcome(
+                    format!("the merge of {absorbed} into {live} is undone"),
+                    vec![live, absorbed],
+                ),
             }))
         })
         .await
@@ -530,23 +521,14 @@ impl Corrector {
                         append(part, 0, on_part, &metadata),
                     ],
                     changes: IdentityChanges {
-                        holders: decision
-                            .identifiers
-                            .iter()
-                            .map(|i| (i.clone(), Some(part)))
-                            .collect(),
+                        holders: decision.holders(part),
                         new_keys: vec![(part, wrapped)],
                         ..IdentityChanges::default()
                     },
-                    outcome: Outcome {
-                        applied: true,
-                        note: format!("split off {live} into the new customer {part}"),
-                        customers: vec![live, part],
-                        touchpoints_moved: decision.moved,
-                        identifiers_moved: decision.identifiers.len(),
-                        kept: decision.kept,
-                        position: None,
-                    },
+                    outcome: decision.outcome(
+                        format!("split off {live} into the new customer {part}"),
+                        vec![live, part],
+                    ),
                 }))
             }
         })
@@ -1205,6 +1187,29 @@ struct Division {
     kept: Vec<Position>,
     /// The pseudonyms going to the part.
     identifiers: BTreeSet<Identifier>,
+}
+
+impl Division {
+    /// The identity index changes that give the part its identifiers.
+    fn holders(&self, part: CustomerId) -> Vec<(Identifier, Option<CustomerId>)> {
+        self.identifiers
+            .iter()
+            .map(|i| (i.clone(), Some(part)))
+            .collect()
+    }
+
+    /// The outcome of writing this division.
+    fn outcome(&self, note: String, customers: Vec<CustomerId>) -> Outcome {
+        Outcome {
+            applied: true,
+            note,
+            customers,
+            touchpoints_moved: self.moved,
+            identifiers_moved: self.identifiers.len(),
+            kept: self.kept.clone(),
+            position: None,
+        }
+    }
 }
 
 /// The pseudonyms an opened identity event gave its stream's customer by hand (links and
