@@ -991,7 +991,90 @@ async fn a_rules_change_is_tried_on_the_log_then_applied_as_corrections(t: &Test
     assert_eq!(holder("13912340062").await, y);
 }
 
+async fn corrections_racing_ingestion_lose_nothing(t: &TestStore) {
+    use patron::correction::{Corrector, Request};
+    use patron::ingest::Ingestor;
+    use patron::projection::ProfileProjection;
+    use patron_domain::identity::IdentityRules;
+
+    let ing = Ingestor::new(
+        t.store.clone(),
+        IdentityRules::default(),
+        b"test identity key",
+        crate::helpers::master_key(),
+    );
+    let projection = ProfileProjection::new(t.store.clone(), 50);
+    let corrector = Corrector::new(ing.clone(), projection.clone());
+    let request = Request {
+        actor: "op".into(),
+        reason: "race".into(),
+        expected_version: None,
+    };
+    let touch = |phone: &str, day: u32| {
+        order(
+            &format!("2026-08-{day:02}T10:00:00Z"),
+            json!({"phone": phone}),
+            100,
+        )
+        .to_string()
+    };
+    ing.ingest_json(&[touch("13912340071", 1), touch("13912340072", 1)])
+        .await
+        .expect("ingest");
+    let a = ing
+        .customer_by_identifier("phone", "13912340071")
+        .await
+        .expect("look up")
+        .expect("a");
+    let b = ing
+        .customer_by_identifier("phone", "13912340072")
+        .await
+        .expect("look up")
+        .expect("b");
+    // Touchpoints of both keep arriving while an operator merges and undoes, again and again.
+    let feeding = async {
+        for day in 2..=21 {
+            ing.ingest_json(&[touch("13912340071", day), touch("13912340072", day)])
+                .await
+                .expect("ingest");
+        }
+    };
+    let correcting = async {
+        for _ in 0..6 {
+            corrector.merge(a, b, &request).await.expect("merge");
+            corrector.undo_merge(b, &request).await.expect("undo");
+        }
+    };
+    tokio::join!(feeding, correcting);
+    projection.catch_up().await.expect("catch up");
+    let verified = projection.verify(|_, _| {}).await.expect("verify");
+    assert!(verified.is_clean(), "{verified:?}");
+    let profiles: Vec<(patron_domain::customer::CustomerId, Value)> = t
+        .store
+        .all_profiles(patron::store::projection::ProfileTable::Live)
+        .await
+        .expect("rows")
+        .into_iter()
+        .filter(|r| r.merged_into.is_none())
+        .map(|r| (r.customer, serde_json::from_str(&r.state).expect("state")))
+        .collect();
+    let total: u64 = profiles
+        .iter()
+        .map(|(_, p)| p["touchpoints"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(total, 42, "every touchpoint counted once");
+    // Undone last, the two are apart, and each phone's touchpoints are its customer's.
+    let count = |c| {
+        profiles
+            .iter()
+            .find(|(id, _)| *id == c)
+            .map_or(0, |(_, p)| p["touchpoints"].as_u64().unwrap_or(0))
+    };
+    assert_eq!((count(a), count(b)), (21, 21));
+}
+
 crate::on_both_stores!(
+    corrections_racing_ingestion_lose_nothing,
     a_rules_change_is_tried_on_the_log_then_applied_as_corrections,
     likely_duplicates_are_scored_explained_accepted_and_rejected,
     a_profile_is_read_as_it_was_and_as_it_was_known,
