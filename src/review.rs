@@ -221,6 +221,9 @@ impl Reviewer {
         let started = std::time::Instant::now();
         let aliases = self.store().aliases().await?;
         let live = |c: CustomerId| aliases.get(&c).copied().unwrap_or(c);
+        let moved = crate::correction::dry_run::moved_touchpoints(self.store())
+            .await
+            .map_err(CorrectionError::from)?;
         let head = self.store().head().await?;
         let mut report = ScanReport::default();
         let mut traits: HashMap<CustomerId, Traits> = HashMap::new();
@@ -246,6 +249,8 @@ impl Reviewer {
                 if !is_touchpoint(&event.event_type) {
                     continue;
                 }
+                // A touchpoint a correction moved belongs to its new owner.
+                let owner = moved.get(&event.position).copied().unwrap_or(owner);
                 report.touchpoints += 1;
                 customers.insert(owner);
                 let Ok(opened) = serde_json::from_str::<Opened>(&event.payload) else {
@@ -405,7 +410,16 @@ impl Reviewer {
         } else {
             (b, a)
         };
-        let outcome = self
+        // Claimed first, so that a concurrent decision on it loses; given back if the merge
+        // fails.
+        if !self
+            .store()
+            .decide_suggestion(id, "accepted", actor, reason, Utc::now())
+            .await?
+        {
+            return Err(self.decided(id).await);
+        }
+        let merged = self
             .corrector
             .merge(
                 survivor,
@@ -416,20 +430,39 @@ impl Reviewer {
                     expected_version: None,
                 },
             )
-            .await?;
-        self.store()
-            .decide_suggestion(id, "accepted", actor, reason, Utc::now())
-            .await?;
-        Ok(outcome)
+            .await;
+        match merged {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                self.store().reopen_suggestion(id).await?;
+                Err(e.into())
+            }
+        }
     }
 
     /// Rejects a suggestion: the pair is never suggested again.
     pub async fn reject(&self, id: i64, actor: &str, reason: &str) -> Result<(), ReviewError> {
         self.open(id, reason).await?;
-        self.store()
+        if !self
+            .store()
             .decide_suggestion(id, "rejected", actor, reason, Utc::now())
-            .await?;
+            .await?
+        {
+            return Err(self.decided(id).await);
+        }
         Ok(())
+    }
+
+    /// The error for a suggestion someone else decided meanwhile.
+    async fn decided(&self, id: i64) -> ReviewError {
+        match self.store().suggestion(id).await {
+            Ok(Some(s)) => ReviewError::Decided {
+                id,
+                status: s.status,
+            },
+            Ok(None) => ReviewError::NotFound(id),
+            Err(e) => e.into(),
+        }
     }
 
     /// The open suggestion `id`.

@@ -117,14 +117,13 @@ pub struct IdentifierUnlinked {
     pub blocked: bool,
 }
 
-/// On the blocklist stream: an identifier value may never link a customer again.
+/// On the blocklist stream: an identifier value may never link a customer again. It names no
+/// customer (the holder's stream records the unlink), so erasure leaves nothing here that ties
+/// the pseudonym to a person.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentifierBlocked {
-    /// The identifier's pseudonym.
+    /// The identifier's pseudonym, as `blocked_identifiers` holds it.
     pub identifier: Identifier,
-    /// The customer that held it until then, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub held_by: Option<CustomerId>,
 }
 
 /// How a touchpoint was resolved, kept with it so that its customer can be explained. It names

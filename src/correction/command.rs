@@ -402,9 +402,15 @@ pub async fn rules(ingestor: &Ingestor, currency: &str, command: &RulesCommand) 
     }
     if let Some(applied) = applied {
         println!(
-            "applied: {} splits, {} merges, {} already in place",
-            applied.splits, applied.merges, applied.unchanged
+            "applied: {} splits, {} merges, {} already in place, {} refused",
+            applied.splits,
+            applied.merges,
+            applied.unchanged,
+            applied.failed.len()
         );
+        for failure in &applied.failed {
+            println!("  refused: {failure}");
+        }
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ use crate::privacy::Opener;
 use crate::projection::ProjectionError;
 use crate::store::projection::ProfileTable;
 use crate::store::segments::consented;
+use crate::store::EventStore;
 
 /// Events read at a time.
 const BATCH: usize = 5_000;
@@ -104,11 +105,15 @@ pub struct RulesChange {
 /// Identifiers as kind and raw value.
 type RawIdentifiers = Vec<(String, String)>;
 
+/// A part leaving a customer: its touchpoints' positions and its identifiers.
+type Part = (Vec<Position>, RawIdentifiers);
+
 /// The corrections a rules change needs, with the identifiers (kind, raw value) they act on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Plan {
-    /// For each split: the customer, and the identifiers of each part that leaves it.
-    splits: Vec<(CustomerId, Vec<RawIdentifiers>)>,
+    /// For each split: the customer, and the touchpoints and identifiers of each part that
+    /// leaves it.
+    splits: Vec<(CustomerId, Vec<Part>)>,
     /// For each merge: identifiers of the new customer (one per current customer is enough).
     merges: Vec<RawIdentifiers>,
 }
@@ -122,6 +127,8 @@ pub struct Applied {
     pub merges: u64,
     /// Corrections that found nothing to do (already in place).
     pub unchanged: u64,
+    /// Corrections refused, each with its error (the others are applied all the same).
+    pub failed: Vec<String>,
 }
 
 /// The opened identifiers of a touchpoint.
@@ -154,21 +161,7 @@ pub async fn dry_run(
     let resolver = Resolver::new(&pseudonymous);
     let aliases = store.aliases().await?;
     let live = |c: CustomerId| aliases.get(&c).copied().unwrap_or(c);
-    // Touchpoints corrections moved, and their owners now.
-    let mut moved: HashMap<Position, CustomerId> = HashMap::new();
-    for row in store.all_profiles(ProfileTable::Live).await? {
-        if row.merged_into.is_some() || !row.state.contains("\"moved_in\"") {
-            continue;
-        }
-        let profile: Profile =
-            serde_json::from_str(&row.state).map_err(|e| ProjectionError::Row {
-                customer: row.customer,
-                reason: e.to_string(),
-            })?;
-        for position in profile.holdings.moved_in {
-            moved.insert(position, row.customer);
-        }
-    }
+    let moved = moved_touchpoints(store).await?;
     let head = store.head().await?;
     let mut graph = IdentityGraph::new();
     let mut blocked: HashMap<Identifier, bool> = HashMap::new();
@@ -212,7 +205,8 @@ pub async fn dry_run(
                         graph.block(key.clone());
                     }
                 }
-                raw.push((normalized.kind.to_string(), normalized.value.clone()));
+                // Kept as stored: corrections look them up under the rules in force.
+                raw.push((id.kind.to_string(), id.value.clone()));
                 keys.push(key);
             }
             let resolution = resolver.resolve(&graph, &keys, CustomerId::new);
@@ -344,10 +338,37 @@ pub async fn dry_run(
                 touchpoints_leaving,
             });
         }
-        let parts: Vec<Vec<(String, String)>> = leaving
-            .iter()
-            .map(|c| identifiers_of(*c, Some(*owner)).into_iter().collect())
-            .collect();
+        // Each part leaves with the identifiers the customer holds now that only its
+        // touchpoints carried (not the staying part's, nor an earlier part's).
+        let mut taken: BTreeSet<(String, String)> = first
+            .map(|c| identifiers_of(c, Some(*owner)))
+            .unwrap_or_default();
+        let mut parts: Vec<Part> = Vec::new();
+        for cluster in &leaving {
+            let positions: Vec<Position> = seen
+                .iter()
+                .filter(|s| s.owner == *owner && s.cluster == *cluster)
+                .map(|s| s.position)
+                .collect();
+            let mut part = Vec::new();
+            for (kind, value) in identifiers_of(*cluster, Some(*owner)) {
+                if taken.contains(&(kind.clone(), value.clone())) {
+                    continue;
+                }
+                let held = ingestor
+                    .customer_by_identifier(&kind, &value)
+                    .await
+                    .map_err(|e| CorrectionError::InvalidIdentifier {
+                        kind: kind.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if held == Some(*owner) {
+                    taken.insert((kind.clone(), value.clone()));
+                    part.push((kind, value));
+                }
+            }
+            parts.push((positions, part));
+        }
         change.plan.splits.push((*owner, parts));
     }
 
@@ -466,8 +487,9 @@ async fn segment_shifts(
 }
 
 /// Applies a rules change as corrections by hand with `request`'s actor and reason: the
-/// splits first, each part moved off by its identifiers, then the merges, each joining the
-/// customers that hold the new customer's identifiers by then.
+/// splits first, each part moved off with exactly its touchpoints and the identifiers only they
+/// carried, then the merges, each joining the customers that hold the new customer's
+/// identifiers by then.
 pub async fn apply(
     corrector: &Corrector,
     ingestor: &Ingestor,
@@ -476,12 +498,16 @@ pub async fn apply(
 ) -> Result<Applied, CorrectionError> {
     let mut applied = Applied::default();
     for (customer, parts) in &change.plan.splits {
-        for identifiers in parts.iter().filter(|p| !p.is_empty()) {
-            let outcome = corrector.split(*customer, identifiers, request).await?;
-            if outcome.applied {
-                applied.splits += 1;
-            } else {
-                applied.unchanged += 1;
+        for (positions, identifiers) in parts {
+            match corrector
+                .split_exactly(*customer, positions, identifiers, request)
+                .await
+            {
+                Ok(outcome) if outcome.applied => applied.splits += 1,
+                Ok(_) => applied.unchanged += 1,
+                Err(e) => applied
+                    .failed
+                    .push(format!("split of {customer}: {e} ({})", e.code())),
             }
         }
     }
@@ -513,15 +539,39 @@ pub async fn apply(
             continue;
         };
         for (_, absorbed) in others {
-            let outcome = corrector.merge(*survivor, *absorbed, request).await?;
-            if outcome.applied {
-                applied.merges += 1;
-            } else {
-                applied.unchanged += 1;
+            match corrector.merge(*survivor, *absorbed, request).await {
+                Ok(outcome) if outcome.applied => applied.merges += 1,
+                Ok(_) => applied.unchanged += 1,
+                Err(e) => applied.failed.push(format!(
+                    "merge of {absorbed} into {survivor}: {e} ({})",
+                    e.code()
+                )),
             }
         }
     }
     Ok(applied)
+}
+
+/// The touchpoints corrections moved to another customer than their stream's, with their
+/// owners now (from the live profiles' holdings).
+pub(crate) async fn moved_touchpoints(
+    store: &EventStore,
+) -> Result<HashMap<Position, CustomerId>, ProjectionError> {
+    let mut moved = HashMap::new();
+    for row in store.all_profiles(ProfileTable::Live).await? {
+        if row.merged_into.is_some() || !row.state.contains("\"moved_in\"") {
+            continue;
+        }
+        let profile: Profile =
+            serde_json::from_str(&row.state).map_err(|e| ProjectionError::Row {
+                customer: row.customer,
+                reason: e.to_string(),
+            })?;
+        for position in profile.holdings.moved_in {
+            moved.insert(position, row.customer);
+        }
+    }
+    Ok(moved)
 }
 
 /// The two customers in id order.

@@ -20,6 +20,7 @@ use patron_domain::events::{
     IDENTIFIER_BLOCKED, IDENTIFIER_LINKED, IDENTIFIER_UNLINKED, MERGE_UNDONE,
 };
 use patron_domain::identifier::Identifier;
+use patron_domain::identity::IdentityView;
 use patron_domain::privacy::{seal_members, CustomerKey};
 use patron_domain::{
     EventId, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent, StreamAppend, StreamId,
@@ -35,12 +36,15 @@ pub mod dry_run;
 
 use crate::ingest::Ingestor;
 use crate::privacy::{Opener, PrivacyFailure};
-use crate::projection::{ProfileProjection, ProjectionError};
+use crate::projection::{ProfileProjection, ProjectionError, PROFILES};
 use crate::store::projection::ProfileTable;
 use crate::store::{EventStore, IdentityChanges, IdentityCommit, StoreError};
 
 /// How many times a correction that lost a race is decided again before giving up.
-const ATTEMPTS: usize = 5;
+const ATTEMPTS: u32 = 20;
+/// How long to wait before deciding again, times the attempt's number (a customer whose
+/// touchpoints keep arriving lets a correction through between two of them).
+const BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Why a correction was refused.
 #[derive(Debug, Error)]
@@ -96,6 +100,12 @@ pub enum CorrectionError {
         /// Its kind.
         kind: String,
     },
+    /// The customers changed again and again while the correction was decided.
+    #[error("{} kept changing while the correction was decided; try again", .customer.map_or_else(|| "the identity graph".to_owned(), |c| format!("customer {c}")))]
+    Busy {
+        /// The customer, when one stream kept changing.
+        customer: Option<CustomerId>,
+    },
     /// Corrections need a reason.
     #[error("reason: a correction needs a reason, for the history")]
     MissingReason,
@@ -125,6 +135,7 @@ impl CorrectionError {
             Self::NotHeld { .. } => "IDENTIFIER_NOT_HELD",
             Self::Blocked { .. } => "IDENTIFIER_BLOCKED",
             Self::MissingReason => "REASON_REQUIRED",
+            Self::Busy { .. } => "BUSY",
             Self::NothingToSplit => "EMPTY_SPLIT",
             Self::Store(e) => e.code(),
             Self::Privacy(e) => e.code(),
@@ -178,10 +189,16 @@ impl Outcome {
 
 /// A decision ready to write: the events per stream with the version each must be at, and the
 /// identity index changes.
+#[derive(Default)]
 struct Plan {
     appends: Vec<StreamAppend>,
     changes: IdentityChanges,
     outcome: Outcome,
+    /// The customer whose version the operator may have named.
+    named: Option<CustomerId>,
+    /// An identifier and the holder the decision found: checked again under the write lock
+    /// (an identifier nobody holds has no stream to check the version of).
+    guard: Option<(Identifier, Option<CustomerId>)>,
 }
 
 /// A touchpoint a customer owns, with the pseudonyms it carried and linked.
@@ -242,15 +259,15 @@ impl Corrector {
         self.run(request, || async move {
             let survivor = self.live(survivor).await?;
             let absorbed = self.live(absorbed).await?;
-            let versions = self
-                .versions(&[survivor, absorbed], request.expected_version)
-                .await?;
             if survivor == absorbed {
                 return Ok(Err(Outcome::unchanged(
                     format!("{survivor} and {absorbed} are one customer already"),
                     vec![survivor],
                 )));
             }
+            let versions = self
+                .versions(&[survivor, absorbed], request.expected_version)
+                .await?;
             let keys = self.keys(&[survivor, absorbed]).await?;
             let cause = EventId::new();
             let rules_version = self.ingestor.rules().version();
@@ -279,6 +296,8 @@ impl Corrector {
             )?;
             let metadata = metadata(request, cause);
             Ok(Ok(Plan {
+                named: Some(survivor),
+                guard: None,
                 appends: vec![
                     append(survivor, versions[0], on_survivor, &metadata),
                     append(absorbed, versions[1], on_absorbed, &metadata),
@@ -422,6 +441,8 @@ impl Corrector {
             let metadata = metadata(request, on_giver.event_id());
             let members: Vec<CustomerId> = streams[1..].to_vec();
             Ok(Ok(Plan {
+                named: Some(live),
+                guard: None,
                 appends: vec![
                     append(live, versions[0], on_giver, &metadata),
                     append(absorbed, versions[1], on_part, &metadata),
@@ -452,16 +473,45 @@ impl Corrector {
         if identifiers.is_empty() {
             return Err(CorrectionError::NothingToSplit);
         }
+        self.split_with(customer, identifiers, None, request).await
+    }
+
+    /// Splits exactly the touchpoints at `positions` (those of them `customer` owns) and the
+    /// `identifiers` it holds off `customer` into a new customer: what applying a rules change
+    /// does, where the new rules, not the current ones, say which touchpoints go.
+    pub async fn split_exactly(
+        &self,
+        customer: CustomerId,
+        positions: &[Position],
+        identifiers: &[(String, String)],
+        request: &Request,
+    ) -> Result<Outcome> {
+        if positions.is_empty() {
+            return Err(CorrectionError::NothingToSplit);
+        }
+        let positions: BTreeSet<Position> = positions.iter().copied().collect();
+        self.split_with(customer, identifiers, Some(positions), request)
+            .await
+    }
+
+    /// A split by identifiers, or of exactly the touchpoints at `exact`.
+    async fn split_with(
+        &self,
+        customer: CustomerId,
+        identifiers: &[(String, String)],
+        exact: Option<BTreeSet<Position>>,
+        request: &Request,
+    ) -> Result<Outcome> {
         let chosen = identifiers
             .iter()
             .map(|(kind, raw)| self.pseudonym(kind, raw))
             .collect::<Result<Vec<_>>>()?;
         self.run(request, || {
             let chosen = chosen.clone();
+            let exact = exact.clone();
             async move {
                 let live = self.live(customer).await?;
                 let part = CustomerId::new();
-                let versions = self.versions(&[live], request.expected_version).await?;
                 let held: BTreeSet<Identifier> =
                     self.store().held_by(live).await?.into_iter().collect();
                 let taken: BTreeSet<Identifier> = chosen
@@ -469,7 +519,7 @@ impl Corrector {
                     .filter(|i| held.contains(*i))
                     .cloned()
                     .collect();
-                if taken.is_empty() {
+                if taken.is_empty() && exact.is_none() {
                     // Split already, or never held: either way there is nothing to move.
                     return Ok(Err(Outcome::unchanged(
                         format!("{live} holds none of the identifiers given: nothing to split"),
@@ -489,10 +539,35 @@ impl Corrector {
                         },
                     });
                 }
+                let versions = self.versions(&[live], request.expected_version).await?;
                 let profiles = self.profiles(&[live]).await?;
                 let giver = profiles.get(&live).cloned().unwrap_or_default();
                 let owned = self.owned(live, &giver.holdings).await?;
-                let decision = self.divide(&owned, &held, taken, BTreeSet::new(), |_| true);
+                let decision = match exact {
+                    None => self.divide(&owned, &held, taken, BTreeSet::new(), |_| true),
+                    Some(positions) => {
+                        let going: BTreeSet<Position> = owned
+                            .iter()
+                            .map(|o| o.position)
+                            .filter(|p| positions.contains(p))
+                            .collect();
+                        if going.is_empty() {
+                            return Ok(Err(Outcome::unchanged(
+                                format!(
+                                    "{live} owns none of the touchpoints given: nothing to split"
+                                ),
+                                vec![live],
+                            )));
+                        }
+                        Division {
+                            moved: going.len(),
+                            moved_elsewhere: going.iter().copied().collect(),
+                            going,
+                            kept: vec![],
+                            identifiers: taken,
+                        }
+                    }
+                };
                 let keys = self.keys(&[live]).await?;
                 let (part_key, wrapped) = self.ingestor.master_key().new_customer_key();
                 let separation = Separation {
@@ -516,6 +591,8 @@ impl Corrector {
                 )?;
                 let metadata = metadata(request, on_giver.event_id());
                 Ok(Ok(Plan {
+                    named: Some(live),
+                    guard: None,
                     appends: vec![
                         append(live, versions[0], on_giver, &metadata),
                         append(part, 0, on_part, &metadata),
@@ -591,6 +668,8 @@ impl Corrector {
                     appends.push(append(holder, versions[1], unlinked, &metadata));
                 }
                 Ok(Ok(Plan {
+                    named: Some(live),
+                    guard: Some((identifier.clone(), holder)),
                     appends,
                     changes: IdentityChanges {
                         holders: vec![(identifier, Some(live))],
@@ -657,6 +736,8 @@ impl Corrector {
                 )?;
                 let metadata = metadata(request, unlinked.event_id());
                 Ok(Ok(Plan {
+                    named: Some(live),
+                    guard: Some((identifier.clone(), Some(live))),
                     appends: vec![append(live, versions[0], unlinked, &metadata)],
                     changes: IdentityChanges {
                         holders: vec![(identifier, None)],
@@ -679,7 +760,18 @@ impl Corrector {
     /// never links a customer again.
     #[tracing::instrument(name = "correction.block", skip(self, raw, request), fields(actor = %request.actor))]
     pub async fn block(&self, kind: &str, raw: &str, request: &Request) -> Result<Outcome> {
-        let identifier = self.pseudonym(kind, raw)?;
+        if request.reason.trim().is_empty() {
+            return Err(CorrectionError::MissingReason);
+        }
+        let identifier = match self.pseudonym(kind, raw) {
+            Err(CorrectionError::Blocked { .. }) => {
+                return Ok(Outcome::unchanged(
+                    "the identity rules block the value already",
+                    vec![],
+                ))
+            }
+            other => other?,
+        };
         self.run(request, || {
             let identifier = identifier.clone();
             async move {
@@ -698,7 +790,6 @@ impl Corrector {
                     IDENTIFIER_BLOCKED,
                     &IdentifierBlocked {
                         identifier: identifier.clone(),
-                        held_by: holder,
                     },
                 )
                 .map_err(|e| StoreError::Abandoned {
@@ -729,9 +820,11 @@ impl Corrector {
                         &keys[&holder],
                     )?;
                     appends.push(append(holder, versions[0], unlinked, &metadata));
-                    changes.holders.push((identifier, None));
+                    changes.holders.push((identifier.clone(), None));
                 }
                 Ok(Ok(Plan {
+                    named: holder,
+                    guard: Some((identifier.clone(), holder)),
                     appends,
                     changes,
                     outcome: Outcome {
@@ -854,22 +947,41 @@ impl Corrector {
         if request.reason.trim().is_empty() {
             return Err(CorrectionError::MissingReason);
         }
-        let mut attempt = 0;
+        let mut attempt: u32 = 0;
         loop {
+            if attempt > 0 {
+                tokio::time::sleep(BACKOFF * attempt).await;
+            }
             attempt += 1;
             self.projection.catch_up().await?;
-            let plan = match decide().await? {
-                Ok(plan) => plan,
-                Err(unchanged) => return Ok(unchanged),
+            let plan = match decide().await {
+                Ok(Ok(plan)) => plan,
+                Ok(Err(unchanged)) => return Ok(unchanged),
+                Err(CorrectionError::Busy { .. }) if attempt < ATTEMPTS => continue,
+                Err(e) => return Err(e),
             };
             let Plan {
                 appends,
                 changes,
                 mut outcome,
+                named,
+                guard,
             } = plan;
+            let keys: Vec<Identifier> = guard.iter().map(|(id, _)| id.clone()).collect();
             let written = self
                 .store()
-                .commit_identity(&[], &[], &[], move |_| {
+                .commit_identity(&[], &keys, &[], move |snapshot| {
+                    if let Some((id, holder)) = &guard {
+                        if snapshot.graph.owner(id) != *holder {
+                            // The identifier changed hands since the decision.
+                            return Err(StoreError::Conflict {
+                                stream_id: holder
+                                    .map_or_else(blocklist_stream, |h| Ok(h.stream_id()))?,
+                                expected: ExpectedVersion::Any,
+                                actual: 0,
+                            });
+                        }
+                    }
                     Ok(IdentityCommit {
                         appends,
                         order: None,
@@ -881,23 +993,31 @@ impl Corrector {
             match written {
                 Ok((appended, _, ())) => {
                     outcome.position = appended.events().map(|e| e.event_ref().position).max();
-                    self.projection.catch_up().await?;
+                    // Written: if the profiles cannot follow now, the projection catches up
+                    // later; the correction stands either way.
+                    if let Err(e) = self.projection.catch_up().await {
+                        tracing::warn!(error = %e, "profiles not brought up to date after a correction");
+                    }
                     return Ok(outcome);
                 }
                 Err(StoreError::Conflict {
                     stream_id, actual, ..
-                }) if request.expected_version.is_some() || attempt >= ATTEMPTS => {
-                    let customer =
-                        CustomerId::from_stream(&stream_id).ok_or(StoreError::Abandoned {
-                            reason: format!("{stream_id} kept changing during the correction"),
-                        })?;
-                    return Err(CorrectionError::Conflict {
-                        customer,
-                        expected: request.expected_version.unwrap_or(actual),
-                        actual,
-                    });
-                }
-                Err(StoreError::Conflict { .. }) => {
+                }) => {
+                    let customer = CustomerId::from_stream(&stream_id);
+                    if let (Some(expected), Some(customer)) = (request.expected_version, customer) {
+                        if Some(customer) == named {
+                            return Err(CorrectionError::Conflict {
+                                customer,
+                                expected,
+                                actual,
+                            });
+                        }
+                    }
+                    if attempt >= ATTEMPTS {
+                        return Err(CorrectionError::Busy {
+                            customer: customer.or(named),
+                        });
+                    }
                     tracing::debug!(attempt, "a correction lost a race: deciding again");
                 }
                 Err(e) => return Err(e.into()),
@@ -934,6 +1054,23 @@ impl Corrector {
                     customer: customers[0],
                     expected,
                     actual,
+                });
+            }
+        }
+        // The decision reads the profiles' holdings: they must have seen every event of these
+        // streams, or another correction committed in between and the decision is made again.
+        let checkpoint = self.store().checkpoint(PROFILES).await?;
+        for (customer, version) in customers.iter().zip(&versions) {
+            if *version == 0 {
+                continue;
+            }
+            let last = self
+                .store()
+                .read_stream(&customer.stream_id(), *version, 1)
+                .await?;
+            if last.first().is_some_and(|e| e.position > checkpoint) {
+                return Err(CorrectionError::Busy {
+                    customer: Some(*customer),
                 });
             }
         }
@@ -980,10 +1117,13 @@ impl Corrector {
 
     /// The pseudonym of an identifier given as kind and raw value.
     fn pseudonym(&self, kind: &str, raw: &str) -> Result<Identifier> {
-        let identifier = self.ingestor.rules().normalize(kind, raw).map_err(|e| {
+        // The normalizer's message may quote the value: personal data stays out of errors.
+        let identifier = self.ingestor.rules().normalize(kind, raw).map_err(|_| {
             CorrectionError::InvalidIdentifier {
                 kind: kind.to_owned(),
-                reason: e.to_string(),
+                reason: format!(
+                    "the value given does not read as a {kind} under the identity rules"
+                ),
             }
         })?;
         if self.ingestor.rules().is_blocked(&identifier) {
@@ -1266,6 +1406,13 @@ fn append(
         ExpectedVersion::Exact(version),
         vec![event.with_metadata(metadata.clone())],
     )
+}
+
+/// The stream of the identity blocklist.
+fn blocklist_stream() -> std::result::Result<StreamId, StoreError> {
+    StreamId::new(BLOCKLIST_STREAM).map_err(|e| StoreError::Abandoned {
+        reason: format!("the blocklist stream: {e}"),
+    })
 }
 
 /// An event with `personal` members sealed under a customer's key.

@@ -580,7 +580,7 @@ impl Backend for StoreBackend {
             .collect())
     }
 
-    #[tracing::instrument(name = "api.correct", skip(self))]
+    #[tracing::instrument(name = "api.correct", skip(self, ask, reason))]
     async fn correct(
         &self,
         ask: CorrectionAsk,
@@ -705,7 +705,7 @@ impl Backend for StoreBackend {
         })
     }
 
-    #[tracing::instrument(name = "api.decide_suggestion", skip(self))]
+    #[tracing::instrument(name = "api.decide_suggestion", skip(self, reason))]
     async fn decide_suggestion(
         &self,
         id: i64,

@@ -533,7 +533,7 @@ impl EventStore {
     pub async fn events_at(&self, positions: &[Position]) -> Result<Vec<RecordedEvent>> {
         let mut events = Vec::with_capacity(positions.len());
         for &position in positions {
-            // Positions are dense: the event after `position - 1` is the one at `position`.
+            // The first event after `position - 1`: the one at `position` if it exists.
             events.extend(
                 self.read_all(position.saturating_sub(1), 1)
                     .await?

@@ -224,6 +224,21 @@ impl EventStore {
         Ok(row.map(suggestion))
     }
 
+    /// Opens an accepted suggestion again (its merge failed).
+    pub async fn reopen_suggestion(&self, id: i64) -> Result<()> {
+        let sql = "UPDATE duplicate_suggestions SET status = 'open', decided_at = NULL, \
+                   decided_by = NULL, reason = NULL WHERE id = $1 AND status = 'accepted'";
+        match &self.backend {
+            Backend::Sqlite(b) => {
+                sqlx::query(sql).bind(id).execute(b.writer()).await?;
+            }
+            Backend::Postgres(b) => {
+                sqlx::query(sql).bind(id).execute(b.pool()).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Records an operator's decision on an open suggestion; `false` if it was not open.
     pub async fn decide_suggestion(
         &self,

@@ -970,6 +970,7 @@ async fn a_rules_change_is_tried_on_the_log_then_applied_as_corrections(t: &Test
         .await
         .expect("apply");
     assert_eq!((applied.splits, applied.merges), (1, 1));
+    assert!(applied.failed.is_empty(), "{:?}", applied.failed);
     assert_eq!(
         holder("13912340062").await,
         x,
