@@ -95,9 +95,9 @@ pub enum Command {
         /// The read model: `profiles` (the only one so far).
         #[arg(default_value = "profiles")]
         projection: String,
-        /// Events per batch: larger batches write each profile fewer times (50,000 events
-        /// hold about 300 MB).
-        #[arg(long, default_value_t = 50_000)]
+        /// Events per batch: larger batches write each profile fewer times (100,000 events
+        /// hold about 400 MB).
+        #[arg(long, default_value_t = 100_000)]
         batch: usize,
     },
     /// Fold the whole log again into a scratch table (with a progress bar) and report every
