@@ -953,3 +953,43 @@ fn a_wrong_merge_is_explained_and_undone_from_the_command_line() {
     let missing = patron_fails(&["correct", "block", "--identifier", "phone=1"], &url);
     assert!(missing.contains("--reason"), "{missing}");
 }
+
+#[test]
+fn the_review_queue_and_a_rules_dry_run_run_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("patron.db").display());
+    let file = dir.path().join("shop.ndjson");
+    write_small_shop(&file);
+    patron_ok(&["import", file.to_str().unwrap()], &url);
+    let scan = patron_ok(&["review", "scan", "--json"], &url);
+    let scan: serde_json::Value = serde_json::from_str(&scan).expect("JSON");
+    assert_eq!(scan["touchpoints"], 10);
+    assert_eq!(scan["customers"], 4);
+    assert_eq!(scan["pairs"], 0, "four different phones: nothing alike");
+    assert!(patron_ok(&["review", "list"], &url).is_empty());
+    let missing = patron_fails(&["review", "accept", "7", "--reason", "x"], &url);
+    assert!(missing.contains("NOT_FOUND"), "{missing}");
+
+    // Rules where a phone no longer merges anything cannot split customers of one phone each.
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "version = 2\n[kinds.phone]\nstrength = \"auxiliary\"\nnormalize = \"phone\"\nmax_per_customer = 5\n",
+    )
+    .unwrap();
+    let report = patron_ok(
+        &["rules", "dry-run", rules.to_str().unwrap(), "--json"],
+        &url,
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).expect("JSON");
+    assert_eq!(report["change"]["rules_version"], 2);
+    assert_eq!(report["change"]["touchpoints"], 10);
+    assert_eq!(report["change"]["customers_now"], 4);
+    assert_eq!(report["change"]["customers_after"], 4);
+    assert_eq!(report["change"]["merges"], 0);
+    assert!(report["applied"].is_null(), "a dry run applies nothing");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "version = 2\n").unwrap();
+    let refused = patron_fails(&["rules", "dry-run", bad.to_str().unwrap()], &url);
+    assert!(refused.contains("invalid"), "{refused}");
+}
