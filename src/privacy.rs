@@ -146,14 +146,7 @@ impl Opener {
 /// The live customer and every customer merged into it.
 async fn members(store: &EventStore, live: CustomerId) -> Result<Vec<CustomerId>, StoreError> {
     let mut members = vec![live];
-    members.extend(
-        store
-            .aliases()
-            .await?
-            .into_iter()
-            .filter(|(_, survivor)| *survivor == live)
-            .map(|(absorbed, _)| absorbed),
-    );
+    members.extend(store.absorbed_into(live).await?);
     Ok(members)
 }
 

@@ -425,6 +425,26 @@ impl EventStore {
             .collect()
     }
 
+    /// The customers merged into `live` (directly or through others).
+    pub async fn absorbed_into(&self, live: CustomerId) -> Result<Vec<CustomerId>> {
+        let sql = "SELECT absorbed FROM customer_aliases WHERE survivor = $1 ORDER BY absorbed";
+        let ids: Vec<Uuid> = match &self.backend {
+            Backend::Sqlite(b) => {
+                sqlx::query_scalar(sql)
+                    .bind(live.as_uuid())
+                    .fetch_all(b.reader())
+                    .await?
+            }
+            Backend::Postgres(b) => {
+                sqlx::query_scalar(sql)
+                    .bind(live.as_uuid())
+                    .fetch_all(b.pool())
+                    .await?
+            }
+        };
+        Ok(ids.into_iter().map(CustomerId::from_uuid).collect())
+    }
+
     /// Whether an operator blocked a pseudonymous identifier.
     pub async fn is_blocked(&self, key: &Identifier) -> Result<bool> {
         match &self.backend {
