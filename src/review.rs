@@ -355,9 +355,20 @@ impl Reviewer {
             }
         }
 
+        // Pairs rejected before stay rejected, even when either side was merged into another
+        // customer since (their ids then stand for the survivors).
+        let rejected: BTreeSet<(CustomerId, CustomerId)> = self
+            .store()
+            .suggestions("rejected", usize::MAX)
+            .await?
+            .into_iter()
+            .map(|s| ordered(live(s.first), live(s.second)))
+            .collect();
         let pairs: Vec<FoundPair> = found
             .into_iter()
-            .filter(|(pair, _)| pair.0 != pair.1 && !separated.contains(pair))
+            .filter(|(pair, _)| {
+                pair.0 != pair.1 && !separated.contains(pair) && !rejected.contains(pair)
+            })
             .map(|(pair, evidence)| (pair, score(&evidence), evidence))
             .filter(|(_, score, _)| *score >= MIN_SCORE)
             .map(|(pair, score, evidence)| FoundPair {

@@ -808,6 +808,14 @@ async fn likely_duplicates_are_scored_explained_accepted_and_rejected(t: &TestSt
         holder(&app, &operator, "email", "zhang.mni@example.cn").await,
         who[4]
     );
+    // The son of the family is merged into another customer: the rejected pair stays rejected
+    // under the survivor's id.
+    app.graphql(
+        &operator,
+        MERGE,
+        json!({"s": who[6], "a": who[3], "r": "same person"}),
+    )
+    .await;
 
     let rescan = app
         .graphql(
