@@ -102,6 +102,9 @@ const INSERT_EVENT: &str = "INSERT INTO events (position, event_id, stream_key, 
 
 const HEAD: &str = "SELECT coalesce(max(position), 0) FROM events";
 
+/// How many times closing the store tries to fold the WAL back with a connection of its own.
+const CLOSE_ATTEMPTS: usize = 10;
+
 /// SQLite allows one writer at a time: a pool of one connection serializes appends in this
 /// process, and `BEGIN IMMEDIATE` with a busy timeout serializes them with other processes.
 #[derive(Clone)]
@@ -109,6 +112,8 @@ pub(crate) struct SqliteLog {
     writer: SqlitePool,
     reader: SqlitePool,
     checkpoints: Checkpoints,
+    /// How to open one more connection: [`SqliteLog::close`] uses it to fold the WAL back.
+    options: Arc<SqliteConnectOptions>,
 }
 
 /// Copies the WAL back into the database file on a connection of its own, so that the writer
@@ -539,12 +544,13 @@ impl SqliteLog {
         let checkpoints = Checkpoints::start(&options).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
-            .connect_with(options.pragma("cache_size", READER_CACHE))
+            .connect_with(options.clone().pragma("cache_size", READER_CACHE))
             .await?;
         Ok(Self {
             writer,
             reader,
             checkpoints,
+            options: Arc::new(options),
         })
     }
 
@@ -697,6 +703,22 @@ impl SqliteLog {
         self.checkpoints.close().await;
         self.reader.close().await;
         self.writer.close().await;
+        // The last connection to close folds the WAL back into the database file and removes
+        // it; when the pools' connections close at the same moment on their worker threads,
+        // none may see itself last. One more connection, alone now, does it.
+        let wal = format!("{}-wal", self.options.get_filename().display());
+        for _ in 0..CLOSE_ATTEMPTS {
+            if !std::path::Path::new(&wal).exists() {
+                return;
+            }
+            if let Ok(mut conn) = self.options.connect().await {
+                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&mut conn)
+                    .await;
+                let _ = conn.close().await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub(crate) async fn append(&self, appends: &[StreamAppend]) -> Result<AppendOutcome> {
