@@ -878,16 +878,7 @@ impl Cli {
     pub fn rules(&self) -> Result<IdentityRules> {
         match &self.identity_rules {
             None => Ok(IdentityRules::default()),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("cannot read the identity rules {}", path.display())
-                })?;
-                let file: RulesFile = toml::from_str(&text).with_context(|| {
-                    format!("the identity rules {} are invalid", path.display())
-                })?;
-                IdentityRules::from_file(file)
-                    .with_context(|| format!("the identity rules {} are invalid", path.display()))
-            }
+            Some(path) => read_identity_rules(path),
         }
     }
 
@@ -1646,4 +1637,14 @@ async fn bench_store(args: StoreBenchArgs) -> Result<()> {
         println!("{report}");
     }
     Ok(())
+}
+
+/// Reads an identity-rules file (TOML), naming the file in any error.
+pub fn read_identity_rules(path: &std::path::Path) -> Result<IdentityRules> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the identity rules {}", path.display()))?;
+    let file: RulesFile = toml::from_str(&text)
+        .with_context(|| format!("the identity rules {} are invalid", path.display()))?;
+    IdentityRules::from_file(file)
+        .with_context(|| format!("the identity rules {} are invalid", path.display()))
 }

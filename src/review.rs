@@ -21,7 +21,7 @@ use patron_domain::identity::SkipReason;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::correction::{CorrectionError, Corrector, Outcome, Request};
+use crate::correction::{ordered, CorrectionError, Corrector, Outcome, Request};
 use crate::ingest::Ingestor;
 use crate::privacy::{Opener, PrivacyFailure};
 use crate::store::review::{FoundPair, StoredSuggestion};
@@ -493,15 +493,6 @@ impl Reviewer {
             });
         }
         Ok(stored)
-    }
-}
-
-/// The two customers in id order.
-fn ordered(a: CustomerId, b: CustomerId) -> (CustomerId, CustomerId) {
-    if a <= b {
-        (a, b)
-    } else {
-        (b, a)
     }
 }
 

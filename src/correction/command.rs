@@ -307,16 +307,6 @@ pub enum RulesCommand {
     },
 }
 
-/// Reads an identity-rules file.
-fn read_rules(file: &std::path::Path) -> Result<patron_domain::identity::IdentityRules> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read the identity rules {}", file.display()))?;
-    let parsed: patron_domain::identity::rules::RulesFile = toml::from_str(&text)
-        .with_context(|| format!("the identity rules {} are invalid", file.display()))?;
-    patron_domain::identity::IdentityRules::from_file(parsed)
-        .with_context(|| format!("the identity rules {} are invalid", file.display()))
-}
-
 /// Runs a rules dry-run (and applies it, for `apply`), with a progress bar; prints the report.
 pub async fn rules(ingestor: &Ingestor, currency: &str, command: &RulesCommand) -> Result<()> {
     let (file, json) = match command {
@@ -324,7 +314,7 @@ pub async fn rules(ingestor: &Ingestor, currency: &str, command: &RulesCommand) 
             (file, *json)
         }
     };
-    let rules = read_rules(file)?;
+    let rules = crate::cli::read_identity_rules(file)?;
     let head = ingestor.store().head().await?;
     let bar = indicatif::ProgressBar::new(head);
     bar.set_style(

@@ -26,7 +26,7 @@ use patron_projections::profile::Profile;
 use patron_projections::segment::{Rule, Subject};
 use serde::{Deserialize, Serialize};
 
-use super::{CorrectionError, Corrector, Request};
+use super::{ordered, CorrectionError, Corrector, Request};
 use crate::ingest::Ingestor;
 use crate::privacy::Opener;
 use crate::projection::ProjectionError;
@@ -572,13 +572,4 @@ pub(crate) async fn moved_touchpoints(
         }
     }
     Ok(moved)
-}
-
-/// The two customers in id order.
-fn ordered(a: CustomerId, b: CustomerId) -> (CustomerId, CustomerId) {
-    if a <= b {
-        (a, b)
-    } else {
-        (b, a)
-    }
 }

@@ -21,7 +21,7 @@ use patron_domain::events::{
 };
 use patron_domain::identifier::Identifier;
 use patron_domain::identity::IdentityView;
-use patron_domain::privacy::{seal_members, CustomerKey};
+use patron_domain::privacy::CustomerKey;
 use patron_domain::{
     EventId, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent, StreamAppend, StreamId,
     StreamVersion,
@@ -34,7 +34,7 @@ use thiserror::Error;
 pub mod command;
 pub mod dry_run;
 
-use crate::ingest::Ingestor;
+use crate::ingest::{sealed, Ingestor};
 use crate::privacy::{Opener, PrivacyFailure};
 use crate::projection::{ProfileProjection, ProjectionError, PROFILES};
 use crate::store::projection::ProfileTable;
@@ -1408,24 +1408,18 @@ fn append(
     )
 }
 
+/// Two customers in id order: the key of a pair.
+pub(crate) fn ordered(a: CustomerId, b: CustomerId) -> (CustomerId, CustomerId) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
 /// The stream of the identity blocklist.
 fn blocklist_stream() -> std::result::Result<StreamId, StoreError> {
     StreamId::new(BLOCKLIST_STREAM).map_err(|e| StoreError::Abandoned {
         reason: format!("the blocklist stream: {e}"),
     })
-}
-
-/// An event with `personal` members sealed under a customer's key.
-fn sealed(
-    event_type: &str,
-    payload: &impl Serialize,
-    personal: &[&str],
-    key: &CustomerKey,
-) -> Result<NewEvent> {
-    let cannot = |e: String| StoreError::Abandoned {
-        reason: format!("cannot encode {event_type}: {e}"),
-    };
-    let value = serde_json::to_value(payload).map_err(|e| cannot(e.to_string()))?;
-    let value = seal_members(value, personal, key).map_err(|e| cannot(e.to_string()))?;
-    Ok(NewEvent::new(event_type, &value).map_err(|e| cannot(e.to_string()))?)
 }

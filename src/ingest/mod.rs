@@ -276,7 +276,7 @@ async fn kept_or_first(
 }
 
 /// An event whose `personal` members are sealed for `key`'s customer.
-fn sealed(
+pub(crate) fn sealed(
     event_type: &str,
     payload: &impl Serialize,
     personal: &[&str],
