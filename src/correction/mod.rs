@@ -1117,13 +1117,22 @@ impl Corrector {
 
     /// The pseudonym of an identifier given as kind and raw value.
     fn pseudonym(&self, kind: &str, raw: &str) -> Result<Identifier> {
+        let rules = self.ingestor.rules();
+        let known = rules.kinds().any(|(k, _)| k.as_str() == kind);
         // The normalizer's message may quote the value: personal data stays out of errors.
-        let identifier = self.ingestor.rules().normalize(kind, raw).map_err(|_| {
+        let identifier = rules.normalize(kind, raw).map_err(|_| {
+            let reason = if known {
+                format!("the value given does not read as a {kind} under the identity rules")
+            } else {
+                let kinds: Vec<&str> = rules.kinds().map(|(k, _)| k.as_str()).collect();
+                format!(
+                    "the identity rules know no kind {kind:?}; they know {}",
+                    kinds.join(", ")
+                )
+            };
             CorrectionError::InvalidIdentifier {
                 kind: kind.to_owned(),
-                reason: format!(
-                    "the value given does not read as a {kind} under the identity rules"
-                ),
+                reason,
             }
         })?;
         if self.ingestor.rules().is_blocked(&identifier) {

@@ -286,6 +286,22 @@ async fn a_split_moves_identifiers_and_their_touchpoints_to_a_new_customer(t: &T
         .await;
     assert_eq!(code, "INVALID_IDENTIFIER", "{message}");
     assert!(message.starts_with("identifier phone:"), "{message}");
+    assert!(
+        !message.contains("not a phone"),
+        "no value in errors: {message}"
+    );
+    let (code, message) = app
+        .graphql_error(
+            &operator,
+            SPLIT,
+            json!({"c": a, "ids": [{"kind": "shoe_size", "value": "42"}], "r": "x"}),
+        )
+        .await;
+    assert_eq!(code, "INVALID_IDENTIFIER", "{message}");
+    assert!(
+        message.contains("know no kind \"shoe_size\"") && message.contains("phone"),
+        "{message}"
+    );
 
     let split = app
         .graphql(
