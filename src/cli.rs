@@ -515,6 +515,15 @@ impl Cli {
                 {
                     eprintln!("no API key yet: create one with `patron keys create --role admin --name <you>`");
                 }
+                for (name, err) in crate::segmentation::unreadable_rules(&store)
+                    .await
+                    .context("cannot read the saved segments")?
+                {
+                    eprintln!(
+                        "warning: segment {name:?} is skipped, its saved rule does not read: {}",
+                        err.message
+                    );
+                }
                 let served = app.run_until_stopped().await.context("the server failed");
                 // Every request in flight has been answered: fold the WAL back and close.
                 store.close().await;

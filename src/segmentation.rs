@@ -9,7 +9,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
 use patron_projections::profile::Profile;
-use patron_projections::segment::{Rule, Subject};
+use patron_projections::segment::{Rule, RuleError, Subject};
 use serde::Serialize;
 
 use crate::population::Population;
@@ -63,6 +63,22 @@ pub async fn preview(
         examples: matched.iter().take(20).copied().collect(),
         evaluation_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
+}
+
+/// The saved segments whose rules do not read (saved by another version, or stored past the
+/// rule language's bounds), each with why; each is logged as a warning. They are skipped
+/// whenever members are judged, so they never stop the server.
+pub async fn unreadable_rules(
+    store: &EventStore,
+) -> Result<Vec<(String, RuleError)>, crate::store::StoreError> {
+    let mut unreadable = Vec::new();
+    for (name, rule) in store.segment_rules().await? {
+        if let Err(err) = Rule::parse(&rule) {
+            tracing::warn!(segment = %name, error = %err.message, "a saved rule does not read; the segment is skipped");
+            unreadable.push((name, err));
+        }
+    }
+    Ok(unreadable)
 }
 
 /// Refreshes every saved segment as of `as_of`: sets its members to the customers its rule

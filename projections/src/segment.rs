@@ -13,6 +13,11 @@
 //! a value of the wrong type or a malformed expression is refused with the byte offset of the
 //! bad part and a message ([`RuleError`], whose `Display` points at it with a caret). A parsed
 //! rule is then evaluated against one customer at a time ([`Rule::matches`]).
+//!
+//! A rule is bounded before it is read: at most [`MAX_RULE_BYTES`] bytes, [`MAX_DEPTH`] levels of
+//! parentheses and `not`, [`MAX_CONDITIONS`] conditions and [`MAX_VALUES`] values in one `in`
+//! list. Chains of `and` and `or` are kept flat, so the parser and the evaluator recurse only as
+//! deep as the nesting, which the depth bound caps: no rule a client sends can exhaust the stack.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -42,6 +47,15 @@ pub const EVENT_TYPES: &[&str] = &[
     "custom",
 ];
 
+/// The longest rule read, in bytes.
+pub const MAX_RULE_BYTES: usize = 16 * 1024;
+/// The deepest nesting of parentheses and `not` in a rule.
+pub const MAX_DEPTH: usize = 32;
+/// The most conditions (comparisons, `in` tests and tags) in a rule.
+pub const MAX_CONDITIONS: usize = 256;
+/// The most values in one `in (...)` list.
+pub const MAX_VALUES: usize = 1_000;
+
 /// A rule that could not be read, and where.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleError {
@@ -55,7 +69,11 @@ pub struct RuleError {
 
 impl fmt::Display for RuleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let column = self.rule[..self.at.min(self.rule.len())].chars().count();
+        let mut at = self.at.min(self.rule.len());
+        while !self.rule.is_char_boundary(at) {
+            at -= 1;
+        }
+        let column = self.rule[..at].chars().count();
         write!(
             f,
             "{} (at character {})\n  {}\n  {}^",
@@ -211,8 +229,10 @@ impl Term {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Expr {
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    /// Every one holds (two or more).
+    And(Vec<Expr>),
+    /// Any one holds (two or more).
+    Or(Vec<Expr>),
     Not(Box<Expr>),
     Compare(Term, Op, Value),
     In(Term, Vec<Value>),
@@ -222,8 +242,8 @@ enum Expr {
 impl Expr {
     fn eval(&self, s: &Subject<'_>) -> bool {
         match self {
-            Self::And(a, b) => a.eval(s) && b.eval(s),
-            Self::Or(a, b) => a.eval(s) || b.eval(s),
+            Self::And(all) => all.iter().all(|e| e.eval(s)),
+            Self::Or(any) => any.iter().any(|e| e.eval(s)),
             Self::Not(e) => !e.eval(s),
             Self::Tag(tag) => s.tags.contains(tag),
             Self::In(term, values) => term.value(s).is_some_and(|v| values.contains(&v)),
@@ -265,11 +285,27 @@ pub struct Rule {
 impl Rule {
     /// Reads and checks a rule.
     pub fn parse(text: &str) -> Result<Self, RuleError> {
+        if text.len() > MAX_RULE_BYTES {
+            let mut at = MAX_RULE_BYTES;
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            return Err(RuleError {
+                rule: text.to_owned(),
+                at,
+                message: format!(
+                    "a rule is at most {MAX_RULE_BYTES} bytes; this one is {}",
+                    text.len()
+                ),
+            });
+        }
         let tokens = tokenize(text)?;
         let mut parser = Parser {
             text,
             tokens,
             next: 0,
+            depth: 0,
+            conditions: 0,
         };
         let expr = parser.or()?;
         if let Some(token) = parser.peek() {
@@ -375,7 +411,11 @@ fn tokenize(text: &str) -> Result<Vec<Token>, RuleError> {
                 ">=" | "<=" | "!=" => Some(two),
                 _ => None,
             };
-            let sym: &'static str = match sym.unwrap_or(&text[i..i + 1]) {
+            let one = text[i..]
+                .chars()
+                .next()
+                .map_or("", |c| &text[i..i + c.len_utf8()]);
+            let sym: &'static str = match sym.unwrap_or(one) {
                 ">=" => ">=",
                 "<=" => "<=",
                 "!=" => "!=",
@@ -385,6 +425,15 @@ fn tokenize(text: &str) -> Result<Vec<Token>, RuleError> {
                 "(" => "(",
                 ")" => ")",
                 "," => ",",
+                other if !other.is_ascii() => {
+                    return Err(err(
+                        at,
+                        format!(
+                            "unexpected character `{other}`: text values are quoted, \
+                             for example city = \"上海\""
+                        ),
+                    ))
+                }
                 other => return Err(err(at, format!("unexpected character `{other}`"))),
             };
             i += sym.len();
@@ -401,6 +450,10 @@ struct Parser<'t> {
     text: &'t str,
     tokens: Vec<Token>,
     next: usize,
+    /// Parentheses and `not`s open around the next token.
+    depth: usize,
+    /// Conditions read so far.
+    conditions: usize,
 }
 
 impl Parser<'_> {
@@ -457,33 +510,66 @@ impl Parser<'_> {
     }
 
     fn or(&mut self) -> Result<Expr, RuleError> {
-        let mut left = self.and()?;
+        let mut any = vec![self.and()?];
         while self.is_word("or") {
             self.next += 1;
-            left = Expr::Or(Box::new(left), Box::new(self.and()?));
+            any.push(self.and()?);
         }
-        Ok(left)
+        Ok(if any.len() == 1 {
+            any.swap_remove(0)
+        } else {
+            Expr::Or(any)
+        })
     }
 
     fn and(&mut self) -> Result<Expr, RuleError> {
-        let mut left = self.not()?;
+        let mut all = vec![self.not()?];
         while self.is_word("and") {
             self.next += 1;
-            left = Expr::And(Box::new(left), Box::new(self.not()?));
+            all.push(self.not()?);
         }
-        Ok(left)
+        Ok(if all.len() == 1 {
+            all.swap_remove(0)
+        } else {
+            Expr::And(all)
+        })
+    }
+
+    /// Enters one level of nesting at `at`, refusing past [`MAX_DEPTH`].
+    fn deeper(&mut self, at: usize) -> Result<(), RuleError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error_at(
+                at,
+                format!("a rule nests parentheses and `not` at most {MAX_DEPTH} deep"),
+            ));
+        }
+        Ok(())
     }
 
     fn not(&mut self) -> Result<Expr, RuleError> {
+        let at = self.peek().map_or(self.end(), |t| t.at);
         if self.is_word("not") {
             self.next += 1;
-            return Ok(Expr::Not(Box::new(self.not()?)));
+            self.deeper(at)?;
+            let inner = self.not()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
         }
         if self.is_sym("(") {
             self.next += 1;
+            self.deeper(at)?;
             let inner = self.or()?;
             self.expect_sym(")")?;
+            self.depth -= 1;
             return Ok(inner);
+        }
+        self.conditions += 1;
+        if self.conditions > MAX_CONDITIONS {
+            return Err(self.error_at(
+                at,
+                format!("a rule has at most {MAX_CONDITIONS} conditions"),
+            ));
         }
         self.predicate()
     }
@@ -520,7 +606,14 @@ impl Parser<'_> {
             self.expect_sym("(")?;
             let mut values = vec![self.value(&term)?];
             while self.is_sym(",") {
+                let at = self.peek().map_or(self.end(), |t| t.at);
                 self.next += 1;
+                if values.len() == MAX_VALUES {
+                    return Err(self.error_at(
+                        at,
+                        format!("an `in` list holds at most {MAX_VALUES} values"),
+                    ));
+                }
                 values.push(self.value(&term)?);
             }
             self.expect_sym(")")?;
@@ -935,5 +1028,106 @@ mod tests {
 
         let e = error("orders ~ 3");
         assert!(e.message.contains("unexpected character `~`"), "{e}");
+    }
+
+    #[test]
+    fn deep_and_long_rules_are_refused_naming_the_limit() {
+        // 10,000 nested parentheses (20 KB) and a flat chain of 200,000 `or` terms aborted the
+        // process; within the byte bound, nesting past the depth bound is named.
+        let deep = format!("{}orders > 1{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert!(error(&deep).message.contains("at most 16384 bytes"));
+        let deep = format!(
+            "{}orders > 1{}",
+            "(".repeat(MAX_DEPTH + 1),
+            ")".repeat(MAX_DEPTH + 1)
+        );
+        let e = error(&deep);
+        assert!(e.message.contains("at most 32 deep"), "{e}");
+        assert_eq!(e.at, MAX_DEPTH, "the parenthesis past the bound");
+        let nots = format!("{}orders > 1", "not ".repeat(MAX_DEPTH + 1));
+        assert!(error(&nots).message.contains("at most 32 deep"));
+        let fine = format!(
+            "{}orders > 1{}",
+            "(".repeat(MAX_DEPTH),
+            ")".repeat(MAX_DEPTH)
+        );
+        assert!(check(&fine));
+        let nots = format!("{}orders > 1", "not ".repeat(MAX_DEPTH));
+        assert!(check(&nots), "an even number of nots");
+
+        let chain = vec!["orders = 9"; 200_000].join(" or ");
+        assert!(error(&chain).message.contains("bytes"));
+        let chain = |n: usize| {
+            let mut terms = vec!["orders = 9"; n - 1];
+            terms.push("orders = 2");
+            terms.join(" or ")
+        };
+        assert!(check(&chain(MAX_CONDITIONS)), "the last of 256 terms holds");
+        let e = error(&chain(MAX_CONDITIONS + 1));
+        assert!(e.message.contains("at most 256 conditions"), "{e}");
+        assert_eq!(
+            &e.rule[e.at..],
+            "orders = 2",
+            "the condition past the bound"
+        );
+
+        let values = |n: usize| {
+            let list: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+            format!("orders in ({})", list.join(","))
+        };
+        assert!(check(&values(MAX_VALUES)));
+        assert!(error(&values(MAX_VALUES + 1))
+            .message
+            .contains("at most 1000 values"));
+    }
+
+    #[test]
+    fn chinese_values_work_quoted_and_are_explained_unquoted() {
+        let mut profile = Profile::default();
+        profile.traits.insert(
+            "city".into(),
+            crate::profile::TraitValue {
+                value: "上海".into(),
+                at: chrono::Utc::now(),
+            },
+        );
+        let tags = BTreeSet::new();
+        let subject = Subject {
+            profile: &profile,
+            stage: None,
+            tier: None,
+            rfm_segment: None,
+            rfm: None,
+            tags: &tags,
+            currency: "CNY",
+            as_of: chrono::Utc::now(),
+        };
+        assert!(Rule::parse("city = \"上海\"").unwrap().matches(&subject));
+        assert!(
+            Rule::parse("city in (\"北京\", \"上海\") and not city = \"杭州\"")
+                .unwrap()
+                .matches(&subject)
+        );
+
+        let e = error("city = 上海");
+        assert_eq!(e.at, 7);
+        assert!(e.message.contains("unexpected character `上`"), "{e}");
+        assert!(e.message.contains("quoted"), "{e}");
+        // The caret sits under the character, counted in characters.
+        assert!(
+            e.to_string().ends_with(&format!("\n  {}^", " ".repeat(7))),
+            "{e}"
+        );
+        let e = error("城市 = \"上海\"");
+        assert_eq!(e.at, 0);
+        let e = error("orders > 1 and tag \"新客\" 上");
+        assert_eq!(&e.rule[e.at..], "上");
+        // An offset inside a character (as an error built elsewhere might hold) still displays.
+        let odd = RuleError {
+            rule: "上海".into(),
+            at: 1,
+            message: "x".into(),
+        };
+        assert!(odd.to_string().ends_with("\n  ^"));
     }
 }

@@ -17,3 +17,4 @@ mod privacy;
 mod projection;
 mod properties;
 mod reading;
+mod rules;
