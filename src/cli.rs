@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use patron_domain::customer::CustomerId;
 use patron_domain::privacy::MasterKey;
@@ -68,6 +69,17 @@ pub struct Cli {
         default_value_t = 30
     )]
     pub quarantine_retention_days: u32,
+    /// Touchpoints that happened before this time are refused (`invalid_time` on
+    /// `occurred_at`): an RFC 3339 time (`1990-01-01T00:00:00Z`) or a date (`1990-01-01`,
+    /// midnight UTC). See `docs/ingestion.md`.
+    #[arg(
+        long,
+        global = true,
+        env = "PATRON_EARLIEST_TIME",
+        default_value = "1990-01-01T00:00:00Z",
+        value_parser = parse_earliest_time
+    )]
+    pub earliest_time: DateTime<Utc>,
     /// Scoring rules (TOML: value tiers, lifecycle thresholds); the defaults when not given.
     /// See `docs/projections.md`.
     #[arg(long, global = true, env = "PATRON_SCORING_RULES")]
@@ -907,15 +919,30 @@ impl Cli {
             .transpose()
             .context("PATRON_MASTER_KEY (--master-key)")?;
         let store = open(&self.database_url).await?;
-        Ingestor::with_keys(
+        let ingestor = Ingestor::with_keys(
             store,
             rules,
             self.identity_key.as_deref().map(str::as_bytes),
             master,
         )
         .await
-        .context("cannot read the keys kept in the store")
+        .context("cannot read the keys kept in the store")?;
+        Ok(ingestor.with_earliest_time(self.earliest_time))
     }
+}
+
+/// A time given as RFC 3339 with a zone, or as a date (midnight UTC).
+fn parse_earliest_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    text.parse::<chrono::NaiveDate>()
+        .ok()
+        .and_then(|date| date.and_hms_opt(0, 0, 0))
+        .map(|time| time.and_utc())
+        .ok_or_else(|| {
+            format!("{text:?} is neither an RFC 3339 time with a zone nor a date (YYYY-MM-DD)")
+        })
 }
 
 async fn import(

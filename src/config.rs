@@ -7,6 +7,7 @@
 //! address = "0.0.0.0:8080"
 //! ready_lag_seconds = 60
 //! write_keys = ["wk_shop", "wk_app"]
+//! earliest_time = 2000-01-01
 //! ```
 //!
 //! The file is `--config PATH`, else `PATRON_CONFIG`, else `patron.toml` in the working
@@ -122,6 +123,7 @@ pub fn settings(path: &Path, text: &str) -> Result<Vec<(String, String)>, Config
             toml::Value::Integer(n) => n.to_string(),
             toml::Value::Float(x) => x.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Datetime(d) => d.to_string(),
             toml::Value::Array(items) => items
                 .iter()
                 .map(|item| match item {
@@ -132,7 +134,7 @@ pub fn settings(path: &Path, text: &str) -> Result<Vec<(String, String)>, Config
                 .join(","),
             other => {
                 return Err(bad(format!(
-                    "a text, number or list is expected, not {other}"
+                    "a text, number, date or list is expected, not {other}"
                 )))
             }
         };
@@ -181,6 +183,24 @@ mod tests {
                 ("PATRON_WRITE_KEYS".into(), "a,b".into()),
             ]
         );
+    }
+
+    #[test]
+    fn dates_and_times_are_settings() {
+        let found = settings(
+            Path::new("p.toml"),
+            "earliest_time = 2000-01-01T08:00:00+08:00\n",
+        )
+        .unwrap();
+        assert_eq!(
+            found,
+            vec![(
+                "PATRON_EARLIEST_TIME".into(),
+                "2000-01-01T08:00:00+08:00".into()
+            )]
+        );
+        let found = settings(Path::new("p.toml"), "earliest_time = 2000-01-01\n").unwrap();
+        assert_eq!(found[0].1, "2000-01-01");
     }
 
     #[test]

@@ -366,7 +366,7 @@ mod tests {
     use super::*;
     use crate::identity::IdentityRules;
     use crate::privacy::{open_payload, MasterKey};
-    use crate::touchpoint::RawTouchpoint;
+    use crate::touchpoint::{RawTouchpoint, TimeBounds};
     use serde_json::json;
 
     #[test]
@@ -379,7 +379,9 @@ mod tests {
             "store_id": "SH-1", "floor": 2
         }))
         .unwrap();
-        let touchpoint = raw.validate(&rules, chrono::Utc::now()).unwrap();
+        let touchpoint = raw
+            .validate(&rules, TimeBounds::at(chrono::Utc::now()))
+            .unwrap();
         let other = CustomerId::new();
         let resolution = Resolution {
             customer: CustomerId::new(),
@@ -447,7 +449,9 @@ mod tests {
                        "gender": "female", "vip_note": "prefers calls"}
         }))
         .unwrap();
-        let touchpoint = raw.validate(&rules, chrono::Utc::now()).unwrap();
+        let touchpoint = raw
+            .validate(&rules, TimeBounds::at(chrono::Utc::now()))
+            .unwrap();
         let master = MasterKey::parse(&MasterKey::generate()).unwrap();
         let (key, _) = master.new_customer_key();
         let resolution = Resolution {

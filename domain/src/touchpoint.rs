@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -18,6 +18,43 @@ use crate::identity::IdentityRules;
 
 /// How far in the future an `occurred_at` may lie (clock skew of the sending system).
 pub const MAX_FUTURE_SKEW: TimeDelta = TimeDelta::hours(1);
+
+/// The largest amount of money one line, order or refund may carry, in minor units: 10^13,
+/// that is 100 billion in a currency of two decimals. Sums over a customer's orders are kept in
+/// `i64` and cannot pass `i64::MAX` before some 922,000 orders of this size (they saturate).
+pub const MAX_AMOUNT_MINOR: i64 = 10_000_000_000_000;
+
+/// The largest quantity of one line.
+pub const MAX_QUANTITY: u32 = 1_000_000;
+
+/// The earliest `occurred_at` accepted unless configured otherwise: 1990-01-01T00:00:00Z, in
+/// seconds since 1970-01-01 UTC.
+pub const DEFAULT_EARLIEST_TIME: i64 = 631_152_000;
+
+/// The times a touchpoint's `occurred_at` may take: from `earliest` to `now` plus
+/// [`MAX_FUTURE_SKEW`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeBounds {
+    /// The earliest time accepted.
+    pub earliest: DateTime<Utc>,
+    /// The time of validation.
+    pub now: DateTime<Utc>,
+}
+
+impl TimeBounds {
+    /// The bounds at `now`, from [`DEFAULT_EARLIEST_TIME`].
+    pub fn at(now: DateTime<Utc>) -> Self {
+        Self {
+            earliest: default_earliest_time(),
+            now,
+        }
+    }
+}
+
+/// [`DEFAULT_EARLIEST_TIME`] as a time.
+pub fn default_earliest_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(DEFAULT_EARLIEST_TIME, 0).unwrap_or_default()
+}
 
 /// The channel a touchpoint came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -91,9 +128,17 @@ pub struct LineItem {
 }
 
 impl LineItem {
-    /// The line's amount after discount, in minor units.
+    /// The line's amount after discount, exactly: quantity times unit price less discount.
+    pub fn exact_amount_minor(&self) -> i128 {
+        i128::from(self.quantity) * i128::from(self.unit_price_minor)
+            - i128::from(self.discount_minor)
+    }
+
+    /// The line's amount after discount, in minor units, saturating at the bounds of `i64` (a
+    /// validated line's amount is 0 to [`MAX_AMOUNT_MINOR`]).
     pub fn amount_minor(&self) -> i64 {
-        i64::from(self.quantity) * self.unit_price_minor - self.discount_minor
+        let exact = self.exact_amount_minor();
+        i64::try_from(exact).unwrap_or(if exact < 0 { i64::MIN } else { i64::MAX })
     }
 }
 
@@ -373,9 +418,10 @@ pub enum RejectionCode {
     UnknownChannel,
     /// An identifier's value does not normalize, or its kind is not declared.
     InvalidIdentifier,
-    /// A time is not RFC 3339 with a zone, or lies in the future.
+    /// A time is not RFC 3339 with a zone, or lies in the future or before the earliest time
+    /// accepted; or a date is not a calendar date.
     InvalidTime,
-    /// An amount is negative, or the lines do not add up to the total.
+    /// An amount is negative or above its bound, or the lines do not add up to the total.
     InvalidAmount,
     /// The event id is not a UUID.
     InvalidEventId,
@@ -446,6 +492,31 @@ fn check_currency(currency: &str, field: &str) -> Result<(), Rejection> {
     }
 }
 
+/// An amount over [`MAX_AMOUNT_MINOR`], refused naming `field`.
+fn too_large(field: impl Into<String>) -> Rejection {
+    reject(
+        field,
+        RejectionCode::InvalidAmount,
+        format!("must be at most 10^13 ({MAX_AMOUNT_MINOR}) minor units"),
+    )
+}
+
+/// Checks `amount` of `field`: 0 to [`MAX_AMOUNT_MINOR`].
+fn check_amount(amount: i64, field: &str) -> Result<(), Rejection> {
+    if amount < 0 {
+        return Err(reject(
+            field,
+            RejectionCode::InvalidAmount,
+            "must not be negative",
+        ));
+    }
+    if amount > MAX_AMOUNT_MINOR {
+        return Err(too_large(field));
+    }
+    Ok(())
+}
+
+/// Checks a line; its amount is then 0 to [`MAX_AMOUNT_MINOR`].
 fn check_line(item: &LineItem, field: &str) -> Result<(), Rejection> {
     if item.quantity == 0 {
         return Err(reject(
@@ -454,21 +525,123 @@ fn check_line(item: &LineItem, field: &str) -> Result<(), Rejection> {
             "must be at least 1",
         ));
     }
-    if item.unit_price_minor < 0 {
+    if item.quantity > MAX_QUANTITY {
         return Err(reject(
-            format!("{field}.unit_price_minor"),
+            format!("{field}.quantity"),
             RejectionCode::InvalidAmount,
-            "must not be negative",
+            format!("must be at most {MAX_QUANTITY}"),
         ));
     }
-    if item.discount_minor < 0 || item.amount_minor() < 0 {
+    check_amount(item.unit_price_minor, &format!("{field}.unit_price_minor"))?;
+    let discount = format!("{field}.discount_minor");
+    check_amount(item.discount_minor, &discount)?;
+    let amount = item.exact_amount_minor();
+    if amount < 0 {
         return Err(reject(
-            format!("{field}.discount_minor"),
+            discount,
             RejectionCode::InvalidAmount,
             "must be between 0 and the line's price",
         ));
     }
+    if amount > i128::from(MAX_AMOUNT_MINOR) {
+        return Err(reject(
+            field,
+            RejectionCode::InvalidAmount,
+            format!(
+                "the line's amount (quantity times unit price less discount) is {amount}, \
+                 more than 10^13 ({MAX_AMOUNT_MINOR}) minor units"
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// The JSON type of `value`, for a person to read.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A text trait: absent when missing or null, refused naming `traits.<name>` when not text.
+fn text_trait(traits: &mut Map<String, Value>, name: &str) -> Result<Option<String>, Rejection> {
+    match traits.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(other) => Err(reject(
+            format!("traits.{name}"),
+            RejectionCode::Malformed,
+            format!("must be text, not {}", json_type(&other)),
+        )),
+    }
+}
+
+/// A calendar date written `YYYY-MM-DD`, or what is wrong with it.
+fn parse_date(text: &str) -> Result<NaiveDate, String> {
+    if let Ok(date) = text.parse::<NaiveDate>() {
+        return Ok(date);
+    }
+    let numbers: Vec<Option<u32>> = text.split('-').map(|part| part.parse().ok()).collect();
+    let [Some(year), Some(month), Some(day)] = numbers.as_slice() else {
+        return Err(format!("{text:?} is not a date written YYYY-MM-DD"));
+    };
+    if !(1..=12).contains(month) {
+        return Err(format!("month {month} is not a month (1 to 12)"));
+    }
+    let days = i32::try_from(*year)
+        .ok()
+        .and_then(|y| NaiveDate::from_ymd_opt(y, *month, 1))
+        .and_then(|first| first.checked_add_months(chrono::Months::new(1)))
+        .and_then(|next| next.pred_opt())
+        .map(|last| last.day());
+    match days {
+        Some(days) if !(1..=days).contains(day) => Err(format!(
+            "day {day} is not a day of {year:04}-{month:02}, which has {days} days"
+        )),
+        _ => Err(format!("{text:?} is not a date written YYYY-MM-DD")),
+    }
+}
+
+/// The traits of a `traits_updated` record, each typed trait checked on its own so that a
+/// refusal names it (`traits.birthday`).
+fn parse_traits(value: Value) -> Result<Traits, Rejection> {
+    let Value::Object(mut traits) = value else {
+        return Err(reject(
+            "traits",
+            RejectionCode::Malformed,
+            format!("must be an object, not {}", json_type(&value)),
+        ));
+    };
+    let birthday = match traits.remove("birthday") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(
+            parse_date(&text)
+                .map_err(|reason| reject("traits.birthday", RejectionCode::InvalidTime, reason))?,
+        ),
+        Some(other) => {
+            return Err(reject(
+                "traits.birthday",
+                RejectionCode::Malformed,
+                format!(
+                    "must be a date written YYYY-MM-DD, not {}",
+                    json_type(&other)
+                ),
+            ))
+        }
+    };
+    Ok(Traits {
+        name: text_trait(&mut traits, "name")?,
+        gender: text_trait(&mut traits, "gender")?,
+        birthday,
+        city: text_trait(&mut traits, "city")?,
+        province: text_trait(&mut traits, "province")?,
+        other: traits.into_iter().collect(),
+    })
 }
 
 fn parse_action(event_type: &str, fields: &mut Map<String, Value>) -> Result<Action, Rejection> {
@@ -505,16 +678,27 @@ fn parse_action(event_type: &str, fields: &mut Map<String, Value>) -> Result<Act
             for (i, item) in items.iter().enumerate() {
                 check_line(item, &format!("items[{i}]"))?;
             }
-            let sum: i64 = items.iter().map(LineItem::amount_minor).sum();
-            let total_minor = take_opt::<i64>(fields, "total_minor")?.unwrap_or(sum);
-            if total_minor < 0 {
+            // Exact: each line is at most 10^13, so no count of lines overflows an i128.
+            let sum: i128 = items.iter().map(LineItem::exact_amount_minor).sum();
+            if sum > i128::from(MAX_AMOUNT_MINOR) {
                 return Err(reject(
-                    "total_minor",
+                    "items",
                     RejectionCode::InvalidAmount,
-                    "must not be negative",
+                    format!(
+                        "the lines add up to {sum}, more than 10^13 ({MAX_AMOUNT_MINOR}) minor \
+                         units"
+                    ),
                 ));
             }
-            if total_minor != sum {
+            let total_minor = take_opt::<i64>(fields, "total_minor")?;
+            if let Some(total) = total_minor {
+                check_amount(total, "total_minor")?;
+            }
+            let total_minor = match total_minor {
+                Some(total) => total,
+                None => i64::try_from(sum).map_err(|_| too_large("items"))?,
+            };
+            if i128::from(total_minor) != sum {
                 return Err(reject(
                     "total_minor",
                     RejectionCode::InvalidAmount,
@@ -540,6 +724,7 @@ fn parse_action(event_type: &str, fields: &mut Map<String, Value>) -> Result<Act
                     "must be positive",
                 ));
             }
+            check_amount(minor, "amount_minor")?;
             Action::OrderRefunded(Refund {
                 order_id,
                 amount: Money { minor, currency },
@@ -560,7 +745,12 @@ fn parse_action(event_type: &str, fields: &mut Map<String, Value>) -> Result<Act
         "partner_referral" => Action::PartnerReferral {
             partner: take(fields, "partner")?,
         },
-        "traits_updated" => Action::TraitsUpdated(take(fields, "traits")?),
+        "traits_updated" => {
+            let traits = fields
+                .remove("traits")
+                .ok_or_else(|| reject("traits", RejectionCode::MissingField, "is required"))?;
+            Action::TraitsUpdated(parse_traits(traits)?)
+        }
         "consent_changed" => Action::ConsentChanged {
             purpose: take(fields, "purpose")?,
             granted: take(fields, "granted")?,
@@ -579,12 +769,12 @@ fn parse_action(event_type: &str, fields: &mut Map<String, Value>) -> Result<Act
 }
 
 impl RawTouchpoint {
-    /// Checks every field and normalizes identifiers under `rules`; `now` bounds `occurred_at`.
-    /// Consumes the record: its fields move into the touchpoint.
+    /// Checks every field and normalizes identifiers under `rules`; `times` bounds
+    /// `occurred_at`. Consumes the record: its fields move into the touchpoint.
     pub fn validate(
         self,
         rules: &IdentityRules,
-        now: DateTime<Utc>,
+        times: TimeBounds,
     ) -> Result<Touchpoint, Rejection> {
         let event_id = required(&self.event_id, "event_id")?;
         let event_id = Uuid::parse_str(event_id)
@@ -617,11 +807,23 @@ impl RawTouchpoint {
                 )
             })?
             .with_timezone(&Utc);
-        if occurred_at > now + MAX_FUTURE_SKEW {
+        if occurred_at > times.now + MAX_FUTURE_SKEW {
             return Err(reject(
                 "occurred_at",
                 RejectionCode::InvalidTime,
                 format!("{occurred} is in the future"),
+            ));
+        }
+        if occurred_at < times.earliest {
+            return Err(reject(
+                "occurred_at",
+                RejectionCode::InvalidTime,
+                format!(
+                    "{occurred} is before {}, the earliest time accepted",
+                    times
+                        .earliest
+                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                ),
             ));
         }
         let mut identifiers = Vec::new();
@@ -713,14 +915,14 @@ mod tests {
 
     fn rejection(value: Value) -> Rejection {
         raw(value)
-            .validate(&IdentityRules::default(), now())
+            .validate(&IdentityRules::default(), TimeBounds::at(now()))
             .unwrap_err()
     }
 
     #[test]
     fn a_store_order_is_validated_and_normalized() {
         let t = raw(order())
-            .validate(&IdentityRules::default(), now())
+            .validate(&IdentityRules::default(), TimeBounds::at(now()))
             .unwrap();
         assert_eq!(t.channel, Channel::Store);
         assert_eq!(t.occurred_at.to_rfc3339(), "2026-03-08T01:30:15+00:00");
@@ -844,7 +1046,7 @@ mod tests {
         obj.insert("purpose".into(), json!("marketing_sms"));
         obj.insert("granted".into(), json!(false));
         let t = raw(value.clone())
-            .validate(&IdentityRules::default(), now())
+            .validate(&IdentityRules::default(), TimeBounds::at(now()))
             .unwrap();
         assert_eq!(
             t.action,
@@ -863,12 +1065,247 @@ mod tests {
             json!({"name": "李娜", "birthday": "1990-05-01", "city": "Shanghai", "vip": true}),
         );
         let t = raw(value)
-            .validate(&IdentityRules::default(), now())
+            .validate(&IdentityRules::default(), TimeBounds::at(now()))
             .unwrap();
         let Action::TraitsUpdated(traits) = t.action else {
             panic!()
         };
         assert_eq!(traits.birthday, NaiveDate::from_ymd_opt(1990, 5, 1));
         assert_eq!(traits.other.get("vip"), Some(&json!(true)));
+    }
+
+    fn traits_record(traits: Value) -> Value {
+        json!({
+            "event_id": "0192f0c4-7c1e-7a33-9d5e-1b2c3d4e5f60",
+            "type": "traits_updated",
+            "channel": "membership_desk",
+            "source": "crm",
+            "occurred_at": "2026-03-08T09:30:15+08:00",
+            "identifiers": {"phone": "139 1234 0001"},
+            "traits": traits,
+        })
+    }
+
+    #[test]
+    fn amounts_beyond_their_bounds_are_refused_naming_field_and_bound() {
+        // The review's record: 4 x 4611686018427387909 wrapped to a total of 20.
+        let mut value = order();
+        value["items"] =
+            json!([{"sku": "X", "quantity": 4, "unit_price_minor": 4_611_686_018_427_387_909_i64}]);
+        value["total_minor"] = json!(20);
+        let r = rejection(value);
+        assert_eq!(
+            (r.field.as_str(), r.code),
+            ("items[0].unit_price_minor", RejectionCode::InvalidAmount)
+        );
+        assert!(r.reason.contains("10^13"), "{r}");
+
+        type Change = Box<dyn Fn(&mut Value)>;
+        let bound = MAX_AMOUNT_MINOR;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(move |v| v["items"][1]["unit_price_minor"] = json!(bound + 1)),
+                "items[1].unit_price_minor",
+            ),
+            (
+                Box::new(move |v| v["items"][1]["discount_minor"] = json!(bound + 1)),
+                "items[1].discount_minor",
+            ),
+            (
+                Box::new(|v| v["items"][1]["quantity"] = json!(MAX_QUANTITY + 1)),
+                "items[1].quantity",
+            ),
+            (
+                // Each part within its bound, the line's amount beyond it.
+                Box::new(move |v| {
+                    v["items"][1] = json!({"sku": "X", "quantity": 2, "unit_price_minor": bound});
+                }),
+                "items[1]",
+            ),
+            (
+                // Each line within the bound, their sum beyond it.
+                Box::new(move |v| {
+                    let line = json!({"sku": "X", "quantity": 1, "unit_price_minor": bound});
+                    v["items"] = json!([line.clone(), line]);
+                }),
+                "items",
+            ),
+            (
+                Box::new(move |v| v["total_minor"] = json!(bound + 1)),
+                "total_minor",
+            ),
+            (Box::new(|v| v["total_minor"] = json!(-1)), "total_minor"),
+        ];
+        for (change, field) in cases {
+            let mut value = order();
+            change(&mut value);
+            let r = rejection(value);
+            assert_eq!(
+                (r.field.as_str(), r.code),
+                (field, RejectionCode::InvalidAmount),
+                "{r}"
+            );
+        }
+
+        // At the bound: accepted.
+        let mut value = order();
+        value["items"] = json!([{"sku": "X", "quantity": 1, "unit_price_minor": bound}]);
+        let t = raw(value)
+            .validate(&IdentityRules::default(), TimeBounds::at(now()))
+            .unwrap();
+        let Action::OrderPlaced(placed) = t.action else {
+            panic!("{:?}", t.action)
+        };
+        assert_eq!(placed.total_minor, bound);
+
+        // A refund beyond the bound.
+        let mut value = order();
+        let obj = value.as_object_mut().unwrap();
+        obj.remove("items");
+        obj.insert("type".into(), json!("order_refunded"));
+        obj.insert("amount_minor".into(), json!(bound + 1));
+        let r = rejection(value);
+        assert_eq!(
+            (r.field.as_str(), r.code),
+            ("amount_minor", RejectionCode::InvalidAmount)
+        );
+    }
+
+    #[test]
+    fn times_before_the_earliest_are_refused_naming_the_bound() {
+        let mut value = order();
+        value["occurred_at"] = json!("1989-12-31T23:59:59Z");
+        let r = rejection(value);
+        assert_eq!(
+            (r.field.as_str(), r.code),
+            ("occurred_at", RejectionCode::InvalidTime)
+        );
+        assert!(r.reason.contains("1990-01-01T00:00:00Z"), "{r}");
+
+        let mut value = order();
+        value["occurred_at"] = json!("1990-01-01T08:00:00+08:00");
+        assert!(raw(value)
+            .validate(&IdentityRules::default(), TimeBounds::at(now()))
+            .is_ok());
+
+        // A configured bound.
+        let earliest = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let times = TimeBounds {
+            earliest,
+            now: now(),
+        };
+        let r = raw(order())
+            .validate(
+                &IdentityRules::default(),
+                TimeBounds {
+                    earliest: earliest + TimeDelta::days(90),
+                    ..times
+                },
+            )
+            .unwrap_err();
+        assert!(r.reason.contains("2026-04-01T00:00:00Z"), "{r}");
+        let mut value = order();
+        value["occurred_at"] = json!("2026-01-01T00:00:00Z");
+        assert!(raw(value)
+            .validate(&IdentityRules::default(), times)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_bad_trait_is_named_with_its_problem() {
+        let cases = [
+            (
+                json!({"birthday": "1993-18-19"}),
+                "traits.birthday",
+                RejectionCode::InvalidTime,
+                "month 18",
+            ),
+            (
+                json!({"birthday": "1993-04-31"}),
+                "traits.birthday",
+                RejectionCode::InvalidTime,
+                "day 31",
+            ),
+            (
+                json!({"birthday": "1993-02-29"}),
+                "traits.birthday",
+                RejectionCode::InvalidTime,
+                "28 days",
+            ),
+            (
+                json!({"birthday": "May 1st"}),
+                "traits.birthday",
+                RejectionCode::InvalidTime,
+                "YYYY-MM-DD",
+            ),
+            (
+                json!({"birthday": 19930501}),
+                "traits.birthday",
+                RejectionCode::Malformed,
+                "a number",
+            ),
+            (
+                json!({"name": ["Li", "Na"]}),
+                "traits.name",
+                RejectionCode::Malformed,
+                "a list",
+            ),
+            (
+                json!({"gender": true}),
+                "traits.gender",
+                RejectionCode::Malformed,
+                "a boolean",
+            ),
+            (
+                json!({"city": {"en": "Shanghai"}}),
+                "traits.city",
+                RejectionCode::Malformed,
+                "an object",
+            ),
+            (
+                json!({"province": 31}),
+                "traits.province",
+                RejectionCode::Malformed,
+                "a number",
+            ),
+            (
+                json!("vip"),
+                "traits",
+                RejectionCode::Malformed,
+                "an object",
+            ),
+        ];
+        for (traits, field, code, says) in cases {
+            let r = rejection(traits_record(traits.clone()));
+            assert_eq!((r.field.as_str(), r.code), (field, code), "{traits}: {r}");
+            assert!(r.reason.contains(says), "{traits}: {r}");
+        }
+
+        // Valid ones, a leap day and nulls included, still read; other traits are kept.
+        let record = traits_record(json!({
+            "birthday": "1992-02-29", "name": "李娜", "gender": null, "city": "Shanghai",
+            "province": "Shanghai", "vip": true
+        }));
+        let t = raw(record)
+            .validate(&IdentityRules::default(), TimeBounds::at(now()))
+            .unwrap();
+        let Action::TraitsUpdated(traits) = t.action else {
+            panic!("{:?}", t.action)
+        };
+        assert_eq!(traits.birthday, NaiveDate::from_ymd_opt(1992, 2, 29));
+        assert_eq!(traits.gender, None);
+        assert_eq!(traits.city.as_deref(), Some("Shanghai"));
+        assert_eq!(traits.other.get("vip"), Some(&json!(true)));
+        let missing = rejection(json!({
+            "event_id": "0192f0c4-7c1e-7a33-9d5e-1b2c3d4e5f60", "type": "traits_updated",
+            "channel": "web", "source": "s", "occurred_at": "2026-03-08T09:30:15Z",
+            "identifiers": {"phone": "139 1234 0001"}
+        }));
+        assert_eq!(
+            (missing.field.as_str(), missing.code),
+            ("traits", RejectionCode::MissingField)
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use async_graphql::{Context, Enum, InputObject, Object, Result, SimpleObject, ID};
 use chrono::{DateTime, NaiveDate, Utc};
-use patron_projections::analytics::cohort::{CohortTable, Period};
+use patron_projections::analytics::cohort::{CohortTable, Period, MAX_COHORT_PERIODS};
 use patron_projections::analytics::funnel::FunnelAsk;
 use patron_projections::analytics::report::AssociationAsk;
 
@@ -445,16 +445,27 @@ pub struct Analytics;
 #[Object]
 impl Analytics {
     /// Retention by cohort of first purchase: the share of each cohort buying in each later
-    /// period, up to now.
+    /// period, up to now, for the cohorts of the last `periods` periods (1 to 120; the
+    /// cohorts that began earlier are left out).
     async fn cohorts(
         &self,
         ctx: &Context<'_>,
         #[graphql(default_with = "CohortPeriod::Month")] period: CohortPeriod,
         #[graphql(default = false)] by_channel: bool,
+        #[graphql(default = 120)] periods: i32,
     ) -> Result<Vec<Cohort>> {
         require(ctx, Role::Analyst)?;
+        let periods = u32::try_from(periods)
+            .ok()
+            .filter(|n| (1..=MAX_COHORT_PERIODS).contains(n))
+            .ok_or_else(|| {
+                api_error(
+                    codes::INVALID_ARGUMENT,
+                    format!("`periods` must be 1 to {MAX_COHORT_PERIODS}, not {periods}"),
+                )
+            })?;
         let table = backend(ctx)?
-            .cohorts(period.into(), by_channel)
+            .cohorts(period.into(), by_channel, periods)
             .await
             .map_err(backend_error)?;
         Ok(cohorts_of(table))

@@ -487,8 +487,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn revoke_key(&self, id: Uuid) -> BackendResult<bool>;
     /// API keys, revoked ones included.
     async fn keys(&self) -> BackendResult<Vec<ApiKey>>;
-    /// Retention by cohort of first purchase, up to now.
-    async fn cohorts(&self, period: Period, by_channel: bool) -> BackendResult<CohortTable>;
+    /// Retention by cohort of first purchase, of the cohorts of the last `periods` periods up
+    /// to now.
+    async fn cohorts(
+        &self,
+        period: Period,
+        by_channel: bool,
+        periods: u32,
+    ) -> BackendResult<CohortTable>;
     /// Customers through a funnel's steps.
     async fn funnel(&self, ask: FunnelAsk) -> BackendResult<Vec<StepFigures>>;
     /// The most common paths to a first purchase.

@@ -61,9 +61,9 @@ pub struct Profile {
     pub orders: u64,
     /// Orders with a discount on at least one line.
     pub discounted_orders: u64,
-    /// Order totals per currency.
+    /// Order totals per currency (saturating at `i64::MAX`, never wrapping).
     pub revenue: Amounts,
-    /// Refunds per currency.
+    /// Refunds per currency (saturating likewise).
     pub refunded: Amounts,
     /// The first order's time.
     pub first_order_at: Option<DateTime<Utc>>,
@@ -111,11 +111,11 @@ fn set_trait(traits: &mut BTreeMap<String, TraitValue>, name: &str, value: Trait
 fn bump(days: &mut Vec<(i64, u32)>, day: i64, n: u32) {
     // Touchpoints mostly arrive in time order: look at the end first.
     match days.last_mut() {
-        Some((last, count)) if *last == day => *count += n,
+        Some((last, count)) if *last == day => *count = count.saturating_add(n),
         Some((last, _)) if *last < day => days.push((day, n)),
         None => days.push((day, n)),
         _ => match days.binary_search_by_key(&day, |(d, _)| *d) {
-            Ok(i) => days[i].1 += n,
+            Ok(i) => days[i].1 = days[i].1.saturating_add(n),
             Err(i) => days.insert(i, (day, n)),
         },
     }
@@ -186,9 +186,18 @@ fn latest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime
     }
 }
 
+/// Adds `amount` to the money kept under `key`, saturating: validated amounts are at most
+/// [`MAX_AMOUNT_MINOR`](patron_domain::touchpoint::MAX_AMOUNT_MINOR) each, so a sum reaches
+/// `i64::MAX` only after some 922,000 of the largest orders; it then stays there instead of
+/// wrapping to a negative figure.
+fn add_money<K: Ord>(into: &mut BTreeMap<K, i64>, key: K, amount: i64) {
+    let sum = into.entry(key).or_default();
+    *sum = sum.saturating_add(amount);
+}
+
 fn add_all<K: Ord + Clone>(into: &mut BTreeMap<K, i64>, from: &BTreeMap<K, i64>) {
     for (k, v) in from {
-        *into.entry(k.clone()).or_default() += v;
+        add_money(into, k.clone(), *v);
     }
 }
 
@@ -222,14 +231,17 @@ impl Profile {
                     return Ok(());
                 };
                 self.orders += 1;
-                *self.revenue.entry(currency.clone()).or_default() += total_minor;
+                add_money(&mut self.revenue, currency.clone(), total_minor);
                 if action.items.iter().any(|i| i.discount_minor > 0) {
                     self.discounted_orders += 1;
                 }
                 for item in &action.items {
                     if let Some(category) = &item.category {
-                        *self.category_spend.entry(category.clone()).or_default() +=
-                            item.amount_minor();
+                        add_money(
+                            &mut self.category_spend,
+                            category.clone(),
+                            item.amount_minor(),
+                        );
                     }
                 }
                 self.first_order_at = earliest(self.first_order_at, Some(at));
@@ -244,7 +256,7 @@ impl Profile {
             }
             ORDER_REFUNDED => {
                 if let Some(amount) = action.amount {
-                    *self.refunded.entry(amount.currency).or_default() += amount.minor;
+                    add_money(&mut self.refunded, amount.currency, amount.minor);
                 }
             }
             CONSENT_CHANGED => {

@@ -34,12 +34,13 @@ pub fn activity(
 ) -> Option<Activity> {
     let since = as_of - Duration::days(window_days);
     let mut frequency = 0;
-    let mut monetary_minor = 0;
+    let mut monetary_minor: i64 = 0;
     let mut last = None;
     for order in &profile.order_log {
         if order.currency == currency && order.at > since && order.at <= as_of {
             frequency += 1;
-            monetary_minor += order.total_minor;
+            // Saturating: see `Profile::revenue`; a wrapped sum would read as a negative spend.
+            monetary_minor = monetary_minor.saturating_add(order.total_minor);
             last = Some(order.at);
         }
     }

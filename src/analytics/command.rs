@@ -44,6 +44,9 @@ pub enum AnalyticsCommand {
         /// Split each cohort by the channel of the first order.
         #[arg(long)]
         by_channel: bool,
+        /// The cohorts of this many periods up to the end (1 to 120).
+        #[arg(long, default_value_t = patron_projections::analytics::cohort::DEFAULT_COHORT_PERIODS)]
+        periods: u32,
         /// Observe up to this time (RFC 3339); default now.
         #[arg(long)]
         end: Option<DateTime<FixedOffset>>,
@@ -205,11 +208,12 @@ pub async fn run(
         AnalyticsCommand::Cohorts {
             period,
             by_channel,
+            periods,
             end,
         } => {
             let period = period_of(*period);
             let end = end.map_or_else(Utc::now, |t| t.to_utc());
-            let table = analyst.cohorts(&activity, period, *by_channel, end);
+            let table = analyst.cohorts(&activity, period, *by_channel, *periods, end)?;
             if output.csv {
                 csv::cohorts(&table, stdout.lock())?;
             } else {

@@ -521,15 +521,29 @@ impl Analyst {
             .collect())
     }
 
-    /// The retention table by period of first purchase, up to `end`.
+    /// The retention table by period of first purchase, of the cohorts of the last `periods`
+    /// periods up to `end` (1 to [`cohort::MAX_COHORT_PERIODS`]).
     pub fn cohorts(
         &self,
         activity: &Activity,
         period: Period,
         by_channel: bool,
+        periods: u32,
         end: DateTime<Utc>,
-    ) -> CohortTable {
-        cohort::cohorts(activity, period, by_channel, end.timestamp())
+    ) -> Result<CohortTable, AnalyticsError> {
+        if !(1..=cohort::MAX_COHORT_PERIODS).contains(&periods) {
+            return Err(invalid(
+                "periods",
+                format!("must be 1 to {}, not {periods}", cohort::MAX_COHORT_PERIODS),
+            ));
+        }
+        Ok(cohort::cohorts(
+            activity,
+            period,
+            by_channel,
+            periods,
+            end.timestamp(),
+        ))
     }
 
     /// Conversion through the asked steps (of the asked segment's current members).

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use chrono::Utc;
 use patron_domain::identity::IdentityRules;
-use patron_projections::analytics::cohort::Period;
+use patron_projections::analytics::cohort::{Period, MAX_COHORT_PERIODS};
 use patron_projections::analytics::funnel::FunnelAsk;
 use serde::Serialize;
 
@@ -114,7 +114,7 @@ pub async fn run_analytics_bench(
     timings.push(time(
         runs,
         "cohort table (month)",
-        || Ok(analyst.cohorts(&activity, Period::Month, false, now)),
+        || Ok(analyst.cohorts(&activity, Period::Month, false, MAX_COHORT_PERIODS, now)?),
         |t| format!("{} cohorts", t.rows.len()),
     )?);
     let funnel = FunnelAsk {

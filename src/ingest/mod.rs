@@ -27,7 +27,9 @@ use patron_domain::identifier::Identifier;
 use patron_domain::identity::{IdentityRules, IdentityView, Resolver};
 use patron_domain::privacy::{seal_members, CustomerKey, MasterKey};
 use patron_domain::pseudonym::Pseudonymizer;
-use patron_domain::touchpoint::{RawTouchpoint, Rejection, RejectionCode, Touchpoint};
+use patron_domain::touchpoint::{
+    default_earliest_time, RawTouchpoint, Rejection, RejectionCode, TimeBounds, Touchpoint,
+};
 use patron_domain::{
     EventId, ExpectedVersion, Metadata, NewEvent, Position, StreamAppend, StreamId,
 };
@@ -137,6 +139,8 @@ pub struct Ingestor {
     pseudonymizer: Pseudonymizer,
     master: MasterKey,
     actor: String,
+    /// The earliest `occurred_at` accepted.
+    earliest: DateTime<Utc>,
 }
 
 impl std::fmt::Debug for Ingestor {
@@ -351,6 +355,7 @@ impl Ingestor {
             pseudonymizer,
             master,
             actor: "ingestion".into(),
+            earliest: default_earliest_time(),
         }
     }
 
@@ -409,6 +414,14 @@ impl Ingestor {
         self
     }
 
+    /// Refuses touchpoints that happened before `earliest` (by default
+    /// [`DEFAULT_EARLIEST_TIME`](patron_domain::touchpoint::DEFAULT_EARLIEST_TIME),
+    /// 1990-01-01T00:00:00Z).
+    pub fn with_earliest_time(mut self, earliest: DateTime<Utc>) -> Self {
+        self.earliest = earliest;
+        self
+    }
+
     /// The rules in force.
     pub fn rules(&self) -> &IdentityRules {
         &self.rules
@@ -457,6 +470,10 @@ impl Ingestor {
     /// Validates and pseudonymizes a batch: the part of ingestion that needs no database.
     pub fn prepare(&self, records: Vec<Incoming>) -> PreparedBatch {
         let now = Utc::now();
+        let times = TimeBounds {
+            earliest: self.earliest,
+            now,
+        };
         let correlation = Uuid::now_v7();
         let mut received = Vec::with_capacity(records.len());
         let parsed = records
@@ -467,7 +484,7 @@ impl Ingestor {
                     Err(rejection) => Parsed::Rejected(rejection, None),
                     Ok(raw) => {
                         let source = raw.source.clone();
-                        match raw.validate(&self.rules, now) {
+                        match raw.validate(&self.rules, times) {
                             Ok(t) => self.ready(t, correlation),
                             Err(rejection) => Parsed::Rejected(rejection, source),
                         }

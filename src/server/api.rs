@@ -417,11 +417,16 @@ impl Backend for StoreBackend {
         self.store.delete_segment(name).await.map_err(store_error)
     }
 
-    async fn cohorts(&self, period: Period, by_channel: bool) -> BackendResult<CohortTable> {
+    async fn cohorts(
+        &self,
+        period: Period,
+        by_channel: bool,
+        periods: u32,
+    ) -> BackendResult<CohortTable> {
         let activity = self.activity.read().await.map_err(analytics_error)?;
-        Ok(self
-            .analyst
-            .cohorts(&activity, period, by_channel, Utc::now()))
+        self.analyst
+            .cohorts(&activity, period, by_channel, periods, Utc::now())
+            .map_err(analytics_error)
     }
 
     async fn funnel(&self, ask: FunnelAsk) -> BackendResult<Vec<StepFigures>> {

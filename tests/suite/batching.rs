@@ -176,8 +176,13 @@ impl Backend for Counting {
     async fn keys(&self) -> BackendResult<Vec<ApiKey>> {
         self.inner.keys().await
     }
-    async fn cohorts(&self, period: Period, by_channel: bool) -> BackendResult<CohortTable> {
-        self.inner.cohorts(period, by_channel).await
+    async fn cohorts(
+        &self,
+        period: Period,
+        by_channel: bool,
+        periods: u32,
+    ) -> BackendResult<CohortTable> {
+        self.inner.cohorts(period, by_channel, periods).await
     }
     async fn funnel(&self, ask: FunnelAsk) -> BackendResult<Vec<StepFigures>> {
         self.inner.funnel(ask).await

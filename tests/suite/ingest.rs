@@ -9,6 +9,7 @@ use patron_domain::events::{CustomerMerged, CustomerMergedInto, TouchpointRecord
 use patron_domain::identity::{IdentityRules, SkipReason};
 use patron_domain::touchpoint::RejectionCode;
 use patron_domain::RecordedEvent;
+use patron_projections::analytics::cohort::Period;
 use serde_json::{json, Value};
 
 use crate::helpers::TestStore;
@@ -383,6 +384,145 @@ async fn refused_records_are_quarantined_and_the_rest_stored(t: &TestStore) {
     assert!(matches!(report.records[2], RecordOutcome::Accepted { .. }));
 }
 
+/// The rejection of a record that was refused, or a panic naming what it got.
+fn refusal(outcome: &RecordOutcome) -> (&str, RejectionCode, &str) {
+    match outcome {
+        RecordOutcome::Rejected { rejection, .. } => (
+            rejection.field.as_str(),
+            rejection.code,
+            rejection.reason.as_str(),
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn amounts_beyond_their_bound_old_times_and_bad_traits_are_refused_naming_the_field(
+    t: &TestStore,
+) {
+    let ing = ingestor(t);
+    let phone = json!({"phone": "139 1234 0001"});
+    // The review's record: 4 x 4611686018427387909, once accepted with a total of 20.
+    let mut wrapping = record("order_placed", "store", phone.clone());
+    wrapping["items"] =
+        json!([{"sku": "SKU-1", "quantity": 4, "unit_price_minor": 4_611_686_018_427_387_909_i64}]);
+    let mut ancient = record("store_visited", "store", phone.clone());
+    ancient["occurred_at"] = json!("1989-12-31T23:59:59Z");
+    let mut earliest = record("store_visited", "store", phone.clone());
+    earliest["occurred_at"] = json!("1990-01-01T00:00:00Z");
+    let mut birthday = record("traits_updated", "membership_desk", phone.clone());
+    birthday["traits"] = json!({"birthday": "1993-18-19", "city": "Shanghai"});
+    let mut order = record("order_placed", "store", phone.clone());
+    order["items"] =
+        json!([{"sku": "SKU-1", "quantity": 1, "unit_price_minor": 10_000_000_000_000_i64}]);
+    let records = [wrapping, ancient, earliest, birthday, order];
+    let answers = ingest(&ing, &records).await;
+
+    let (field, code, reason) = refusal(&answers[0]);
+    assert_eq!(
+        (field, code),
+        ("items[0].unit_price_minor", RejectionCode::InvalidAmount)
+    );
+    assert!(reason.contains("10^13"), "{reason}");
+    let (field, code, reason) = refusal(&answers[1]);
+    assert_eq!((field, code), ("occurred_at", RejectionCode::InvalidTime));
+    assert!(reason.contains("1990-01-01T00:00:00Z"), "{reason}");
+    assert!(
+        matches!(answers[2], RecordOutcome::Accepted { .. }),
+        "{:?}",
+        answers[2]
+    );
+    let (field, code, reason) = refusal(&answers[3]);
+    assert_eq!(
+        (field, code),
+        ("traits.birthday", RejectionCode::InvalidTime)
+    );
+    assert!(reason.contains("month 18"), "{reason}");
+    assert!(
+        matches!(answers[4], RecordOutcome::Accepted { .. }),
+        "{:?}",
+        answers[4]
+    );
+
+    // The refusals are kept in the quarantine, naming the field.
+    let kept = t.store.quarantined(0, 10).await.unwrap();
+    let fields: Vec<&str> = kept.iter().map(|q| q.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        vec![
+            "items[0].unit_price_minor",
+            "occurred_at",
+            "traits.birthday"
+        ]
+    );
+
+    // The earliest time is a setting.
+    let later = ingestor(t).with_earliest_time("2000-01-01T00:00:00Z".parse().unwrap());
+    let mut nineties = record("store_visited", "store", phone.clone());
+    nineties["occurred_at"] = json!("1999-12-31T23:59:59Z");
+    let mut millennium = record("store_visited", "store", phone);
+    millennium["occurred_at"] = json!("2000-01-01T00:00:00Z");
+    let answers = ingest(&later, &[nineties, millennium]).await;
+    let (field, _, reason) = refusal(&answers[0]);
+    assert_eq!(field, "occurred_at");
+    assert!(reason.contains("2000-01-01T00:00:00Z"), "{reason}");
+    assert!(
+        matches!(answers[1], RecordOutcome::Accepted { .. }),
+        "{:?}",
+        answers[1]
+    );
+}
+
+async fn old_data_in_the_store_does_not_widen_a_cohort_table(t: &TestStore) {
+    // Orders in the years 10 to 29 stored under an earliest time configured far back, and one
+    // of each of those customers now.
+    let ing = ingestor(t).with_earliest_time("0001-01-01T00:00:00Z".parse().unwrap());
+    let now = chrono::Utc::now();
+    let mut records = Vec::new();
+    for year in 10..30 {
+        let phone = json!({"phone": format!("1391234{year:04}")});
+        let mut old = record("order_placed", "web", phone.clone());
+        old["occurred_at"] = json!(format!("{year:04}-06-01T12:00:00Z"));
+        records.push(old);
+        let mut recent = record("order_placed", "web", phone);
+        recent["occurred_at"] = json!((now - chrono::TimeDelta::days(3)).to_rfc3339());
+        records.push(recent);
+    }
+    let mut newcomer = record("order_placed", "web", json!({"phone": "139 1234 9999"}));
+    newcomer["occurred_at"] = json!((now - chrono::TimeDelta::days(2)).to_rfc3339());
+    records.push(newcomer);
+    let answers = ingest(&ing, &records).await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, RecordOutcome::Accepted { .. })),
+        "{answers:?}"
+    );
+    let activity = patron::analytics::load_activity(&t.store, |_, _| {})
+        .await
+        .unwrap();
+    let analyst = patron::analytics::Analyst::new(t.store.clone(), &IdentityRules::default());
+    for periods in [1, 12, 120] {
+        let table = analyst
+            .cohorts(&activity, Period::Week, true, periods, now)
+            .unwrap();
+        assert!(table.rows.len() <= periods as usize, "{periods}: {table:?}");
+        assert!(
+            table
+                .rows
+                .iter()
+                .all(|r| r.buying.len() <= periods as usize),
+            "{periods}: {table:?}"
+        );
+        // The customers whose first order is centuries old are in no cohort shown.
+        assert_eq!(table.rows.iter().map(|r| r.customers).sum::<u64>(), 1);
+    }
+    let refused = analyst
+        .cohorts(&activity, Period::Week, false, 121, now)
+        .unwrap_err();
+    assert_eq!(refused.code(), "INVALID_ARGUMENT");
+    assert!(refused.to_string().contains("periods"), "{refused}");
+}
+
 async fn parallel_batches_merging_the_same_customers_lose_nothing(t: &TestStore) {
     let ing = ingestor(t);
     // Ten customers known by phone; then four writers each tie all ten together by email,
@@ -677,4 +817,6 @@ crate::on_both_stores!(
     batches_committed_together_are_each_answered_as_their_own,
     concurrent_callers_of_a_commit_queue_get_their_own_answers,
     a_failed_grouped_commit_fails_its_callers_and_stores_nothing,
+    amounts_beyond_their_bound_old_times_and_bad_traits_are_refused_naming_the_field,
+    old_data_in_the_store_does_not_widen_a_cohort_table,
 );

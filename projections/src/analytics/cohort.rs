@@ -6,6 +6,10 @@
 //! customers with at least one order in period k, divided by the cohort's size, so period 0 is
 //! always 1. Periods after the end of observation are left out; the last one shown may be only
 //! partly observed. With `by_channel`, each cohort is split by the channel of the first order.
+//!
+//! The table covers the last `periods` periods up to the end of observation: cohorts that began
+//! earlier are left out, so the table holds at most `periods` cohorts (per channel) of at most
+//! `periods` figures each, however old the data.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +17,13 @@ use chrono::{Datelike, NaiveDate};
 use serde::Serialize;
 
 use super::activity::{time_of, Activity};
+
+/// The most periods a table may cover: 120 months (10 years) or 120 weeks (about 2.3 years).
+/// A table then holds at most 120 cohorts (per channel) of at most 120 figures each.
+pub const MAX_COHORT_PERIODS: u32 = 120;
+
+/// The periods a table covers unless asked otherwise: the most it may.
+pub const DEFAULT_COHORT_PERIODS: u32 = MAX_COHORT_PERIODS;
 
 /// The length of a cohort period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -82,9 +93,17 @@ pub struct CohortTable {
 
 /// Groups live customers with orders before `end` (seconds since 1970-01-01 UTC) into cohorts
 /// by the period of their first order, and counts who bought in each later period up to the one
-/// holding `end`.
-pub fn cohorts(activity: &Activity, period: Period, by_channel: bool, end: i64) -> CohortTable {
+/// holding `end`. Only the cohorts of the last `periods` periods (the one holding `end` and
+/// those before it; 1 to [`MAX_COHORT_PERIODS`], clamped) are kept.
+pub fn cohorts(
+    activity: &Activity,
+    period: Period,
+    by_channel: bool,
+    periods: u32,
+    end: i64,
+) -> CohortTable {
     let last = period.index(end);
+    let first_shown = last - i64::from(periods.clamp(1, MAX_COHORT_PERIODS)) + 1;
     // (cohort period, channel) -> buyers per period offset
     let mut table: BTreeMap<(i64, Option<u8>), (u64, Vec<u64>)> = BTreeMap::new();
     let mut seen: Vec<i64> = Vec::new();
@@ -94,6 +113,9 @@ pub fn cohorts(activity: &Activity, period: Period, by_channel: bool, end: i64) 
             continue;
         };
         let start = period.index(first.at);
+        if start < first_shown {
+            continue;
+        }
         let key = (start, by_channel.then_some(first.channel));
         let width = usize::try_from(last - start + 1).unwrap_or(1);
         let row = table.entry(key).or_insert_with(|| (0, vec![0; width]));
@@ -187,7 +209,7 @@ mod tests {
         // After the end: not counted.
         log.order(c, "web", day(2026, 5, 1), order(100, &["A"]));
         let activity = log.activity();
-        let table = cohorts(&activity, Period::Month, false, day(2026, 4, 15));
+        let table = cohorts(&activity, Period::Month, false, 24, day(2026, 4, 15));
         assert_eq!(table.rows.len(), 2);
         let jan = &table.rows[0];
         assert_eq!(jan.cohort, NaiveDate::from_ymd_opt(2026, 1, 1).unwrap());
@@ -197,7 +219,7 @@ mod tests {
         let feb = &table.rows[1];
         assert_eq!((feb.customers, feb.buying.clone()), (1, vec![1, 1, 0]));
 
-        let by_channel = cohorts(&activity, Period::Month, true, day(2026, 4, 15));
+        let by_channel = cohorts(&activity, Period::Month, true, 24, day(2026, 4, 15));
         let labels: Vec<_> = by_channel
             .rows
             .iter()
@@ -216,9 +238,37 @@ mod tests {
         log.order(a, "web", day(2026, 2, 1), order(100, &["A"]));
         log.order(b, "store", day(2026, 1, 1), order(100, &["A"]));
         log.merge(b, a);
-        let table = cohorts(&log.activity(), Period::Month, false, day(2026, 3, 1));
+        let table = cohorts(&log.activity(), Period::Month, false, 24, day(2026, 3, 1));
         assert_eq!(table.rows.len(), 1);
         assert_eq!(table.rows[0].customers, 1);
         assert_eq!(table.rows[0].buying, vec![1, 1, 0]);
+    }
+
+    #[test]
+    fn old_data_does_not_widen_the_table_beyond_its_periods() {
+        // Orders dated in the years 10 to 29 and one last week: only the last 12 weeks count.
+        let mut log = Log::new();
+        for year in 10..30 {
+            let who = log.customer();
+            let at = NaiveDate::from_ymd_opt(year, 6, 1)
+                .and_then(|d| d.and_hms_opt(12, 0, 0))
+                .map(|t| t.and_utc().timestamp())
+                .unwrap_or_default();
+            log.order(who, "web", at, order(100, &["A"]));
+            log.order(who, "web", day(2026, 11, 20), order(100, &["A"]));
+        }
+        let recent = log.customer();
+        log.order(recent, "app", day(2026, 11, 10), order(100, &["A"]));
+        let activity = log.activity();
+        let end = day(2026, 11, 25);
+        let table = cohorts(&activity, Period::Week, false, 12, end);
+        assert_eq!(table.rows.len(), 1);
+        assert_eq!(table.rows[0].customers, 1);
+        assert!(table.rows.iter().all(|r| r.buying.len() <= 12));
+        // Asked for more than the maximum: clamped.
+        let table = cohorts(&activity, Period::Week, true, u32::MAX, end);
+        let widest = table.rows.iter().map(|r| r.buying.len()).max();
+        assert!(widest <= Some(MAX_COHORT_PERIODS as usize), "{widest:?}");
+        assert!(table.rows.len() <= MAX_COHORT_PERIODS as usize);
     }
 }
