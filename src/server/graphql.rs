@@ -475,7 +475,11 @@ async fn serve_socket<S: futures::Stream<Item = WsMessage>>(
     let mut pending = Some(pending);
     let init_deadline = tokio::time::sleep(limits.init_timeout);
     let mut init_deadline = std::pin::pin!(init_deadline);
-    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    // The first ping goes out after one interval, not at once: a client reads its ack first.
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + HEARTBEAT_INTERVAL,
+        HEARTBEAT_INTERVAL,
+    );
     let reason = loop {
         tokio::select! {
             () = &mut init_deadline, if pending.is_some() => {
