@@ -437,6 +437,18 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The server's peak memory while it reads large and hostile bodies (`POST /v1/events`:
+    /// 5.2M NDJSON lines of `0`, a JSON array of 5M zeros, 10,000 real records, two hostile
+    /// bodies at once; 20 Segment requests without a write key that stall before their body's
+    /// end), each case against a fresh `patron serve` on a scratch SQLite store.
+    Body {
+        /// The `patron` binary to serve with (default: this one), to compare builds.
+        #[arg(long)]
+        server: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// GraphQL read latency on the store named by --database-url (load it first, for example
     /// with `patron demo --people 1000000 --touchpoints 2`): `customer(id)` for random
     /// customers at a fixed rate, then pages of 50 customers with their tags and segments.
@@ -514,6 +526,7 @@ impl Cli {
                 let options = ServerOptions {
                     write_keys: write_keys.clone(),
                     ready_lag_seconds,
+                    ..ServerOptions::default()
                 };
                 let app = Application::build_with(ingestor, address, options)
                     .with_context(|| format!("cannot listen on {address}"))?;
@@ -857,6 +870,17 @@ impl Cli {
                 let report = crate::bench::run_analytics_bench(&store, &rules, runs).await;
                 store.close().await;
                 let report = report.context("the analytics benchmark failed")?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{report}");
+                }
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Body { ref server, json }) => {
+                let report = crate::bench::run_body_bench(server.clone())
+                    .await
+                    .context("the body benchmark failed")?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else {

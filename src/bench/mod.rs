@@ -4,10 +4,12 @@
 //! runs on the reference machine are kept in `docs/benchmarks.md`.
 
 mod analytics;
+mod body;
 mod graphql;
 mod lag;
 
 pub use analytics::{run_analytics_bench, AnalyticsBench, Timing};
+pub use body::{measure_events, run_body_bench, BodyBenchReport, BodyCase};
 pub use graphql::{run_graphql_bench, GraphqlBenchReport, Scenario};
 pub use lag::{run_lag_bench, LagBenchReport};
 

@@ -141,6 +141,8 @@ pub struct Ingestor {
     actor: String,
     /// The earliest `occurred_at` accepted.
     earliest: DateTime<Utc>,
+    /// The keys that were not given and so are read from (or generated into) the store.
+    kept_in_store: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for Ingestor {
@@ -356,6 +358,7 @@ impl Ingestor {
             master,
             actor: "ingestion".into(),
             earliest: default_earliest_time(),
+            kept_in_store: Vec::new(),
         }
     }
 
@@ -371,6 +374,13 @@ impl Ingestor {
         identity_key: Option<&[u8]>,
         master: Option<MasterKey>,
     ) -> Result<Self, StoreError> {
+        let mut kept_in_store = Vec::new();
+        if identity_key.is_none() {
+            kept_in_store.push("PATRON_IDENTITY_KEY");
+        }
+        if master.is_none() {
+            kept_in_store.push("PATRON_MASTER_KEY");
+        }
         let identity_key = match identity_key {
             Some(key) => key.to_vec(),
             None => {
@@ -400,7 +410,15 @@ impl Ingestor {
                 })?
             }
         };
-        Ok(Self::new(store, rules, &identity_key, master))
+        let mut ingestor = Self::new(store, rules, &identity_key, master);
+        ingestor.kept_in_store = kept_in_store;
+        Ok(ingestor)
+    }
+
+    /// The keys kept in the store because configuration did not give them (`PATRON_IDENTITY_KEY`,
+    /// `PATRON_MASTER_KEY`): fine for a trial, not for production.
+    pub fn keys_kept_in_store(&self) -> &[&'static str] {
+        &self.kept_in_store
     }
 
     /// The master key customer keys are wrapped with.

@@ -34,24 +34,84 @@ fn error(status: actix_web::http::StatusCode, code: &str, message: String) -> Ht
     HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
 }
 
-/// Splits a body into records: a JSON array (each element kept as sent) or NDJSON lines.
-fn records(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, String> {
-    let text = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
+/// Why a body could not be split into records.
+#[derive(Debug)]
+enum Split {
+    /// Not UTF-8, not a JSON array, ...: `MALFORMED_BODY`.
+    Malformed(String),
+    /// This many records, more than [`MAX_RECORDS`]: `TOO_MANY_RECORDS`.
+    TooMany(usize),
+}
+
+/// Splits a body into at most [`MAX_RECORDS`] records: a JSON array (each element kept as
+/// sent) or NDJSON lines. Records are counted before any is copied, so that a body of
+/// millions of tiny records costs no more than its own bytes.
+fn records(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, Split> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| Split::Malformed(format!("the body is not UTF-8: {e}")))?;
     if content_type.starts_with("application/x-ndjson")
         || content_type.starts_with("application/jsonl")
     {
-        return Ok(text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| Incoming::json(l.to_owned()))
-            .collect());
+        let lines = || text.lines().filter(|l| !l.trim().is_empty());
+        let count = lines().count();
+        if count > MAX_RECORDS {
+            return Err(Split::TooMany(count));
+        }
+        return Ok(lines().map(|l| Incoming::json(l.to_owned())).collect());
     }
-    let elements: Vec<Box<RawValue>> = serde_json::from_str(text)
-        .map_err(|e| format!("the body is not a JSON array of records: {e}"))?;
-    Ok(elements
+    let array: RecordArray = serde_json::from_str(text)
+        .map_err(|e| Split::Malformed(format!("the body is not a JSON array of records: {e}")))?;
+    if array.count > MAX_RECORDS {
+        return Err(Split::TooMany(array.count));
+    }
+    Ok(array
+        .elements
         .into_iter()
         .map(|e| Incoming::json(e.get().to_owned()))
         .collect())
+}
+
+/// A JSON array of records: its first [`MAX_RECORDS`] elements borrowed from the body as
+/// sent, and how many it holds (the elements past the limit are only counted, never kept).
+pub(crate) struct RecordArray<'a> {
+    /// The first [`MAX_RECORDS`] elements.
+    pub elements: Vec<&'a RawValue>,
+    /// How many elements the array holds.
+    pub count: usize,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for RecordArray<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_seq(RecordArrayVisitor(std::marker::PhantomData))
+    }
+}
+
+struct RecordArrayVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for RecordArrayVisitor<'a> {
+    type Value = RecordArray<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array of records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut elements = Vec::new();
+        while elements.len() < MAX_RECORDS {
+            match seq.next_element::<&'de RawValue>()? {
+                Some(element) => elements.push(element),
+                None => {
+                    let count = elements.len();
+                    return Ok(RecordArray { elements, count });
+                }
+            }
+        }
+        let mut count = elements.len();
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            count = count.saturating_add(1);
+        }
+        Ok(RecordArray { elements, count })
+    }
 }
 
 /// `POST /v1/events`.
@@ -83,7 +143,7 @@ pub(crate) async fn post_events(
         }
         Err(refusal) => return refusal.rest_response(),
     }
-    let body = match super::read_body(payload).await {
+    let body = match super::read_body(payload, state.body_timeout).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -96,23 +156,22 @@ pub(crate) async fn post_events(
         .to_ascii_lowercase();
     let incoming = match records(&content_type, &body) {
         Ok(r) => r,
-        Err(message) => return error(StatusCode::BAD_REQUEST, "MALFORMED_BODY", message),
+        Err(Split::Malformed(message)) => {
+            return error(StatusCode::BAD_REQUEST, "MALFORMED_BODY", message)
+        }
+        Err(Split::TooMany(count)) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "TOO_MANY_RECORDS",
+                format!("{count} records in one request; send at most {MAX_RECORDS}"),
+            )
+        }
     };
     if incoming.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
             "EMPTY_BATCH",
             "the body holds no record".into(),
-        );
-    }
-    if incoming.len() > MAX_RECORDS {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "TOO_MANY_RECORDS",
-            format!(
-                "{} records in one request; send at most {MAX_RECORDS}",
-                incoming.len()
-            ),
         );
     }
     match state.ingest(incoming).await {

@@ -1,18 +1,23 @@
 //! `/graphql`: the API (POST, with an API key), GraphiQL (GET) and subscriptions over
 //! websockets (`/graphql/ws`, the key in the connection's `Authorization` header or in the
-//! `connection_init` payload).
+//! `connection_init` payload; see [`SocketLimits`] for what a socket may hold).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::web::{Data, Payload};
+use actix_web::web::{Bytes, BytesMut, Data, Payload};
 use actix_web::{HttpRequest, HttpResponse};
-use async_graphql::http::GraphiQLSource;
-use async_graphql_actix_web::{GraphQLResponse, GraphQLSubscription};
+use actix_ws::{CloseCode, CloseReason, Item, Message, ProtocolError};
+use async_graphql::http::{GraphiQLSource, WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql_actix_web::GraphQLResponse;
 use futures::future::BoxFuture;
+use futures::StreamExt;
 use patron_graphql::{codes, prepare, ApiKey, Backend, Loaders};
 use serde_json::json;
+use uuid::Uuid;
 
 use super::AppState;
 
@@ -121,7 +126,7 @@ pub(crate) async fn post(
     };
     let span = tracing::Span::current();
     span.record("key", key.name.as_str());
-    let body = match super::read_body(payload).await {
+    let body = match super::read_body(payload, state.body_timeout).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -168,21 +173,184 @@ pub(crate) async fn graphiql() -> HttpResponse {
         )
 }
 
-/// `GET /graphql/ws`: subscriptions (graphql-ws and graphql-transport-ws protocols).
+/// The largest message a client may send on `/graphql/ws`, in bytes, whether in one frame or
+/// in continuation frames: a longer one closes the socket with code 1009.
+pub const MAX_SOCKET_MESSAGE_BYTES: usize = 64 * 1024;
+/// How often the server pings a socket.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// A socket that sends nothing (not even a pong) for this long is closed.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Close code: no `connection_init` with a valid key in time (graphql-transport-ws's own).
+const CLOSE_INIT_TIMEOUT: u16 = 4408;
+/// Close code: the key has as many open sockets as it may.
+const CLOSE_TOO_MANY: u16 = 4429;
+
+/// Limits on the subscription sockets of `/graphql/ws`.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketLimits {
+    /// How long a socket may stay open before a `connection_init` names a valid key; it is
+    /// closed with code 4408 after that.
+    pub init_timeout: Duration,
+    /// Open sockets per API key; one more is closed at its `connection_init` with code 4429
+    /// and reason `TOO_MANY_CONNECTIONS`.
+    pub per_key: usize,
+    /// Open sockets whose key is not known yet, over all clients; one more is refused with
+    /// HTTP 429 and code `TOO_MANY_CONNECTIONS` before the upgrade.
+    pub unauthenticated: usize,
+}
+
+impl Default for SocketLimits {
+    fn default() -> Self {
+        Self {
+            init_timeout: Duration::from_secs(10),
+            per_key: 64,
+            unauthenticated: 256,
+        }
+    }
+}
+
+/// The open subscription sockets: those not authenticated yet, and those of each key.
+pub(crate) struct Sockets {
+    limits: SocketLimits,
+    open: Mutex<OpenSockets>,
+}
+
+#[derive(Default)]
+struct OpenSockets {
+    unauthenticated: usize,
+    by_key: HashMap<Uuid, usize>,
+}
+
+/// A place taken among the open sockets, given back when dropped.
+pub(crate) struct SocketSlot {
+    sockets: Arc<Sockets>,
+    key: Option<Uuid>,
+}
+
+impl Sockets {
+    pub(crate) fn new(limits: SocketLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            open: Mutex::default(),
+        })
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, OpenSockets> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for a socket whose key is not known yet, unless all are taken.
+    fn admit(self: &Arc<Self>) -> Option<SocketSlot> {
+        let mut open = self.open();
+        (open.unauthenticated < self.limits.unauthenticated).then(|| {
+            open.unauthenticated += 1;
+            SocketSlot {
+                sockets: self.clone(),
+                key: None,
+            }
+        })
+    }
+
+    /// A place for a socket of `key`, unless the key has all its places taken.
+    fn admit_key(self: &Arc<Self>, key: Uuid) -> Option<SocketSlot> {
+        let mut open = self.open();
+        let count = open.by_key.entry(key).or_default();
+        (*count < self.limits.per_key).then(|| {
+            *count += 1;
+            SocketSlot {
+                sockets: self.clone(),
+                key: Some(key),
+            }
+        })
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut open = self.sockets.open();
+        match self.key {
+            None => open.unauthenticated = open.unauthenticated.saturating_sub(1),
+            Some(key) => {
+                if let Some(count) = open.by_key.get_mut(&key) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        open.by_key.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the `connection_init` handler tells the socket's loop.
+#[derive(Default)]
+struct Handshake {
+    /// The key's place, once a `connection_init` named a valid key.
+    slot: Option<SocketSlot>,
+    /// Why the socket is closed, when the reason is this server's rather than the protocol's.
+    refusal: Option<CloseReason>,
+}
+
+fn lock(handshake: &Mutex<Handshake>) -> std::sync::MutexGuard<'_, Handshake> {
+    handshake.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn close_reason(code: u16, description: String) -> CloseReason {
+    CloseReason {
+        code: CloseCode::from(code),
+        description: Some(description),
+    }
+}
+
+/// `GET /graphql/ws`: subscriptions (graphql-ws and graphql-transport-ws protocols). The key
+/// comes in the `Authorization` header or in the `connection_init` payload, within
+/// [`SocketLimits::init_timeout`]; messages are at most [`MAX_SOCKET_MESSAGE_BYTES`].
 pub(crate) async fn websocket(
     state: Data<AppState>,
     http: HttpRequest,
     payload: Payload,
 ) -> actix_web::Result<HttpResponse> {
+    let protocol = http
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|protocols| {
+            protocols
+                .split(',')
+                .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok())
+        });
+    let Some(protocol) = protocol else {
+        return Ok(HttpResponse::BadRequest().json(json!({"error": {
+            "code": "UNSUPPORTED_PROTOCOL",
+            "message": "ask for the graphql-transport-ws or graphql-ws subprotocol \
+                        (Sec-WebSocket-Protocol)",
+        }})));
+    };
+    let Some(pending) = state.sockets.admit() else {
+        return Ok(HttpResponse::TooManyRequests().json(json!({"error": {
+            "code": "TOO_MANY_CONNECTIONS",
+            "message": format!(
+                "{} subscription sockets are waiting for their connection_init; try again later",
+                state.sockets.limits.unauthenticated
+            ),
+        }})));
+    };
+    let (response, session, messages) =
+        actix_ws::handle_with_protocols(&http, payload, &ALL_WEBSOCKET_PROTOCOLS)?;
+    let messages = messages.max_frame_size(MAX_SOCKET_MESSAGE_BYTES);
     let header_secret = http
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
         .map(str::to_owned);
-    let backend = state.backend.clone();
-    GraphQLSubscription::new(state.schema.clone())
-        .on_connection_init(move |init| async move {
+    let handshake = Arc::new(Mutex::new(Handshake::default()));
+    let heard = Arc::new(Mutex::new(Instant::now()));
+    let init = {
+        let backend = state.backend.clone();
+        let sockets = state.sockets.clone();
+        let handshake = handshake.clone();
+        move |init: serde_json::Value| async move {
             let from_init = init
                 .get("Authorization")
                 .or_else(|| init.get("authorization"))
@@ -195,14 +363,165 @@ pub(crate) async fn websocket(
                 .map_err(|refusal| {
                     patron_graphql::access::api_error(codes::UNAUTHENTICATED, refusal.message())
                 })?;
+            let Some(slot) = sockets.admit_key(key.id) else {
+                let message = format!(
+                    "TOO_MANY_CONNECTIONS: the key has {} subscription sockets open already",
+                    sockets.limits.per_key
+                );
+                lock(&handshake).refusal = Some(close_reason(CLOSE_TOO_MANY, message.clone()));
+                return Err(patron_graphql::access::api_error(
+                    "TOO_MANY_CONNECTIONS",
+                    message,
+                ));
+            };
+            lock(&handshake).slot = Some(slot);
             let mut data = async_graphql::Data::default();
             data.insert(key);
             // Queries and mutations go to POST /graphql, where each is authenticated anew.
             data.insert(patron_graphql::access::Socket);
             data.insert(Loaders::new(backend, spawn));
             Ok(data)
-        })
-        .start(&http, payload)
+        }
+    };
+    let incoming = incoming(messages, session.clone(), handshake.clone(), heard.clone());
+    let graphql = async_graphql::http::WebSocket::new(state.schema.clone(), incoming, protocol)
+        .on_connection_init(init);
+    let limits = state.sockets.limits;
+    actix_web::rt::spawn(serve_socket(
+        graphql, session, pending, handshake, heard, limits,
+    ));
+    Ok(response)
+}
+
+/// The client's messages as the GraphQL protocol reads them: continuation frames joined up to
+/// [`MAX_SOCKET_MESSAGE_BYTES`], pings answered; the stream ends when the client closes, or
+/// sends a longer message (the reason is left in `handshake`).
+fn incoming(
+    messages: actix_ws::MessageStream,
+    session: actix_ws::Session,
+    handshake: Arc<Mutex<Handshake>>,
+    heard: Arc<Mutex<Instant>>,
+) -> impl futures::Stream<Item = Bytes> {
+    let state = (messages, session, BytesMut::new());
+    futures::stream::unfold(state, move |(mut messages, mut session, mut partial)| {
+        let handshake = handshake.clone();
+        let heard = heard.clone();
+        async move {
+            loop {
+                let message = messages.recv().await?;
+                *heard.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+                let last = match message {
+                    Ok(Message::Text(text)) => text.into_bytes(),
+                    Ok(Message::Binary(bytes)) => bytes,
+                    Ok(Message::Continuation(item)) => {
+                        let (first, last, bytes) = match item {
+                            Item::FirstText(b) | Item::FirstBinary(b) => (true, false, b),
+                            Item::Continue(b) => (false, false, b),
+                            Item::Last(b) => (false, true, b),
+                        };
+                        if first {
+                            partial.clear();
+                        }
+                        if partial.len().saturating_add(bytes.len()) > MAX_SOCKET_MESSAGE_BYTES {
+                            return too_large(&handshake);
+                        }
+                        partial.extend_from_slice(&bytes);
+                        if !last {
+                            continue;
+                        }
+                        partial.split().freeze()
+                    }
+                    Ok(Message::Ping(bytes)) => {
+                        if session.pong(&bytes).await.is_err() {
+                            return None;
+                        }
+                        continue;
+                    }
+                    Ok(Message::Pong(_) | Message::Nop) => continue,
+                    Ok(Message::Close(_)) => return None,
+                    Err(ProtocolError::Overflow) => return too_large(&handshake),
+                    Err(e) => {
+                        lock(&handshake).refusal = Some(close_reason(1002, e.to_string()));
+                        return None;
+                    }
+                };
+                return Some((last, (messages, session, partial)));
+            }
+        }
+    })
+}
+
+/// Leaves the reason for closing on a message over [`MAX_SOCKET_MESSAGE_BYTES`]; ends the
+/// client's messages.
+fn too_large<T>(handshake: &Mutex<Handshake>) -> Option<T> {
+    lock(handshake).refusal = Some(close_reason(
+        1009,
+        format!("MESSAGE_TOO_LARGE: a message is at most {MAX_SOCKET_MESSAGE_BYTES} bytes"),
+    ));
+    None
+}
+
+/// Sends the GraphQL protocol's answers to the socket, pings it, and closes it when the
+/// protocol ends, the client goes quiet, or no valid `connection_init` came in time.
+async fn serve_socket<S: futures::Stream<Item = WsMessage>>(
+    graphql: S,
+    mut session: actix_ws::Session,
+    pending: SocketSlot,
+    handshake: Arc<Mutex<Handshake>>,
+    heard: Arc<Mutex<Instant>>,
+    limits: SocketLimits,
+) {
+    let mut graphql = std::pin::pin!(graphql);
+    let mut pending = Some(pending);
+    let init_deadline = tokio::time::sleep(limits.init_timeout);
+    let mut init_deadline = std::pin::pin!(init_deadline);
+    // The first ping goes out after one interval, not at once: a client reads its ack first.
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + HEARTBEAT_INTERVAL,
+        HEARTBEAT_INTERVAL,
+    );
+    let reason = loop {
+        tokio::select! {
+            () = &mut init_deadline, if pending.is_some() => {
+                break Some(close_reason(
+                    CLOSE_INIT_TIMEOUT,
+                    format!(
+                        "no connection_init with a valid API key within {} s",
+                        limits.init_timeout.as_secs_f64()
+                    ),
+                ));
+            }
+            _ = heartbeat.tick() => {
+                let quiet = heard.lock().unwrap_or_else(PoisonError::into_inner).elapsed();
+                if quiet > CLIENT_TIMEOUT {
+                    break None;
+                }
+                if session.ping(b"").await.is_err() {
+                    return;
+                }
+            }
+            answer = graphql.next() => match answer {
+                Some(WsMessage::Text(text)) => {
+                    if session.text(text).await.is_err() {
+                        return;
+                    }
+                    if pending.is_some() && lock(&handshake).slot.is_some() {
+                        pending = None;
+                    }
+                }
+                Some(WsMessage::Close(code, message)) => {
+                    break Some(
+                        lock(&handshake)
+                            .refusal
+                            .take()
+                            .unwrap_or_else(|| close_reason(code, message)),
+                    );
+                }
+                None => break lock(&handshake).refusal.take(),
+            }
+        }
+    };
+    let _ = session.close(reason).await;
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use crate::projection::ProfileProjection;
 use patron_projections::value::TierRules;
 
 pub use api::{new_secret, secret_hash, StoreBackend, ANNOUNCEMENT_BUFFER};
-pub use graphql::REQUEST_TIMEOUT;
+pub use graphql::{SocketLimits, MAX_SOCKET_MESSAGE_BYTES, REQUEST_TIMEOUT};
 pub use metrics::Metrics;
 
 /// Events the server's profile projection applies per batch.
@@ -47,6 +47,11 @@ pub struct ServerOptions {
     pub write_keys: Vec<String>,
     /// `/readyz` answers 503 while the profiles lag the log by more than this many seconds.
     pub ready_lag_seconds: i64,
+    /// Limits on the subscription sockets of `/graphql/ws`.
+    pub sockets: SocketLimits,
+    /// How long a caller whose key was accepted may take to send its body (408 `BODY_TIMEOUT`
+    /// after that).
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for ServerOptions {
@@ -54,9 +59,15 @@ impl Default for ServerOptions {
         Self {
             write_keys: Vec::new(),
             ready_lag_seconds: DEFAULT_READY_LAG_SECONDS,
+            sockets: SocketLimits::default(),
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 }
+
+/// The default time a caller may take to send its body once its key is accepted: a 10 MiB
+/// body at 2 Mbit/s.
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// The default bound on projection lag for readiness, seconds: the projection defers to
 /// ingestion for up to 30 s under sustained load.
@@ -101,28 +112,43 @@ pub(crate) struct AppState {
     pub projection: ProfileProjection,
     /// The readiness bound on projection lag, seconds.
     pub ready_lag_seconds: i64,
+    /// How long a known caller may take to send its body.
+    pub body_timeout: std::time::Duration,
+    /// The open subscription sockets and their limits.
+    pub sockets: Arc<graphql::Sockets>,
+    /// Said at start and in `/readyz` when the privacy keys are kept in the store rather than
+    /// given by configuration.
+    pub key_warning: Option<String>,
 }
 
-/// A request's body, read only up to [`MAX_BODY_BYTES`]: called once the caller is known, so an
-/// unauthenticated client cannot make the server buffer a large body.
+/// A request's body, read only up to [`MAX_BODY_BYTES`] and within `timeout`: called once the
+/// caller is known, so an unauthenticated client cannot make the server buffer a large body,
+/// and a known one that stops sending half-way holds its buffer no longer than `timeout`.
 pub(crate) async fn read_body(
     payload: web::Payload,
+    timeout: std::time::Duration,
 ) -> Result<web::Bytes, actix_web::HttpResponse> {
-    let error = |status: actix_web::http::StatusCode, code: &str, message: String| {
+    use actix_web::http::StatusCode;
+    let error = |status: StatusCode, code: &str, message: String| {
         actix_web::HttpResponse::build(status)
             .json(serde_json::json!({"error": {"code": code, "message": message}}))
     };
-    match payload.to_bytes_limited(MAX_BODY_BYTES).await {
-        Ok(Ok(body)) => Ok(body),
-        Ok(Err(e)) => Err(error(
-            actix_web::http::StatusCode::BAD_REQUEST,
+    match tokio::time::timeout(timeout, payload.to_bytes_limited(MAX_BODY_BYTES)).await {
+        Ok(Ok(Ok(body))) => Ok(body),
+        Ok(Ok(Err(e))) => Err(error(
+            StatusCode::BAD_REQUEST,
             "MALFORMED_BODY",
             format!("the body could not be read: {e}"),
         )),
-        Err(_) => Err(error(
-            actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+        Ok(Err(_)) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
             "BODY_TOO_LARGE",
             format!("the body is over {MAX_BODY_BYTES} bytes"),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "BODY_TIMEOUT",
+            format!("the body did not arrive within {} s", timeout.as_secs_f64()),
         )),
     }
 }
@@ -166,6 +192,10 @@ impl Application {
         address: &str,
         options: ServerOptions,
     ) -> std::io::Result<Self> {
+        let key_warning = health::key_warning(ingestor.keys_kept_in_store());
+        if let Some(warning) = &key_warning {
+            tracing::warn!("{warning}");
+        }
         let listener = TcpListener::bind(address)?;
         let port = listener.local_addr()?.port();
         let currency = TierRules::default().currency;
@@ -196,6 +226,9 @@ impl Application {
             metrics,
             projection: live,
             ready_lag_seconds: options.ready_lag_seconds,
+            body_timeout: options.body_timeout,
+            sockets: graphql::Sockets::new(options.sockets),
+            key_warning,
         });
         let server = HttpServer::new(move || {
             App::new()

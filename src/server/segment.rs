@@ -11,7 +11,7 @@
 
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::http::StatusCode;
-use actix_web::web::{Bytes, Data};
+use actix_web::web::{Data, Payload};
 use actix_web::{HttpRequest, HttpResponse};
 use base64::Engine;
 use chrono::Utc;
@@ -214,12 +214,33 @@ pub(crate) fn to_record(kind: &str, message: &Value) -> Result<RawTouchpoint, Re
     })
 }
 
-/// Handles one of the Segment endpoints; `kind` is `batch` or a message type.
+/// Whether `key` is one of `keys`, comparing SHA-256 digests in constant time so that the
+/// time taken tells nothing of how much of a key was right (nor of its length).
+fn known_write_key(keys: &[String], key: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let wanted = Sha256::digest(key.as_bytes());
+    keys.iter()
+        .fold(subtle::Choice::from(0), |found, k| {
+            found | Sha256::digest(k.as_bytes()).ct_eq(&wanted)
+        })
+        .into()
+}
+
+/// A `/v1/batch` body: its messages as sent, at most [`super::MAX_RECORDS`] of them kept.
+#[derive(serde::Deserialize)]
+struct Batch<'a> {
+    #[serde(borrow)]
+    batch: super::events::RecordArray<'a>,
+}
+
+/// Handles one of the Segment endpoints; `kind` is `batch` or a message type. The write key is
+/// checked before the body is read, so a request without a valid one costs no buffer.
 pub(crate) async fn handle(
     kind: &'static str,
     state: Data<AppState>,
     request: HttpRequest,
-    body: Bytes,
+    payload: Payload,
 ) -> HttpResponse {
     let Some(key) = write_key(&request) else {
         return error(
@@ -235,50 +256,66 @@ pub(crate) async fn handle(
             "this server has no write keys: start it with --write-key",
         );
     }
-    if !state.write_keys.iter().any(|k| k == &key) {
+    if !known_write_key(&state.write_keys, &key) {
         return error(
             StatusCode::UNAUTHORIZED,
             "UNKNOWN_WRITE_KEY",
             "the write key is not one of this server's",
         );
     }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "MALFORMED_BODY",
-            "the body is not JSON",
-        );
+    let body = match super::read_body(payload, state.body_timeout).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let messages: Vec<(String, Value)> = if kind == "batch" {
-        let Some(batch) = body.get("batch").and_then(Value::as_array) else {
+        let batch = match serde_json::from_slice::<Batch>(&body) {
+            Ok(batch) => batch.batch,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "MALFORMED_BODY",
+                    "a batch is a JSON object with a `batch` array",
+                )
+            }
+        };
+        if batch.count > super::MAX_RECORDS {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "TOO_MANY_RECORDS",
+                &format!(
+                    "{} messages in one batch; send at most {}",
+                    batch.count,
+                    super::MAX_RECORDS
+                ),
+            );
+        }
+        let mut messages = Vec::with_capacity(batch.elements.len());
+        for element in batch.elements {
+            let Ok(message) = serde_json::from_str::<Value>(element.get()) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "MALFORMED_BODY",
+                    "a batch message is not JSON",
+                );
+            };
+            let kind = message
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            messages.push((kind, message));
+        }
+        messages
+    } else {
+        let Ok(message) = serde_json::from_slice::<Value>(&body) else {
             return error(
                 StatusCode::BAD_REQUEST,
                 "MALFORMED_BODY",
-                "a batch has a `batch` array",
+                "the body is not JSON",
             );
         };
-        batch
-            .iter()
-            .map(|m| {
-                (
-                    m.get("type")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    m.clone(),
-                )
-            })
-            .collect()
-    } else {
-        vec![(kind.to_owned(), body)]
+        vec![(kind.to_owned(), message)]
     };
-    if messages.len() > super::MAX_RECORDS {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "TOO_MANY_RECORDS",
-            "too many messages in one batch",
-        );
-    }
     let incoming: Vec<Incoming> = messages
         .iter()
         .map(|(t, m)| Incoming {

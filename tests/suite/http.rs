@@ -2,7 +2,7 @@
 
 use patron::ingest::Ingestor;
 use patron::projection::ProfileProjection;
-use patron::server::Application;
+use patron::server::{Application, ServerOptions};
 use patron_domain::customer::CustomerId;
 use patron_domain::identity::IdentityRules;
 use serde_json::{json, Value};
@@ -32,14 +32,23 @@ pub async fn api_key(t: &TestStore, role: &str) -> String {
     secret
 }
 
-pub async fn spawn_app(t: &TestStore) -> TestApp {
-    let ingestor = Ingestor::new(
+/// The ingestor the tests' servers use: fixed keys, the built-in rules.
+pub fn test_ingestor(t: &TestStore) -> Ingestor {
+    Ingestor::new(
         t.store.clone(),
         IdentityRules::default(),
         b"test identity key",
         crate::helpers::master_key(),
-    );
-    let app = Application::build(ingestor, "127.0.0.1:0").expect("bind a free port");
+    )
+}
+
+pub async fn spawn_app(t: &TestStore) -> TestApp {
+    spawn_app_with(t, test_ingestor(t), ServerOptions::default()).await
+}
+
+/// A running server over `ingestor`, set up by `options`.
+pub async fn spawn_app_with(t: &TestStore, ingestor: Ingestor, options: ServerOptions) -> TestApp {
+    let app = Application::build_with(ingestor, "127.0.0.1:0", options).expect("bind a free port");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
     TestApp {

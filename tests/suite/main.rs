@@ -9,6 +9,7 @@ mod batching;
 mod concurrency;
 mod correction;
 mod correction_properties;
+mod edge;
 mod graphql;
 mod http;
 mod idempotency;
