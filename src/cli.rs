@@ -425,6 +425,30 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Whether analytics starve everything else: a server on a scratch database loaded with
+    /// the demo data set answers `customer(id)` reads and 1-record `POST /v1/events` ingests
+    /// at a fixed rate, idle and then while `--clients` clients send requests of three
+    /// whole-base analyses back to back; prints the p50/p99 of the reads and ingests.
+    Flood {
+        /// Run on PostgreSQL: a scratch database is created on this server and dropped afterwards.
+        #[arg(long)]
+        postgres_url: Option<String>,
+        /// People in the demo data set (about 15 records each).
+        #[arg(long, default_value_t = 20_000)]
+        people: usize,
+        /// `customer(id)` reads per second, and as many 1-record ingests per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Seconds each scenario runs.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Concurrent analytics clients in the flood.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// GraphQL read latency on the store named by --database-url (load it first, for example
     /// with `patron demo --people 1000000 --touchpoints 2`): `customer(id)` for random
     /// customers at a fixed rate, then pages of 50 customers with their tags and segments.
@@ -836,6 +860,34 @@ impl Cli {
                 let report = crate::bench::run_analytics_bench(&store, &rules, runs).await;
                 store.close().await;
                 let report = report.context("the analytics benchmark failed")?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{report}");
+                }
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Flood {
+                ref postgres_url,
+                people,
+                rate,
+                seconds,
+                clients,
+                json,
+            }) => {
+                let scratch = ScratchStore::create(postgres_url.as_deref(), None).await?;
+                let config = crate::bench::FloodConfig {
+                    people,
+                    rate,
+                    seconds,
+                    clients,
+                };
+                let report = match crate::bench::scratch_ingestor(scratch.store.clone()) {
+                    Ok(ingestor) => crate::bench::run_flood_bench(ingestor, config).await,
+                    Err(e) => Err(e),
+                };
+                scratch.finish(false).await?;
+                let report = report.context("the flood benchmark failed")?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else {
