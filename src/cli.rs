@@ -22,7 +22,7 @@ use crate::scoring::{self, ScoringRules};
 use crate::segmentation;
 use crate::server::{Application, ServerOptions};
 use crate::store::scratch::ScratchPostgres;
-use crate::store::{redact_url, EventStore};
+use crate::store::{redact_url, EventStore, StoreOptions};
 use patron_domain::identity::{IdentityRules, RulesFile};
 use patron_projections::segment::Rule;
 
@@ -72,6 +72,16 @@ pub struct Cli {
     /// See `docs/projections.md`.
     #[arg(long, global = true, env = "PATRON_SCORING_RULES")]
     pub scoring_rules: Option<PathBuf>,
+    /// Database connections for short reads (a customer, an API key, segments).
+    #[arg(long, global = true, env = "PATRON_READ_CONNECTIONS", default_value_t = 8, value_parser = at_least_one_u32)]
+    pub read_connections: u32,
+    /// Database connections for writes on PostgreSQL (ingestion, read models; at least 2);
+    /// SQLite has one writing connection.
+    #[arg(long, global = true, env = "PATRON_WRITE_CONNECTIONS", default_value_t = 4, value_parser = at_least_one_u32)]
+    pub write_connections: u32,
+    /// Database connections for analytics' long reads of the log.
+    #[arg(long, global = true, env = "PATRON_ANALYTICS_CONNECTIONS", default_value_t = 2, value_parser = at_least_one_u32)]
+    pub analytics_connections: u32,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -139,6 +149,23 @@ pub enum Command {
             hide_env_values = true
         )]
         write_keys: Vec<String>,
+        /// Analyses (GraphQL `analytics` fields) that run at once across all requests, each
+        /// on a thread of its own; the default is half the processors, at least 1.
+        #[arg(
+            long,
+            env = "PATRON_ANALYTICS_CONCURRENCY",
+            default_value_t = crate::analytics::default_analytics_concurrency(),
+            value_parser = at_least_one
+        )]
+        analytics_concurrency: usize,
+        /// How long an analysis waits for its turn before it is refused with `BUSY`,
+        /// milliseconds (0: only if a turn is free at once).
+        #[arg(
+            long,
+            env = "PATRON_ANALYTICS_WAIT_MS",
+            default_value_t = crate::analytics::DEFAULT_ANALYTICS_WAIT_MS
+        )]
+        analytics_wait_ms: u64,
     },
     /// Import a CSV or NDJSON file of touchpoints: validated, resolved to customers and stored.
     /// Refused records go to the quarantine; importing the same file again stores nothing twice.
@@ -518,6 +545,8 @@ impl Cli {
                 ref address,
                 ref write_keys,
                 ready_lag_seconds,
+                analytics_concurrency,
+                analytics_wait_ms,
             } => {
                 let ingestor = self.ingestor().await?.with_actor("http");
                 spawn_quarantine_expiry(ingestor.store().clone(), self.quarantine_retention_days);
@@ -526,6 +555,10 @@ impl Cli {
                 let options = ServerOptions {
                     write_keys: write_keys.clone(),
                     ready_lag_seconds,
+                    analytics: crate::analytics::AnalyticsLimits {
+                        concurrency: analytics_concurrency,
+                        wait: std::time::Duration::from_millis(analytics_wait_ms),
+                    },
                 };
                 let app = Application::build_with(ingestor, address, options)
                     .with_context(|| format!("cannot listen on {address}"))?;
@@ -934,6 +967,16 @@ impl Cli {
         }
     }
 
+    /// The store's connections as configured.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            max_connections: self.read_connections,
+            write_connections: self.write_connections,
+            long_read_connections: self.analytics_connections,
+            ..StoreOptions::default()
+        }
+    }
+
     /// An ingestor on the chosen store, rules and key.
     pub async fn ingestor(&self) -> Result<Ingestor> {
         let rules = self.rules()?;
@@ -949,7 +992,14 @@ impl Cli {
             .map(MasterKey::parse)
             .transpose()
             .context("PATRON_MASTER_KEY (--master-key)")?;
-        let store = open(&self.database_url).await?;
+        let store = EventStore::connect_with(&self.database_url, self.store_options())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the store at {}",
+                    redact_url(&self.database_url)
+                )
+            })?;
         Ingestor::with_keys(
             store,
             rules,
@@ -1125,6 +1175,19 @@ async fn demo(
         );
     }
     Ok(())
+}
+
+/// A count of at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
+    }
+}
+
+/// A count of at least 1 that fits 32 bits.
+fn at_least_one_u32(text: &str) -> Result<u32, String> {
+    at_least_one(text).and_then(|n| u32::try_from(n).map_err(|_| format!("{text} is too large")))
 }
 
 async fn open(url: &str) -> Result<EventStore> {

@@ -26,6 +26,7 @@ use patron_graphql::{Backend, PatronSchema};
 use tokio::sync::broadcast;
 use tracing_actix_web::TracingLogger;
 
+use crate::analytics::{AnalyticsGate, AnalyticsLimits};
 use crate::ingest::{CommitQueue, Incoming, IngestError, IngestReport, Ingestor};
 use crate::population::ResidentPopulation;
 use crate::projection::ProfileProjection;
@@ -47,6 +48,8 @@ pub struct ServerOptions {
     pub write_keys: Vec<String>,
     /// `/readyz` answers 503 while the profiles lag the log by more than this many seconds.
     pub ready_lag_seconds: i64,
+    /// How many analyses run at once, and how long one waits for its turn.
+    pub analytics: AnalyticsLimits,
 }
 
 impl Default for ServerOptions {
@@ -54,6 +57,7 @@ impl Default for ServerOptions {
         Self {
             write_keys: Vec::new(),
             ready_lag_seconds: DEFAULT_READY_LAG_SECONDS,
+            analytics: AnalyticsLimits::default(),
         }
     }
 }
@@ -176,7 +180,8 @@ impl Application {
             .with_announcements(announcements.clone())
             .with_population(population.clone());
         let projection = StopOnDrop(tokio::spawn(live.clone().follow()));
-        let metrics = Metrics::new().map_err(std::io::Error::other)?;
+        let gate = AnalyticsGate::new(options.analytics);
+        let metrics = Metrics::new(gate.clone()).map_err(std::io::Error::other)?;
         let commits = CommitQueue::start(ingestor);
         let store_backend = Arc::new(StoreBackend::new(
             commits.clone(),
@@ -184,6 +189,7 @@ impl Application {
             announcements,
             metrics.clone(),
             population,
+            gate,
         ));
         let warming = store_backend.clone();
         let warm_up = StopOnDrop(tokio::spawn(async move { warming.warm_up().await }));
