@@ -112,9 +112,9 @@ impl std::fmt::Display for FloodReport {
     }
 }
 
-/// A 1-record ingestion body: a store visit by a random phone.
+/// A 1-record ingestion body (NDJSON): a store visit by a random phone.
 fn visit(rng: &mut impl Rng) -> String {
-    json!({
+    let record = json!({
         "event_id": uuid::Uuid::now_v7().to_string(),
         "type": "store_visited",
         "channel": "store",
@@ -122,8 +122,8 @@ fn visit(rng: &mut impl Rng) -> String {
         "occurred_at": chrono::Utc::now().to_rfc3339(),
         "identifiers": {"phone": format!("139{:08}", rng.gen_range(0..100_000_000u32))},
         "store_id": "SH-1",
-    })
-    .to_string()
+    });
+    format!("{record}\n")
 }
 
 /// Sends [`FLOOD_QUERY`] with `secret` to `url`; whether it was answered without errors.
@@ -242,7 +242,7 @@ pub async fn run_flood_bench(
             client
                 .post(&events)
                 .bearer_auth(&ingest)
-                .header("content-type", "application/json")
+                .header("content-type", "application/x-ndjson")
                 .body(visit(rng))
         });
         let (reads, ingests) = tokio::join!(reads, ingests);
