@@ -23,7 +23,7 @@ use crate::scoring::{self, ScoringRules};
 use crate::segmentation;
 use crate::server::{Application, ServerOptions};
 use crate::store::scratch::ScratchPostgres;
-use crate::store::{redact_url, EventStore};
+use crate::store::{redact_url, EventStore, StoreOptions};
 use patron_domain::identity::{IdentityRules, RulesFile};
 use patron_projections::segment::Rule;
 
@@ -84,6 +84,16 @@ pub struct Cli {
     /// See `docs/projections.md`.
     #[arg(long, global = true, env = "PATRON_SCORING_RULES")]
     pub scoring_rules: Option<PathBuf>,
+    /// Database connections for short reads (a customer, an API key, segments).
+    #[arg(long, global = true, env = "PATRON_READ_CONNECTIONS", default_value_t = 8, value_parser = at_least_one_u32)]
+    pub read_connections: u32,
+    /// Database connections for writes on PostgreSQL (ingestion, read models; at least 2);
+    /// SQLite has one writing connection.
+    #[arg(long, global = true, env = "PATRON_WRITE_CONNECTIONS", default_value_t = 4, value_parser = at_least_one_u32)]
+    pub write_connections: u32,
+    /// Database connections for analytics' long reads of the log.
+    #[arg(long, global = true, env = "PATRON_ANALYTICS_CONNECTIONS", default_value_t = 2, value_parser = at_least_one_u32)]
+    pub analytics_connections: u32,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -151,6 +161,23 @@ pub enum Command {
             hide_env_values = true
         )]
         write_keys: Vec<String>,
+        /// Analyses (GraphQL `analytics` fields) that run at once across all requests, each
+        /// on a thread of its own; the default is half the processors, at least 1.
+        #[arg(
+            long,
+            env = "PATRON_ANALYTICS_CONCURRENCY",
+            default_value_t = crate::analytics::default_analytics_concurrency(),
+            value_parser = at_least_one
+        )]
+        analytics_concurrency: usize,
+        /// How long an analysis waits for its turn before it is refused with `BUSY`,
+        /// milliseconds (0: only if a turn is free at once).
+        #[arg(
+            long,
+            env = "PATRON_ANALYTICS_WAIT_MS",
+            default_value_t = crate::analytics::DEFAULT_ANALYTICS_WAIT_MS
+        )]
+        analytics_wait_ms: u64,
     },
     /// Import a CSV or NDJSON file of touchpoints: validated, resolved to customers and stored.
     /// Refused records go to the quarantine; importing the same file again stores nothing twice.
@@ -449,6 +476,30 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Whether analytics starve everything else: a server on a scratch database loaded with
+    /// the demo data set answers `customer(id)` reads and 1-record `POST /v1/events` ingests
+    /// at a fixed rate, idle and then while `--clients` clients send requests of three
+    /// whole-base analyses back to back; prints the p50/p99 of the reads and ingests.
+    Flood {
+        /// Run on PostgreSQL: a scratch database is created on this server and dropped afterwards.
+        #[arg(long)]
+        postgres_url: Option<String>,
+        /// People in the demo data set (about 15 records each).
+        #[arg(long, default_value_t = 20_000)]
+        people: usize,
+        /// `customer(id)` reads per second, and as many 1-record ingests per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Seconds each scenario runs.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Concurrent analytics clients in the flood.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// GraphQL read latency on the store named by --database-url (load it first, for example
     /// with `patron demo --people 1000000 --touchpoints 2`): `customer(id)` for random
     /// customers at a fixed rate, then pages of 50 customers with their tags and segments.
@@ -518,6 +569,8 @@ impl Cli {
                 ref address,
                 ref write_keys,
                 ready_lag_seconds,
+                analytics_concurrency,
+                analytics_wait_ms,
             } => {
                 let ingestor = self.ingestor().await?.with_actor("http");
                 spawn_quarantine_expiry(ingestor.store().clone(), self.quarantine_retention_days);
@@ -526,6 +579,10 @@ impl Cli {
                 let options = ServerOptions {
                     write_keys: write_keys.clone(),
                     ready_lag_seconds,
+                    analytics: crate::analytics::AnalyticsLimits {
+                        concurrency: analytics_concurrency,
+                        wait: std::time::Duration::from_millis(analytics_wait_ms),
+                    },
                     ..ServerOptions::default()
                 };
                 let app = Application::build_with(ingestor, address, options)
@@ -881,6 +938,31 @@ impl Cli {
                 let report = crate::bench::run_body_bench(server.clone())
                     .await
                     .context("the body benchmark failed")?;
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+            Command::Bench(BenchCommand::Flood {
+                ref postgres_url,
+                people,
+                rate,
+                seconds,
+                clients,
+                json,
+            }) => {
+                let scratch = ScratchStore::create(postgres_url.as_deref(), None).await?;
+                let config = crate::bench::FloodConfig {
+                    people,
+                    rate,
+                    seconds,
+                    clients,
+                };
+                let report = match crate::bench::scratch_ingestor(scratch.store.clone()) {
+                    Ok(ingestor) => crate::bench::run_flood_bench(ingestor, config).await,
+                    Err(e) => Err(e),
+                };
+                scratch.finish(false).await?;
+                let report = report.context("the flood benchmark failed")?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else {
@@ -927,6 +1009,16 @@ impl Cli {
         }
     }
 
+    /// The store's connections as configured.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            max_connections: self.read_connections,
+            write_connections: self.write_connections,
+            long_read_connections: self.analytics_connections,
+            ..StoreOptions::default()
+        }
+    }
+
     /// An ingestor on the chosen store, rules and key.
     pub async fn ingestor(&self) -> Result<Ingestor> {
         let rules = self.rules()?;
@@ -942,7 +1034,14 @@ impl Cli {
             .map(MasterKey::parse)
             .transpose()
             .context("PATRON_MASTER_KEY (--master-key)")?;
-        let store = open(&self.database_url).await?;
+        let store = EventStore::connect_with(&self.database_url, self.store_options())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the store at {}",
+                    redact_url(&self.database_url)
+                )
+            })?;
         let ingestor = Ingestor::with_keys(
             store,
             rules,
@@ -1133,6 +1232,19 @@ async fn demo(
         );
     }
     Ok(())
+}
+
+/// A count of at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
+    }
+}
+
+/// A count of at least 1 that fits 32 bits.
+fn at_least_one_u32(text: &str) -> Result<u32, String> {
+    at_least_one(text).and_then(|n| u32::try_from(n).map_err(|_| format!("{text} is too large")))
 }
 
 async fn open(url: &str) -> Result<EventStore> {

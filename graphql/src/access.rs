@@ -108,6 +108,12 @@ pub mod codes {
     pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
     /// No API key, or an unknown or revoked one (HTTP 401 before any GraphQL is run).
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// The request's complexity is over [`crate::MAX_COMPLEXITY`]; nothing was run.
+    pub const QUERY_TOO_COMPLEX: &str = "QUERY_TOO_COMPLEX";
+    /// The request is nested deeper than [`crate::MAX_DEPTH`]; nothing was run.
+    pub const QUERY_TOO_DEEP: &str = "QUERY_TOO_DEEP";
+    /// Every turn to analyse stayed taken longer than an analysis may wait: try again later.
+    pub const BUSY: &str = "BUSY";
 }
 
 /// An API error with a stable code.

@@ -426,6 +426,15 @@ pub struct CampaignEffect {
     pub unadjusted: EffectFigures,
 }
 
+/// The complexity of an analysis over the whole customer base (cohorts, funnel, paths,
+/// attribution, associations, campaign effect, data quality): a fifth of
+/// [`crate::MAX_COMPLEXITY`], so a request holds four at most.
+pub const ANALYSIS_COMPLEXITY: usize = 10_000;
+
+/// The complexity of the lifetime value: two maximum-likelihood fits, then every customer
+/// scored (about three times a cohort table's time); a request holds two at most.
+pub const LIFETIME_VALUE_COMPLEXITY: usize = 20_000;
+
 /// A list length between 1 and `max`.
 fn limit(first: i32, max: usize) -> Result<usize> {
     usize::try_from(first)
@@ -447,6 +456,7 @@ impl Analytics {
     /// Retention by cohort of first purchase: the share of each cohort buying in each later
     /// period, up to now, for the cohorts of the last `periods` periods (1 to 120; the
     /// cohorts that began earlier are left out).
+    #[graphql(complexity = "ANALYSIS_COMPLEXITY.saturating_add(child_complexity)")]
     async fn cohorts(
         &self,
         ctx: &Context<'_>,
@@ -473,6 +483,7 @@ impl Analytics {
 
     /// Customers through ordered steps within a window, with conversion and drop-off per
     /// step, optionally for one segment.
+    #[graphql(complexity = "ANALYSIS_COMPLEXITY.saturating_add(child_complexity)")]
     async fn funnel(&self, ctx: &Context<'_>, funnel: FunnelInput) -> Result<Vec<FunnelStep>> {
         require(ctx, Role::Analyst)?;
         let ask = FunnelAsk {
@@ -502,6 +513,7 @@ impl Analytics {
 
     /// Lifetime value and churn: BG/NBD and Gamma-Gamma fitted by maximum likelihood over every
     /// customer's orders; the `first` customers by expected value.
+    #[graphql(complexity = "LIFETIME_VALUE_COMPLEXITY.saturating_add(child_complexity)")]
     async fn lifetime_value(
         &self,
         ctx: &Context<'_>,
@@ -556,6 +568,7 @@ impl Analytics {
 
     /// Each channel's share of conversions (orders) by last touch, first touch, linear and two
     /// Shapley values; a journey is the touchpoints in the `lookbackDays` before an order.
+    #[graphql(complexity = "ANALYSIS_COMPLEXITY.saturating_add(child_complexity)")]
     async fn attribution(
         &self,
         ctx: &Context<'_>,
@@ -584,6 +597,7 @@ impl Analytics {
     /// Products bought together: rules by lift over every order (FP-growth), or, with
     /// `product`, what is bought with it.
     #[allow(clippy::too_many_arguments)]
+    #[graphql(complexity = "ANALYSIS_COMPLEXITY.saturating_add(child_complexity)")]
     async fn associations(
         &self,
         ctx: &Context<'_>,
@@ -630,6 +644,7 @@ impl Analytics {
 
     /// The effect of targeting a segment's members at `at` on conversion, average order value
     /// and visits in the `windowDays` after, against comparable customers not targeted.
+    #[graphql(complexity = "ANALYSIS_COMPLEXITY.saturating_add(child_complexity)")]
     async fn campaign_effect(
         &self,
         ctx: &Context<'_>,
@@ -657,6 +672,7 @@ impl Analytics {
 
     /// Data quality per source and period: completeness of identifiers, refusals, resolution
     /// to a customer with a core identifier, delivery delay.
+    #[graphql(complexity = "ANALYSIS_COMPLEXITY.saturating_add(child_complexity)")]
     async fn data_quality(
         &self,
         ctx: &Context<'_>,
@@ -708,6 +724,7 @@ impl Analytics {
 
     /// The most common paths to a first purchase: the last `maxSteps` distinct steps before
     /// it, most converted customers first.
+    #[graphql(complexity = "ANALYSIS_COMPLEXITY.saturating_add(child_complexity)")]
     async fn paths(
         &self,
         ctx: &Context<'_>,

@@ -20,7 +20,8 @@ pub mod subscription;
 
 use std::sync::Arc;
 
-use async_graphql::{Error, Schema};
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextValidation};
+use async_graphql::{Error, ErrorExtensionValues, Schema, ServerError, ValidationResult};
 use futures::future::BoxFuture;
 
 pub use access::{codes, ApiKey, Role};
@@ -35,17 +36,71 @@ pub type PatronSchema = Schema<Query, Mutation, Subscription>;
 
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
-/// Most complex query accepted (each field counts 1; a list field counts its page size times
-/// its children).
+/// Most complex query accepted: each field counts 1, a list field its page size times its
+/// children, an analysis of the whole customer base [`analytics::ANALYSIS_COMPLEXITY`] (the
+/// lifetime value fit [`analytics::LIFETIME_VALUE_COMPLEXITY`]).
 pub const MAX_COMPLEXITY: usize = 50_000;
 
 /// The schema over `backend`, with the depth and complexity limits.
 pub fn schema(backend: Arc<dyn Backend>) -> PatronSchema {
     Schema::build(Query, Mutation, Subscription)
         .data(backend)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
+        .extension(Limits)
         .finish()
+}
+
+/// Refuses a request over [`MAX_COMPLEXITY`] (`QUERY_TOO_COMPLEX`) or [`MAX_DEPTH`]
+/// (`QUERY_TOO_DEEP`) at validation, before anything runs, with a message naming the measure
+/// and the limit.
+struct Limits;
+
+impl ExtensionFactory for Limits {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(Limits)
+    }
+}
+
+/// A validation error with a stable code.
+fn refusal(code: &str, message: String) -> ServerError {
+    let mut error = ServerError::new(message, None);
+    let mut extensions = ErrorExtensionValues::default();
+    extensions.set("code", code);
+    error.extensions = Some(extensions);
+    error
+}
+
+#[async_trait::async_trait]
+impl Extension for Limits {
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await?;
+        if result.complexity > MAX_COMPLEXITY {
+            return Err(vec![refusal(
+                codes::QUERY_TOO_COMPLEX,
+                format!(
+                    "the query is too complex: {} over the limit of {MAX_COMPLEXITY} (an \
+                     analysis of the whole customer base counts {}, lifetimeValue {}; a list \
+                     its page size times its fields; any other field 1)",
+                    result.complexity,
+                    analytics::ANALYSIS_COMPLEXITY,
+                    analytics::LIFETIME_VALUE_COMPLEXITY,
+                ),
+            )]);
+        }
+        if result.depth > MAX_DEPTH {
+            return Err(vec![refusal(
+                codes::QUERY_TOO_DEEP,
+                format!(
+                    "the query is nested too deep: {} levels over the limit of {MAX_DEPTH}",
+                    result.depth
+                ),
+            )]);
+        }
+        Ok(result)
+    }
 }
 
 /// The schema's SDL, as checked in at `graphql/schema.graphql`.

@@ -3,12 +3,19 @@
 //! the questions of `patron_projections::analytics` by name: steps and channels as written,
 //! segments by name, times as dates. The CLI (`patron analytics ...`) and GraphQL both answer
 //! through [`Analyst`]; [`csv`] writes each answer as CSV.
+//!
+//! A server bounds the analyses running at once across all requests with an
+//! [`AnalyticsGate`] (an analysis waiting longer than its limit is refused with `BUSY`) and
+//! runs each on a blocking thread ([`compute`]), so that the threads answering requests stay
+//! free for everything else.
 
 pub mod command;
 pub mod csv;
 
-use std::collections::HashSet;
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::TryStreamExt;
@@ -27,8 +34,9 @@ pub use patron_projections::analytics::report::{
     AssociationAsk, AssociationReport, ClvReport, CustomerValue, ProductRule,
 };
 use serde::Serialize;
-use tokio::sync::{RwLock, RwLockReadGuard};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedSemaphorePermit, RwLock, Semaphore};
 
+use crate::store::quality::Refusal;
 use crate::store::{EventStore, StoreError};
 
 /// Events read per batch when loading the activity.
@@ -57,6 +65,21 @@ pub enum AnalyticsError {
     /// The question names a segment that does not exist.
     #[error("no segment named {0:?}")]
     UnknownSegment(String),
+    /// Every turn to analyse was taken for longer than the caller may wait.
+    #[error(
+        "analytics are busy: {concurrency} analysis at a time (analytics_concurrency) and none \
+         was free within {} ms (analytics_wait_ms); try again later",
+        wait.as_millis()
+    )]
+    Busy {
+        /// The analyses that may run at once.
+        concurrency: usize,
+        /// How long this one waited.
+        wait: Duration,
+    },
+    /// The thread running the analysis failed.
+    #[error("the analysis failed: {0}")]
+    Failed(String),
 }
 
 impl AnalyticsError {
@@ -67,8 +90,160 @@ impl AnalyticsError {
             Self::Activity(_) => "UNREADABLE_EVENT",
             Self::Invalid { .. } | Self::Association(_) => "INVALID_ARGUMENT",
             Self::UnknownSegment(_) => "NOT_FOUND",
+            Self::Busy { .. } => BUSY,
+            Self::Failed(_) => "INTERNAL",
         }
     }
+}
+
+/// The code of an analysis refused because every turn stayed taken ([`AnalyticsError::Busy`]).
+pub const BUSY: &str = "BUSY";
+
+/// How much analytics work a server runs at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnalyticsLimits {
+    /// Analyses running at the same time across all requests (at least 1).
+    pub concurrency: usize,
+    /// The longest an analysis waits for its turn before it is refused with `BUSY` (0: it
+    /// runs only if a turn is free at once).
+    pub wait: Duration,
+}
+
+/// The default of [`AnalyticsLimits::wait`], milliseconds.
+pub const DEFAULT_ANALYTICS_WAIT_MS: u64 = 10_000;
+
+/// The default of [`AnalyticsLimits::concurrency`]: half the processors, at least one (one on
+/// two cores), so that analyses leave the rest to ingestion and short reads.
+pub fn default_analytics_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+impl Default for AnalyticsLimits {
+    fn default() -> Self {
+        Self {
+            concurrency: default_analytics_concurrency(),
+            wait: Duration::from_millis(DEFAULT_ANALYTICS_WAIT_MS),
+        }
+    }
+}
+
+/// Counts of the analyses a gate let through or refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GateStats {
+    /// Analyses running now.
+    pub running: usize,
+    /// The most that ever ran at once.
+    pub peak: usize,
+    /// Analyses let through since the start.
+    pub runs: u64,
+    /// Analyses refused with `BUSY` since the start.
+    pub busy: u64,
+}
+
+#[derive(Debug, Default)]
+struct GateCounts {
+    running: AtomicUsize,
+    peak: AtomicUsize,
+    runs: AtomicU64,
+    busy: AtomicU64,
+}
+
+/// Turns to analyse, shared by every request: at most [`AnalyticsLimits::concurrency`]
+/// analyses hold one at a time. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AnalyticsGate {
+    permits: Arc<Semaphore>,
+    limits: AnalyticsLimits,
+    counts: Arc<GateCounts>,
+}
+
+/// A turn to analyse; the next waiting analysis gets it when this is dropped.
+#[derive(Debug)]
+pub struct Turn {
+    _permit: OwnedSemaphorePermit,
+    counts: Arc<GateCounts>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.counts.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl AnalyticsGate {
+    /// A gate letting `limits.concurrency` analyses (at least 1) run at once.
+    pub fn new(limits: AnalyticsLimits) -> Self {
+        let limits = AnalyticsLimits {
+            concurrency: limits.concurrency.max(1),
+            ..limits
+        };
+        Self {
+            permits: Arc::new(Semaphore::new(limits.concurrency)),
+            limits,
+            counts: Arc::default(),
+        }
+    }
+
+    /// The gate's limits.
+    pub fn limits(&self) -> AnalyticsLimits {
+        self.limits
+    }
+
+    /// Waits for a turn, up to the limit's wait; [`AnalyticsError::Busy`] after it.
+    pub async fn enter(&self) -> Result<Turn, AnalyticsError> {
+        let permits = self.permits.clone();
+        let permit = if self.limits.wait.is_zero() {
+            permits.try_acquire_owned().ok()
+        } else {
+            tokio::time::timeout(self.limits.wait, permits.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        let Some(permit) = permit else {
+            self.counts.busy.fetch_add(1, Ordering::Relaxed);
+            return Err(AnalyticsError::Busy {
+                concurrency: self.limits.concurrency,
+                wait: self.limits.wait,
+            });
+        };
+        let running = self.counts.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.counts.peak.fetch_max(running, Ordering::SeqCst);
+        self.counts.runs.fetch_add(1, Ordering::Relaxed);
+        Ok(Turn {
+            _permit: permit,
+            counts: self.counts.clone(),
+        })
+    }
+
+    /// What the gate let through and refused so far.
+    pub fn stats(&self) -> GateStats {
+        GateStats {
+            running: self.counts.running.load(Ordering::SeqCst),
+            peak: self.counts.peak.load(Ordering::SeqCst),
+            runs: self.counts.runs.load(Ordering::Relaxed),
+            busy: self.counts.busy.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Runs `work` over `activity` on a blocking thread, holding `turn` until it is done (also when
+/// the caller stops waiting for it): the analysis counts against the gate while it runs.
+pub async fn compute<T, F>(
+    turn: Turn,
+    activity: OwnedRwLockReadGuard<Activity>,
+    work: F,
+) -> Result<T, AnalyticsError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Activity) -> Result<T, AnalyticsError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work(&activity)
+    })
+    .await
+    .map_err(|e| AnalyticsError::Failed(e.to_string()))?
 }
 
 /// An association error as asked: the longest itemset is `max_length` to the caller.
@@ -124,7 +299,7 @@ pub async fn load_activity(
 #[derive(Debug)]
 pub struct ResidentActivity {
     store: EventStore,
-    state: RwLock<Activity>,
+    state: Arc<RwLock<Activity>>,
 }
 
 impl ResidentActivity {
@@ -132,20 +307,20 @@ impl ResidentActivity {
     pub fn new(store: EventStore) -> Self {
         Self {
             store,
-            state: RwLock::new(Activity::new()),
+            state: Arc::new(RwLock::new(Activity::new())),
         }
     }
 
     /// The activity up to the log's head as of this call.
-    pub async fn read(&self) -> Result<RwLockReadGuard<'_, Activity>, AnalyticsError> {
+    pub async fn read(&self) -> Result<OwnedRwLockReadGuard<Activity>, AnalyticsError> {
         let head = self.store.head().await?;
         {
-            let state = self.state.read().await;
+            let state = self.state.clone().read_owned().await;
             if state.position() >= head {
                 return Ok(state);
             }
         }
-        let mut state = self.state.write().await;
+        let mut state = self.state.clone().write_owned().await;
         let started = Instant::now();
         let from = state.position();
         catch_up(&self.store, &mut state, |_, _| {}).await?;
@@ -205,6 +380,15 @@ pub struct FunnelReport {
     pub segment: Option<String>,
     /// Each step's figures, in order.
     pub figures: Vec<StepFigures>,
+}
+
+/// What the data-quality report reads from the store besides the activity.
+#[derive(Clone, Debug)]
+pub struct QualityFacts {
+    /// The identifier kinds each customer (by number) holds.
+    pub kinds: HashMap<u32, Vec<String>>,
+    /// Every refused record.
+    pub refusals: Vec<Refusal>,
 }
 
 /// Answers analytics questions over a store, from an activity the caller provides.
@@ -426,6 +610,23 @@ impl Analyst {
         lookback_days: u32,
         currency: &str,
     ) -> Result<CampaignEffect, AnalyticsError> {
+        let query = self
+            .campaign_query(activity, segment, at, window_days, lookback_days, currency)
+            .await?;
+        campaign_effect(activity, &query)
+    }
+
+    /// The question [`Analyst::campaign`] asks of the activity: the segment's members at `at`
+    /// (read from the store) and the windows.
+    pub async fn campaign_query(
+        &self,
+        activity: &Activity,
+        segment: &str,
+        at: DateTime<Utc>,
+        window_days: u32,
+        lookback_days: u32,
+        currency: &str,
+    ) -> Result<CampaignQuery, AnalyticsError> {
         self.require_segment(segment).await?;
         let mut members = HashSet::new();
         for change in self.store.segment_log(segment).await? {
@@ -446,22 +647,12 @@ impl Analyst {
             .currencies
             .get(currency)
             .ok_or_else(|| invalid("currency", format!("no order is in {currency:?}")))?;
-        campaign::campaign_effect(
-            activity,
-            &CampaignQuery {
-                targeted,
-                at: at.timestamp(),
-                window_days,
-                lookback_days,
-                currency: currency as u16,
-            },
-        )
-        .map_err(|e| {
-            let parameter = match e {
-                CampaignError::EmptyWindow => "window_days",
-                _ => "segment",
-            };
-            invalid(parameter, e.to_string())
+        Ok(CampaignQuery {
+            targeted,
+            at: at.timestamp(),
+            window_days,
+            lookback_days,
+            currency: currency as u16,
         })
     }
 
@@ -471,6 +662,12 @@ impl Analyst {
         activity: &Activity,
         period: Period,
     ) -> Result<QualityReport, AnalyticsError> {
+        let facts = self.quality_facts(activity).await?;
+        Ok(self.quality_of(activity, &facts, period))
+    }
+
+    /// What the data-quality report reads from the store besides the activity.
+    pub async fn quality_facts(&self, activity: &Activity) -> Result<QualityFacts, AnalyticsError> {
         let kinds = self
             .store
             .identifier_kinds()
@@ -479,7 +676,18 @@ impl Analyst {
             .filter_map(|(customer, kinds)| Some((activity.number_of(customer)?, kinds)))
             .collect();
         let refusals = self.store.refusals().await?;
-        let facts: Vec<RefusalFact<'_>> = refusals
+        Ok(QualityFacts { kinds, refusals })
+    }
+
+    /// The data-quality report per `period` from the activity and `facts`.
+    pub fn quality_of(
+        &self,
+        activity: &Activity,
+        facts: &QualityFacts,
+        period: Period,
+    ) -> QualityReport {
+        let refusals: Vec<RefusalFact<'_>> = facts
+            .refusals
             .iter()
             .map(|r| RefusalFact {
                 at: r.received_at.timestamp(),
@@ -487,9 +695,7 @@ impl Analyst {
                 code: &r.code,
             })
             .collect();
-        Ok(quality::quality(
-            activity, &kinds, &self.core, &facts, period,
-        ))
+        quality::quality(activity, &facts.kinds, &self.core, &refusals, period)
     }
 
     /// Fails with [`AnalyticsError::UnknownSegment`] unless `segment` is saved.
@@ -508,7 +714,7 @@ impl Analyst {
     }
 
     /// The customer numbers of a segment's current members.
-    async fn members(
+    pub async fn members(
         &self,
         activity: &Activity,
         segment: &str,
@@ -572,6 +778,20 @@ impl Analyst {
         }
         Ok(paths::paths(activity, max_steps, limit, end.timestamp()))
     }
+}
+
+/// The effect of the targeting `query` asks about.
+pub fn campaign_effect(
+    activity: &Activity,
+    query: &CampaignQuery,
+) -> Result<CampaignEffect, AnalyticsError> {
+    campaign::campaign_effect(activity, query).map_err(|e| {
+        let parameter = match e {
+            CampaignError::EmptyWindow => "window_days",
+            _ => "segment",
+        };
+        invalid(parameter, e.to_string())
+    })
 }
 
 /// The funnel `ask` over the customers numbered in `members` (everyone without), checking the

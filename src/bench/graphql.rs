@@ -30,18 +30,9 @@ pub struct Scenario {
     pub name: String,
     /// Requests scheduled per second.
     pub rate_per_s: f64,
-    /// Requests sent.
-    pub requests: u64,
-    /// Requests answered with errors (HTTP or GraphQL).
-    pub errors: u64,
-    /// Median latency, milliseconds.
-    pub p50_ms: f64,
-    /// 95th percentile, milliseconds.
-    pub p95_ms: f64,
-    /// 99th percentile, milliseconds.
-    pub p99_ms: f64,
-    /// Slowest, milliseconds.
-    pub max_ms: f64,
+    /// The requests and their latencies.
+    #[serde(flatten)]
+    pub latencies: Latencies,
 }
 
 /// What `patron bench graphql` measured.
@@ -60,7 +51,14 @@ impl std::fmt::Display for GraphqlBenchReport {
             writeln!(
                 f,
                 "{}: {} requests at {:.0}/s, {} errors; p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
-                s.name, s.requests, s.rate_per_s, s.errors, s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms
+                s.name,
+                s.latencies.requests,
+                s.rate_per_s,
+                s.latencies.errors,
+                s.latencies.p50_ms,
+                s.latencies.p95_ms,
+                s.latencies.p99_ms,
+                s.latencies.max_ms
             )?;
         }
         Ok(())
@@ -165,9 +163,58 @@ async fn run(
     seconds: u64,
     request: impl Fn(&mut rand::rngs::ThreadRng) -> (&'static str, Value),
 ) -> anyhow::Result<Scenario> {
+    let total = (rate * seconds as f64).round() as u64;
+    let latencies = paced_with(rate, seconds, bar(total, name), |rng| {
+        let (query, variables) = request(rng);
+        client
+            .post(url)
+            .bearer_auth(secret)
+            .json(&json!({"query": query, "variables": variables}))
+    })
+    .await?;
+    Ok(Scenario {
+        name: name.to_owned(),
+        rate_per_s: rate,
+        latencies,
+    })
+}
+
+/// The latencies of requests sent at a fixed rate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latencies {
+    /// Requests sent.
+    pub requests: u64,
+    /// Requests answered with errors (an HTTP error status, or `errors` in the body).
+    pub errors: u64,
+    /// Median latency, milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile, milliseconds.
+    pub p95_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub p99_ms: f64,
+    /// Slowest, milliseconds.
+    pub max_ms: f64,
+}
+
+/// Sends `rate` requests/s for `seconds`, each built by `request`, without a progress bar.
+pub(super) async fn paced(
+    rate: f64,
+    seconds: u64,
+    request: impl FnMut(&mut rand::rngs::ThreadRng) -> reqwest::RequestBuilder,
+) -> anyhow::Result<Latencies> {
+    paced_with(rate, seconds, indicatif::ProgressBar::hidden(), request).await
+}
+
+/// Sends `rate` requests/s for `seconds` (open loop), each built by `request`, counting them
+/// on `progress`; returns the latencies.
+async fn paced_with(
+    rate: f64,
+    seconds: u64,
+    progress: indicatif::ProgressBar,
+    mut request: impl FnMut(&mut rand::rngs::ThreadRng) -> reqwest::RequestBuilder,
+) -> anyhow::Result<Latencies> {
     anyhow::ensure!(rate > 0.0, "a rate must be positive");
     let total = (rate * seconds as f64).round() as u64;
-    let progress = bar(total, name);
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -176,12 +223,8 @@ async fn run(
     let mut rng = rand::thread_rng();
     for _ in 0..total {
         ticks.tick().await;
-        let (query, variables) = request(&mut rng);
+        let call = request(&mut rng);
         let sent = Instant::now();
-        let call = client
-            .post(url)
-            .bearer_auth(secret)
-            .json(&json!({"query": query, "variables": variables}));
         let latencies = Arc::clone(&latencies);
         let errors = Arc::clone(&errors);
         let progress = progress.clone();
@@ -214,9 +257,7 @@ async fn run(
             .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
             .map_or(0.0, |d| d.as_secs_f64() * 1_000.0)
     };
-    Ok(Scenario {
-        name: name.to_owned(),
-        rate_per_s: rate,
+    Ok(Latencies {
         requests: total,
         errors: errors.load(std::sync::atomic::Ordering::Relaxed),
         p50_ms: percentile(0.5),

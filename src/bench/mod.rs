@@ -5,12 +5,14 @@
 
 mod analytics;
 mod body;
+mod flood;
 mod graphql;
 mod lag;
 
 pub use analytics::{run_analytics_bench, AnalyticsBench, Timing};
 pub use body::{measure_events, run_body_bench, BodyBenchReport, BodyCase};
-pub use graphql::{run_graphql_bench, GraphqlBenchReport, Scenario};
+pub use flood::{run_flood_bench, FloodConfig, FloodReport, FloodScenario, FLOOD_QUERY};
+pub use graphql::{run_graphql_bench, GraphqlBenchReport, Latencies, Scenario};
 pub use lag::{run_lag_bench, LagBenchReport};
 
 use std::collections::BTreeMap;
@@ -495,6 +497,17 @@ impl std::fmt::Display for HttpBenchReport {
     }
 }
 
+/// An ingestor over a scratch `store` with the built-in identity rules and throw-away keys.
+pub fn scratch_ingestor(store: EventStore) -> anyhow::Result<crate::ingest::Ingestor> {
+    Ok(crate::ingest::Ingestor::new(
+        store,
+        patron_domain::identity::IdentityRules::default(),
+        uuid::Uuid::new_v4().as_bytes(),
+        patron_domain::privacy::MasterKey::parse(&patron_domain::privacy::MasterKey::generate())
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    ))
+}
+
 /// A new API key of the `ingest` role in `store`, for a benchmark's clients.
 pub(crate) async fn ingest_key(store: &EventStore) -> anyhow::Result<String> {
     use anyhow::Context;
@@ -523,13 +536,7 @@ pub async fn run_http_bench(
     use std::sync::{Arc, Mutex};
 
     let backend = store.kind();
-    let ingestor = crate::ingest::Ingestor::new(
-        store,
-        patron_domain::identity::IdentityRules::default(),
-        uuid::Uuid::new_v4().as_bytes(),
-        patron_domain::privacy::MasterKey::parse(&patron_domain::privacy::MasterKey::generate())
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    let ingestor = scratch_ingestor(store)?;
     let key = ingest_key(ingestor.store()).await?;
     let app = crate::server::Application::build(ingestor, "127.0.0.1:0")
         .context("cannot bind a port on 127.0.0.1")?;

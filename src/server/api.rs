@@ -44,7 +44,10 @@ use crate::store::segments::consented;
 use crate::store::{EventStore, StoreError};
 
 use super::Metrics;
-use crate::analytics::{Analyst, AnalyticsError, ResidentActivity};
+use crate::analytics::{
+    campaign_effect, compute, funnel_among, Analyst, AnalyticsError, AnalyticsGate,
+    ResidentActivity, Turn,
+};
 
 /// Events a correction's profile catch-up reads at a time.
 const CORRECTION_BATCH: usize = 20_000;
@@ -62,7 +65,9 @@ pub struct StoreBackend {
     metrics: Arc<Metrics>,
     population: Arc<ResidentPopulation>,
     activity: ResidentActivity,
-    analyst: Analyst,
+    analyst: Arc<Analyst>,
+    /// Turns to analyse, shared by every request.
+    gate: AnalyticsGate,
     corrector: Corrector,
     reviewer: Reviewer,
 }
@@ -70,18 +75,21 @@ pub struct StoreBackend {
 impl StoreBackend {
     /// A backend over `commits`' store, ingesting through `commits`, judging spend in
     /// `currency`, relaying `announcements` to subscribers, counting ingestion in `metrics`,
-    /// searching the resident `population`.
+    /// searching the resident `population`, analysing in the turns of `gate` (over the store's
+    /// long-read connections).
     pub fn new(
         commits: CommitQueue,
         currency: impl Into<String>,
         announcements: broadcast::Sender<Announcement>,
         metrics: Arc<Metrics>,
         population: Arc<ResidentPopulation>,
+        gate: AnalyticsGate,
     ) -> Self {
         let store = commits.ingestor().store().clone();
         let opener = Opener::new(store.clone(), commits.ingestor().master_key().clone());
-        let analyst = Analyst::new(store.clone(), commits.ingestor().rules());
-        let activity = ResidentActivity::new(store.clone());
+        let long_reads = store.long_reads();
+        let analyst = Arc::new(Analyst::new(long_reads.clone(), commits.ingestor().rules()));
+        let activity = ResidentActivity::new(long_reads);
         let currency = currency.into();
         let corrector = Corrector::new(
             commits.ingestor().clone(),
@@ -102,8 +110,39 @@ impl StoreBackend {
             population,
             activity,
             analyst,
+            gate,
             corrector,
         }
+    }
+
+    /// A turn to analyse and the activity up to the log's head.
+    async fn turn(
+        &self,
+    ) -> BackendResult<(
+        Turn,
+        tokio::sync::OwnedRwLockReadGuard<patron_projections::analytics::activity::Activity>,
+    )> {
+        let turn = self.gate.enter().await.map_err(analytics_error)?;
+        let activity = self.activity.read().await.map_err(analytics_error)?;
+        Ok((turn, activity))
+    }
+
+    /// Runs `work` in a turn, on a blocking thread.
+    async fn analyse<T, F>(&self, work: F) -> BackendResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(
+                &Analyst,
+                &patron_projections::analytics::activity::Activity,
+            ) -> Result<T, AnalyticsError>
+            + Send
+            + 'static,
+    {
+        let (turn, activity) = self.turn().await?;
+        let analyst = self.analyst.clone();
+        compute(turn, activity, move |activity| work(&analyst, activity))
+            .await
+            .map_err(analytics_error)
     }
 
     /// Reads the customers' activity into memory (what analytics answers from), logging a
@@ -423,43 +462,49 @@ impl Backend for StoreBackend {
         by_channel: bool,
         periods: u32,
     ) -> BackendResult<CohortTable> {
-        let activity = self.activity.read().await.map_err(analytics_error)?;
-        self.analyst
-            .cohorts(&activity, period, by_channel, periods, Utc::now())
-            .map_err(analytics_error)
+        self.analyse(move |analyst, activity| {
+            analyst.cohorts(activity, period, by_channel, periods, Utc::now())
+        })
+        .await
     }
 
     async fn funnel(&self, ask: FunnelAsk) -> BackendResult<Vec<StepFigures>> {
-        let activity = self.activity.read().await.map_err(analytics_error)?;
-        let report = self
-            .analyst
-            .funnel(&activity, &ask)
-            .await
-            .map_err(analytics_error)?;
-        Ok(report.figures)
+        let (turn, activity) = self.turn().await?;
+        let members = match &ask.segment {
+            Some(name) => Some(
+                self.analyst
+                    .members(&activity, name)
+                    .await
+                    .map_err(analytics_error)?,
+            ),
+            None => None,
+        };
+        compute(turn, activity, move |activity| {
+            Ok(funnel_among(activity, &ask, members.as_ref())?.figures)
+        })
+        .await
+        .map_err(analytics_error)
     }
 
     async fn clv(&self, horizon: u32, churn: u32, top: usize) -> BackendResult<ClvReport> {
-        let activity = self.activity.read().await.map_err(analytics_error)?;
-        let (report, _) = self
-            .analyst
-            .clv(&activity, &self.currency, Utc::now(), horizon, churn, top)
-            .map_err(analytics_error)?;
-        Ok(report)
+        let currency = self.currency.clone();
+        self.analyse(move |analyst, activity| {
+            let (report, _) = analyst.clv(activity, &currency, Utc::now(), horizon, churn, top)?;
+            Ok(report)
+        })
+        .await
     }
 
     async fn attribution(&self, lookback_days: u32) -> BackendResult<Attribution> {
-        let activity = self.activity.read().await.map_err(analytics_error)?;
-        self.analyst
-            .attribution(&activity, lookback_days, Utc::now())
-            .map_err(analytics_error)
+        self.analyse(move |analyst, activity| {
+            analyst.attribution(activity, lookback_days, Utc::now())
+        })
+        .await
     }
 
     async fn associations(&self, ask: AssociationAsk) -> BackendResult<AssociationReport> {
-        let activity = self.activity.read().await.map_err(analytics_error)?;
-        self.analyst
-            .associations(&activity, &ask)
-            .map_err(analytics_error)
+        self.analyse(move |analyst, activity| analyst.associations(activity, &ask))
+            .await
     }
 
     async fn campaign(
@@ -469,9 +514,10 @@ impl Backend for StoreBackend {
         window_days: u32,
         lookback_days: u32,
     ) -> BackendResult<CampaignEffect> {
-        let activity = self.activity.read().await.map_err(analytics_error)?;
-        self.analyst
-            .campaign(
+        let (turn, activity) = self.turn().await?;
+        let query = self
+            .analyst
+            .campaign_query(
                 &activity,
                 segment,
                 at,
@@ -480,22 +526,32 @@ impl Backend for StoreBackend {
                 &self.currency,
             )
             .await
-            .map_err(analytics_error)
+            .map_err(analytics_error)?;
+        compute(turn, activity, move |activity| {
+            campaign_effect(activity, &query)
+        })
+        .await
+        .map_err(analytics_error)
     }
 
     async fn quality(&self, period: Period) -> BackendResult<QualityReport> {
-        let activity = self.activity.read().await.map_err(analytics_error)?;
-        self.analyst
-            .quality(&activity, period)
+        let (turn, activity) = self.turn().await?;
+        let facts = self
+            .analyst
+            .quality_facts(&activity)
             .await
-            .map_err(analytics_error)
+            .map_err(analytics_error)?;
+        let analyst = self.analyst.clone();
+        compute(turn, activity, move |activity| {
+            Ok(analyst.quality_of(activity, &facts, period))
+        })
+        .await
+        .map_err(analytics_error)
     }
 
     async fn paths(&self, max_steps: usize, limit: usize) -> BackendResult<Vec<PathRow>> {
-        let activity = self.activity.read().await.map_err(analytics_error)?;
-        self.analyst
-            .paths(&activity, max_steps, limit, Utc::now())
-            .map_err(analytics_error)
+        self.analyse(move |analyst, activity| analyst.paths(activity, max_steps, limit, Utc::now()))
+            .await
     }
 
     async fn distribution(&self, dimension: Dimension) -> BackendResult<Vec<Bucket>> {

@@ -1,5 +1,5 @@
-//! `GET /metrics`: Prometheus counters of requests, their latencies, ingested records and the
-//! profile projection's lag.
+//! `GET /metrics`: Prometheus counters of requests, their latencies, ingested records, the
+//! profile projection's lag and the analyses run and refused.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,10 +10,12 @@ use actix_web::middleware::Next;
 use actix_web::web::Data;
 use actix_web::HttpResponse;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use super::AppState;
+use crate::analytics::AnalyticsGate;
 use crate::ingest::IngestReport;
 
 /// The server's metrics, in a registry of their own (several servers may run in one process).
@@ -24,11 +26,17 @@ pub struct Metrics {
     records: IntCounterVec,
     lag_events: IntGauge,
     lag_seconds: IntGauge,
+    /// The gate whose counts the analytics metrics show.
+    gate: AnalyticsGate,
+    analytics_running: IntGauge,
+    analytics_running_max: IntGauge,
+    analytics_runs: IntCounter,
+    analytics_busy: IntCounter,
 }
 
 impl Metrics {
-    /// Registers the metrics.
-    pub fn new() -> prometheus::Result<Arc<Self>> {
+    /// Registers the metrics, those of analytics read from `gate`.
+    pub fn new(gate: AnalyticsGate) -> prometheus::Result<Arc<Self>> {
         let registry = Registry::new_custom(Some("patron".into()), None)?;
         let requests = IntCounterVec::new(
             Opts::new(
@@ -62,6 +70,21 @@ impl Metrics {
             "projection_lag_seconds",
             "Age of the oldest event not yet in the profiles, seconds (at the last scrape)",
         )?;
+        let analytics_running =
+            IntGauge::new("analytics_running", "Analyses running (at the last scrape)")?;
+        let analytics_running_max = IntGauge::new(
+            "analytics_running_max",
+            "The most analyses that ran at once since the start",
+        )?;
+        let analytics_runs = IntCounter::new("analytics_runs_total", "Analyses let run")?;
+        let analytics_busy = IntCounter::new(
+            "analytics_busy_total",
+            "Analyses refused with BUSY: no turn was free within analytics_wait_ms",
+        )?;
+        registry.register(Box::new(analytics_running.clone()))?;
+        registry.register(Box::new(analytics_running_max.clone()))?;
+        registry.register(Box::new(analytics_runs.clone()))?;
+        registry.register(Box::new(analytics_busy.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(records.clone()))?;
@@ -74,7 +97,26 @@ impl Metrics {
             records,
             lag_events,
             lag_seconds,
+            gate,
+            analytics_running,
+            analytics_running_max,
+            analytics_runs,
+            analytics_busy,
         }))
+    }
+
+    /// Brings the analytics metrics to the gate's counts.
+    fn observe_analytics(&self) {
+        let stats = self.gate.stats();
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.analytics_running.set(gauge(stats.running));
+        self.analytics_running_max.set(gauge(stats.peak));
+        for (counter, total) in [
+            (&self.analytics_runs, stats.runs),
+            (&self.analytics_busy, stats.busy),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     /// Counts an ingestion report's records.
@@ -125,6 +167,7 @@ pub(crate) async fn metrics(state: Data<AppState>) -> HttpResponse {
         }
         Err(e) => tracing::warn!(error = %e, "projection lag not measured"),
     }
+    state.metrics.observe_analytics();
     let mut text = Vec::new();
     let encoder = TextEncoder::new();
     if let Err(e) = encoder.encode(&state.metrics.registry.gather(), &mut text) {

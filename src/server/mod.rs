@@ -26,6 +26,7 @@ use patron_graphql::{Backend, PatronSchema};
 use tokio::sync::broadcast;
 use tracing_actix_web::TracingLogger;
 
+use crate::analytics::{AnalyticsGate, AnalyticsLimits};
 use crate::ingest::{CommitQueue, Incoming, IngestError, IngestReport, Ingestor};
 use crate::population::ResidentPopulation;
 use crate::projection::ProfileProjection;
@@ -52,6 +53,8 @@ pub struct ServerOptions {
     /// How long a caller whose key was accepted may take to send its body (408 `BODY_TIMEOUT`
     /// after that).
     pub body_timeout: std::time::Duration,
+    /// How many analyses run at once, and how long one waits for its turn.
+    pub analytics: AnalyticsLimits,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +64,7 @@ impl Default for ServerOptions {
             ready_lag_seconds: DEFAULT_READY_LAG_SECONDS,
             sockets: SocketLimits::default(),
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            analytics: AnalyticsLimits::default(),
         }
     }
 }
@@ -206,7 +210,8 @@ impl Application {
             .with_announcements(announcements.clone())
             .with_population(population.clone());
         let projection = StopOnDrop(tokio::spawn(live.clone().follow()));
-        let metrics = Metrics::new().map_err(std::io::Error::other)?;
+        let gate = AnalyticsGate::new(options.analytics);
+        let metrics = Metrics::new(gate.clone()).map_err(std::io::Error::other)?;
         let commits = CommitQueue::start(ingestor);
         let store_backend = Arc::new(StoreBackend::new(
             commits.clone(),
@@ -214,6 +219,7 @@ impl Application {
             announcements,
             metrics.clone(),
             population,
+            gate,
         ));
         let warming = store_backend.clone();
         let warm_up = StopOnDrop(tokio::spawn(async move { warming.warm_up().await }));

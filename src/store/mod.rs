@@ -25,8 +25,8 @@ macro_rules! writing {
     };
 }
 
-/// Runs `$body` with `$pool` bound to a pool that reads (SQLite's readers, PostgreSQL's pool),
-/// on either backend.
+/// Runs `$body` with `$pool` bound to a pool that reads (the reading pool of either backend, or
+/// the long-read pool for a handle from [`EventStore::long_reads`]).
 macro_rules! reading {
     ($self:expr, $pool:ident => $body:expr) => {
         match &$self.backend {
@@ -35,7 +35,7 @@ macro_rules! reading {
                 $body
             }
             Backend::Postgres(b) => {
-                let $pool = b.pool();
+                let $pool = b.reader();
                 $body
             }
         }
@@ -173,10 +173,19 @@ impl AppendOutcome {
 }
 
 /// Tuning for a store connection.
+///
+/// Each class of work has connections of its own, so that none can take another's: writes
+/// (ingestion's commits, the read models' updates) on SQLite's one writing connection or
+/// PostgreSQL's writing pool, short reads (a customer, an API key) on the reading pool, and the
+/// long reads of analytics on a pool of their own ([`EventStore::long_reads`]).
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// Connections for reads (SQLite) or for everything (PostgreSQL).
+    /// Connections for short reads (both backends).
     pub max_connections: u32,
+    /// Connections for writes on PostgreSQL (at least 2); SQLite has one writing connection.
+    pub write_connections: u32,
+    /// Connections for long reads: analytics reading the log (at least 1).
+    pub long_read_connections: u32,
     /// How often a caught-up subscription looks for events written by other processes.
     pub poll_interval: Duration,
     /// Steps that bring old payload shapes up to date on read.
@@ -187,6 +196,8 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             max_connections: 8,
+            write_connections: 4,
+            long_read_connections: 2,
             poll_interval: Duration::from_millis(200),
             upcasters: Arc::new(Upcasters::new()),
         }
@@ -259,9 +270,9 @@ impl EventStore {
     #[tracing::instrument(name = "store.connect", skip_all, fields(url = %redact_url(url)))]
     pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Self> {
         let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite(sqlite::SqliteLog::open(url, options.max_connections).await?)
+            Backend::Sqlite(sqlite::SqliteLog::open(url, &options).await?)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres(postgres::PostgresLog::open(url, options.max_connections).await?)
+            Backend::Postgres(postgres::PostgresLog::open(url, &options).await?)
         } else {
             return Err(StoreError::UnsupportedUrl {
                 url: redact_url(url),
@@ -277,6 +288,21 @@ impl EventStore {
             head: Arc::new(watch::Sender::new(head)),
             poll_interval: options.poll_interval,
         })
+    }
+
+    /// A handle on the same store whose reads all use the long-read pool
+    /// ([`StoreOptions::long_read_connections`]): for analytics, which read the whole log, so
+    /// that they never hold the connections of ingestion or short reads. Meant for reading;
+    /// closing the store closes its pools.
+    pub fn long_reads(&self) -> Self {
+        let backend = match &self.backend {
+            Backend::Sqlite(b) => Backend::Sqlite(b.long_reads()),
+            Backend::Postgres(b) => Backend::Postgres(b.long_reads()),
+        };
+        Self {
+            backend,
+            ..self.clone()
+        }
     }
 
     /// Which database holds the log.

@@ -44,7 +44,12 @@ const RANGES_IN_FLIGHT: usize = 2;
 
 #[derive(Clone)]
 pub(crate) struct PostgresLog {
+    /// Writes, and the reads made here (ingestion's look-ups, the log for the projections).
     pool: PgPool,
+    /// Short reads through the store's `reading!` (customers, keys, segments).
+    reader: PgPool,
+    /// Long reads (analytics), for [`PostgresLog::long_reads`].
+    long: PgPool,
 }
 
 /// Decodes a row of [`SELECT_EVENTS`] or [`READ_RANGE`]. The column types are fixed by the
@@ -83,7 +88,7 @@ fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
 }
 
 impl PostgresLog {
-    pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Self> {
+    pub(crate) async fn open(url: &str, tuning: &super::StoreOptions) -> Result<Self> {
         // Parameters are arrays whose length varies from call to call: a plan made for the
         // values at hand beats a generic plan, which can fall back to scanning the log.
         let options =
@@ -94,19 +99,41 @@ impl PostgresLog {
         MIGRATOR.run(&mut conn).await?;
         conn.close().await?;
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .connect_with(options)
+            .max_connections(tuning.write_connections.max(2))
+            .connect_with(options.clone())
             .await?;
-        Ok(Self { pool })
+        let reader = PgPoolOptions::new()
+            .max_connections(tuning.max_connections.max(1))
+            .connect_lazy_with(options.clone());
+        let long = PgPoolOptions::new()
+            .max_connections(tuning.long_read_connections.max(1))
+            .connect_lazy_with(options);
+        Ok(Self { pool, reader, long })
     }
 
     pub(crate) async fn close(&self) {
+        self.reader.close().await;
+        self.long.close().await;
         self.pool.close().await;
     }
 
-    /// The connection pool.
+    /// The writing pool (and the reads this module makes).
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The pool for short reads.
+    pub(crate) fn reader(&self) -> &PgPool {
+        &self.reader
+    }
+
+    /// This log with the long-read pool for everything: for reading only.
+    pub(crate) fn long_reads(&self) -> Self {
+        Self {
+            pool: self.long.clone(),
+            reader: self.long.clone(),
+            long: self.long.clone(),
+        }
     }
 
     pub(crate) async fn append(&self, appends: &[StreamAppend]) -> Result<AppendOutcome> {

@@ -6,9 +6,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use std::time::Duration;
+
 use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
+use patron::analytics::AnalyticsLimits;
 use patron::ingest::{Ingestor, RecordOutcome};
 use patron::projection::ProfileProjection;
+use patron::server::{Application, ServerOptions, REQUEST_TIMEOUT};
 use patron_domain::customer::CustomerId;
 use patron_domain::identity::IdentityRules;
 use serde_json::{json, Value};
@@ -1168,7 +1172,174 @@ crate::on_both_stores!(
     a_campaign_is_measured_on_the_members_the_segment_had_at_the_time,
     merged_customers_count_once_and_erased_ones_not_at_all,
     a_segment_deleted_and_saved_again_is_measured_on_its_new_members_only,
+    thousands_of_analyses_in_one_request_are_refused_before_anything_runs,
+    analyses_take_turns_across_requests_and_one_kept_waiting_is_busy,
 );
+
+// ---------------------------------------------------------------------------------------------
+// The cost of analyses: their weight in the complexity limit, and turns across requests.
+
+/// A server over the test's store whose analytics run `concurrency` at a time, waiting `wait`
+/// for a turn.
+async fn spawn_limited_app(t: &TestStore, concurrency: usize, wait: Duration) -> TestApp {
+    let ingestor = Ingestor::new(
+        t.store.clone(),
+        IdentityRules::default(),
+        b"test identity key",
+        crate::helpers::master_key(),
+    );
+    let options = ServerOptions {
+        analytics: AnalyticsLimits { concurrency, wait },
+        ..ServerOptions::default()
+    };
+    let app = Application::build_with(ingestor, "127.0.0.1:0", options).expect("bind a free port");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        ingest_key: api_key(t, "ingest").await,
+    }
+}
+
+/// The value of the metric `name` (a line `name value`) in the server's `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// `{ analytics { a0: <field> a1: <field> ... } }` with `n` aliases.
+fn aliased(field: &str, n: usize) -> String {
+    let fields: String = (0..n).map(|i| format!("a{i}: {field} ")).collect();
+    format!("{{ analytics {{ {fields}}} }}")
+}
+
+async fn thousands_of_analyses_in_one_request_are_refused_before_anything_runs(t: &TestStore) {
+    let app = shop(t).await.app;
+    let analyst = api_key(t, "analyst").await;
+    let viewer = api_key(t, "viewer").await;
+    let ltv = "lifetimeValue { customers }";
+    let started = std::time::Instant::now();
+    let (code, message) = refused(&app, &analyst, &aliased(ltv, 5_000), json!({})).await;
+    assert_eq!(code, "QUERY_TOO_COMPLEX", "{message}");
+    assert!(message.contains("50000"), "the limit is named: {message}");
+    assert!(message.contains("lifetimeValue 20000"), "{message}");
+    assert_eq!(metric(&app, "patron_analytics_runs_total").await, 0.0);
+    // The server is free for a viewer at once.
+    let me = post(&app, &viewer, "{ me { name role } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["role"], "VIEWER", "{me}");
+    assert!(
+        started.elapsed() < REQUEST_TIMEOUT,
+        "refused at validation, not after running"
+    );
+
+    // What a request may hold: two lifetime values, or four other analyses, or one lifetime
+    // value and two others.
+    for (query, allowed) in [
+        (aliased(ltv, 3), false),
+        (aliased("cohorts { customers }", 5), false),
+        (
+            format!(
+                "{{ analytics {{ {ltv} cohorts {{ customers }} paths {{ customers }} \
+                 attribution {{ conversions }} }} }}"
+            ),
+            false,
+        ),
+        (aliased(ltv, 2), true),
+        (
+            format!("{{ analytics {{ {ltv} cohorts {{ customers }} paths {{ customers }} }} }}"),
+            true,
+        ),
+        (aliased("attribution { conversions }", 4), true),
+    ] {
+        let body = post(&app, &analyst, &query, json!({})).await;
+        let code = body["errors"][0]["extensions"]["code"].as_str();
+        if allowed {
+            // Run (the lifetime value of five buyers may not fit: that is its own error).
+            assert_ne!(code, Some("QUERY_TOO_COMPLEX"), "{query}: {body}");
+            assert!(
+                body["data"].is_object() || code.is_some(),
+                "{query}: {body}"
+            );
+        } else {
+            assert_eq!(code, Some("QUERY_TOO_COMPLEX"), "{query}: {body}");
+        }
+    }
+    assert_eq!(metric(&app, "patron_analytics_runs_total").await, 9.0);
+}
+
+async fn analyses_take_turns_across_requests_and_one_kept_waiting_is_busy(t: &TestStore) {
+    let sound: Vec<Value> = history(Utc::now())
+        .into_iter()
+        .filter(|r| r["identifiers"]["phone"] != "12345")
+        .collect();
+    ingest_directly(t, &sound).await;
+    ProfileProjection::new(t.store.clone(), 1_000)
+        .catch_up()
+        .await
+        .expect("catch up");
+    let heavy = "{ analytics { cohorts { customers } attribution { conversions } \
+        paths { customers } associations { orders } } }";
+
+    // One turn: two requests of four analyses each all run, one at a time.
+    let app = spawn_limited_app(t, 1, Duration::from_secs(60)).await;
+    let analyst = api_key(t, "analyst").await;
+    let (first, second) = tokio::join!(
+        post(&app, &analyst, heavy, json!({})),
+        post(&app, &analyst, heavy, json!({}))
+    );
+    for body in [&first, &second] {
+        assert!(body.get("errors").is_none(), "{body}");
+        assert_eq!(
+            body["data"]["analytics"]["cohorts"][0]["customers"], 3,
+            "{body}"
+        );
+    }
+    assert_eq!(metric(&app, "patron_analytics_runs_total").await, 8.0);
+    assert_eq!(metric(&app, "patron_analytics_running_max").await, 1.0);
+    assert_eq!(metric(&app, "patron_analytics_busy_total").await, 0.0);
+    assert_eq!(metric(&app, "patron_analytics_running").await, 0.0);
+
+    // No wait allowed: of two analyses in one request, the second finds the turn taken.
+    let impatient = spawn_limited_app(t, 1, Duration::ZERO).await;
+    let body = post(
+        &impatient,
+        &analyst,
+        "{ analytics { a: cohorts { customers } b: cohorts { customers } } }",
+        json!({}),
+    )
+    .await;
+    let errors = body["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{body}");
+    assert_eq!(errors[0]["extensions"]["code"], "BUSY", "{body}");
+    let message = errors[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("analytics_concurrency") && message.contains("analytics_wait_ms"),
+        "the message names the settings: {message}"
+    );
+    assert_eq!(metric(&impatient, "patron_analytics_busy_total").await, 1.0);
+    assert_eq!(metric(&impatient, "patron_analytics_runs_total").await, 1.0);
+    // The turn is free again once the first is done.
+    let data = analytics(
+        &impatient,
+        &analyst,
+        "{ analytics { cohorts { customers } } }",
+        json!({}),
+    )
+    .await;
+    assert!(!data["cohorts"].as_array().expect("cohorts").is_empty());
+}
 
 // ---------------------------------------------------------------------------------------------
 // Access and arguments.

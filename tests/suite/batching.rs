@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
+use patron::analytics::{AnalyticsGate, AnalyticsLimits};
 use patron::ingest::{CommitQueue, Ingestor};
 use patron::population::ResidentPopulation;
 use patron::projection::ProfileProjection;
@@ -240,13 +241,15 @@ async fn a_page_of_customers_is_loaded_in_one_batch(t: &TestStore) {
         .catch_up()
         .await
         .expect("catch up");
+    let gate = AnalyticsGate::new(AnalyticsLimits::default());
     let counting = Arc::new(Counting {
         inner: StoreBackend::new(
             CommitQueue::start(ingestor),
             "CNY",
             tokio::sync::broadcast::channel(16).0,
-            Metrics::new().expect("metrics"),
+            Metrics::new(gate.clone()).expect("metrics"),
             Arc::new(ResidentPopulation::new(t.store.clone())),
+            gate,
         ),
         customer_batches: AtomicUsize::new(0),
         list_calls: AtomicUsize::new(0),

@@ -110,7 +110,11 @@ const CLOSE_ATTEMPTS: usize = 10;
 #[derive(Clone)]
 pub(crate) struct SqliteLog {
     writer: SqlitePool,
+    /// What this handle reads with: the short-read pool, or `long` for
+    /// [`SqliteLog::long_reads`].
     reader: SqlitePool,
+    /// The long-read pool (analytics).
+    long: SqlitePool,
     checkpoints: Checkpoints,
     /// How to open one more connection: [`SqliteLog::close`] uses it to fold the WAL back.
     options: Arc<SqliteConnectOptions>,
@@ -521,7 +525,7 @@ fn write_commit(
 }
 
 impl SqliteLog {
-    pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Self> {
+    pub(crate) async fn open(url: &str, tuning: &super::StoreOptions) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -542,13 +546,18 @@ impl SqliteLog {
             .await?;
         MIGRATOR.run(&writer).await?;
         let checkpoints = Checkpoints::start(&options).await?;
+        let reading = options.clone().pragma("cache_size", READER_CACHE);
         let reader = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .connect_with(options.clone().pragma("cache_size", READER_CACHE))
+            .max_connections(tuning.max_connections.max(1))
+            .connect_with(reading.clone())
             .await?;
+        let long = SqlitePoolOptions::new()
+            .max_connections(tuning.long_read_connections.max(1))
+            .connect_lazy_with(reading);
         Ok(Self {
             writer,
             reader,
+            long,
             checkpoints,
             options: Arc::new(options),
         })
@@ -699,9 +708,18 @@ impl SqliteLog {
         &self.reader
     }
 
+    /// This log with the long-read pool for every read.
+    pub(crate) fn long_reads(&self) -> Self {
+        Self {
+            reader: self.long.clone(),
+            ..self.clone()
+        }
+    }
+
     pub(crate) async fn close(&self) {
         self.checkpoints.close().await;
         self.reader.close().await;
+        self.long.close().await;
         self.writer.close().await;
         // The last connection to close folds the WAL back into the database file and removes
         // it; when the pools' connections close at the same moment on their worker threads,
