@@ -139,6 +139,14 @@ pub enum Command {
             hide_env_values = true
         )]
         write_keys: Vec<String>,
+        /// Identifier lookups (`customerByIdentifier`) each API key may make per hour, by
+        /// role, counted per server process; roles left out keep their default, 0 refuses.
+        #[arg(
+            long = "lookup-budget",
+            env = "PATRON_LOOKUP_BUDGET",
+            default_value_t = patron_graphql::loader::LookupAllowance::default()
+        )]
+        lookup_budget: patron_graphql::loader::LookupAllowance,
     },
     /// Import a CSV or NDJSON file of touchpoints: validated, resolved to customers and stored.
     /// Refused records go to the quarantine; importing the same file again stores nothing twice.
@@ -494,6 +502,7 @@ impl Cli {
                 ref address,
                 ref write_keys,
                 ready_lag_seconds,
+                lookup_budget,
             } => {
                 let ingestor = self.ingestor().await?.with_actor("http");
                 spawn_quarantine_expiry(ingestor.store().clone(), self.quarantine_retention_days);
@@ -502,6 +511,7 @@ impl Cli {
                 let options = ServerOptions {
                     write_keys: write_keys.clone(),
                     ready_lag_seconds,
+                    lookup_budget,
                 };
                 let app = Application::build_with(ingestor, address, options)
                     .with_context(|| format!("cannot listen on {address}"))?;
@@ -1167,15 +1177,9 @@ async fn erase(
         }
     };
     anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
-    let erasure = privacy::erase(
-        ingestor.store(),
-        ingestor.master_key(),
-        customer,
-        actor,
-        reason,
-    )
-    .await
-    .with_context(|| format!("cannot erase customer {customer}"))?;
+    let erasure = privacy::erase(ingestor, customer, actor, reason)
+        .await
+        .with_context(|| format!("cannot erase customer {customer}"))?;
     ingestor.store().close().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&erasure)?);

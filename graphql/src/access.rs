@@ -108,6 +108,11 @@ pub mod codes {
     pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
     /// No API key, or an unknown or revoked one (HTTP 401 before any GraphQL is run).
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// More `customerByIdentifier` lookups in one request than it may make.
+    pub const TOO_MANY_LOOKUPS: &str = "TOO_MANY_LOOKUPS";
+    /// The key's budget of identifier lookups over time is spent; the message names the
+    /// budget and when the next lookup is allowed.
+    pub const LOOKUP_BUDGET_EXHAUSTED: &str = "LOOKUP_BUDGET_EXHAUSTED";
 }
 
 /// An API error with a stable code.

@@ -47,6 +47,8 @@ pub struct ServerOptions {
     pub write_keys: Vec<String>,
     /// `/readyz` answers 503 while the profiles lag the log by more than this many seconds.
     pub ready_lag_seconds: i64,
+    /// Identifier lookups each key may make per hour, by role (counted in this process).
+    pub lookup_budget: patron_graphql::loader::LookupAllowance,
 }
 
 impl Default for ServerOptions {
@@ -54,6 +56,7 @@ impl Default for ServerOptions {
         Self {
             write_keys: Vec::new(),
             ready_lag_seconds: DEFAULT_READY_LAG_SECONDS,
+            lookup_budget: patron_graphql::loader::LookupAllowance::default(),
         }
     }
 }
@@ -178,13 +181,16 @@ impl Application {
         let projection = StopOnDrop(tokio::spawn(live.clone().follow()));
         let metrics = Metrics::new().map_err(std::io::Error::other)?;
         let commits = CommitQueue::start(ingestor);
-        let store_backend = Arc::new(StoreBackend::new(
-            commits.clone(),
-            currency,
-            announcements,
-            metrics.clone(),
-            population,
-        ));
+        let store_backend = Arc::new(
+            StoreBackend::new(
+                commits.clone(),
+                currency,
+                announcements,
+                metrics.clone(),
+                population,
+            )
+            .with_lookup_allowance(options.lookup_budget),
+        );
         let warming = store_backend.clone();
         let warm_up = StopOnDrop(tokio::spawn(async move { warming.warm_up().await }));
         let backend: Arc<dyn Backend> = store_backend;
