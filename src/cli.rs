@@ -178,6 +178,15 @@ pub enum Command {
             default_value_t = crate::analytics::DEFAULT_ANALYTICS_WAIT_MS
         )]
         analytics_wait_ms: u64,
+        /// Identifier lookups (`customerByIdentifier`) each API key may make per hour, by
+        /// role, counted per server process; roles left out keep their default, 0 refuses.
+        #[arg(
+            long = "lookup-budget",
+            env = "PATRON_LOOKUP_BUDGET",
+            default_value_t = patron_graphql::loader::LookupAllowance::default()
+        )]
+        lookup_budget: patron_graphql::loader::LookupAllowance,
+                    ..ServerOptions::default()
     },
     /// Import a CSV or NDJSON file of touchpoints: validated, resolved to customers and stored.
     /// Refused records go to the quarantine; importing the same file again stores nothing twice.
@@ -571,6 +580,7 @@ impl Cli {
                 ready_lag_seconds,
                 analytics_concurrency,
                 analytics_wait_ms,
+                lookup_budget,
             } => {
                 let ingestor = self.ingestor().await?.with_actor("http");
                 spawn_quarantine_expiry(ingestor.store().clone(), self.quarantine_retention_days);
@@ -583,6 +593,7 @@ impl Cli {
                         concurrency: analytics_concurrency,
                         wait: std::time::Duration::from_millis(analytics_wait_ms),
                     },
+                    lookup_budget,
                     ..ServerOptions::default()
                 };
                 let app = Application::build_with(ingestor, address, options)
@@ -1339,15 +1350,9 @@ async fn erase(
         }
     };
     anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
-    let erasure = privacy::erase(
-        ingestor.store(),
-        ingestor.master_key(),
-        customer,
-        actor,
-        reason,
-    )
-    .await
-    .with_context(|| format!("cannot erase customer {customer}"))?;
+    let erasure = privacy::erase(ingestor, customer, actor, reason)
+        .await
+        .with_context(|| format!("cannot erase customer {customer}"))?;
     ingestor.store().close().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&erasure)?);

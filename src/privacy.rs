@@ -10,6 +10,7 @@ use chrono::{Duration, Utc};
 use patron_domain::customer::CustomerId;
 use patron_domain::events::is_touchpoint;
 use patron_domain::events::{CustomerErased, CUSTOMER_ERASED};
+use patron_domain::identifier::Identifier;
 use patron_domain::privacy::{open_payload, CustomerKey, MasterKey, PrivacyError};
 use patron_domain::{Metadata, NewEvent, Position, RecordedEvent};
 use patron_projections::holdings::Holdings;
@@ -17,6 +18,7 @@ use patron_projections::profile::Profile;
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::ingest::Ingestor;
 use crate::store::projection::ProfileTable;
 use crate::store::{Erasure, EventStore, StoreError};
 
@@ -111,16 +113,31 @@ impl Opener {
         customer: CustomerId,
     ) -> Result<Vec<RecordedEvent>, PrivacyFailure> {
         let live = self.store.live_customer(customer).await?;
-        // The profile's holdings name the touchpoints corrections moved; the aliases name
-        // customers merged so recently that the profile has not absorbed them yet.
-        let holdings: Holdings = self
+        let holdings = self.holdings(live).await?;
+        self.history_of(live, &holdings).await
+    }
+
+    /// What a live customer holds besides its own stream, as its profile knows it: the
+    /// streams merged into it and the touchpoints corrections moved in or out.
+    async fn holdings(&self, live: CustomerId) -> Result<Holdings, PrivacyFailure> {
+        Ok(self
             .store
             .load_profiles(ProfileTable::Live, &[live])
             .await?
             .remove(&live)
             .and_then(|state| serde_json::from_str::<Profile>(&state).ok())
             .map(|p| p.holdings)
-            .unwrap_or_default();
+            .unwrap_or_default())
+    }
+
+    /// The opened events of a live customer with `holdings`, in log order.
+    async fn history_of(
+        &self,
+        live: CustomerId,
+        holdings: &Holdings,
+    ) -> Result<Vec<RecordedEvent>, PrivacyFailure> {
+        // The profile's holdings name the touchpoints corrections moved; the aliases name
+        // customers merged so recently that the profile has not absorbed them yet.
         let mut streams: BTreeSet<CustomerId> = holdings.all_streams(live).into_iter().collect();
         streams.extend(members(&self.store, live).await?);
         let mut events: BTreeMap<Position, RecordedEvent> = BTreeMap::new();
@@ -150,18 +167,124 @@ async fn members(store: &EventStore, live: CustomerId) -> Result<Vec<CustomerId>
     Ok(members)
 }
 
-/// The identifier values an opened payload names: in `identifiers` and `evidence`.
-fn identifier_values(payload: &Value, into: &mut BTreeSet<String>) {
-    let mut add = |list: Option<&Value>| {
-        for item in list.and_then(Value::as_array).into_iter().flatten() {
-            let identifier = item.get("identifier").unwrap_or(item);
-            if let Some(value) = identifier.get("value").and_then(Value::as_str) {
-                into.insert(value.to_owned());
+/// The identifiers a customer's opened events name: values (normalized, as ingested) and
+/// pseudonyms (as the identity index keeps them).
+#[derive(Debug, Default)]
+struct Named {
+    values: BTreeSet<Identifier>,
+    pseudonyms: BTreeSet<Identifier>,
+}
+
+impl Named {
+    /// Reads the identifiers an opened payload of `event_type` names. Touchpoints carry values
+    /// (`identifiers`), and so does a merge's `evidence`; identity corrections name pseudonyms:
+    /// `identifier` of `identifier_linked` and `identifier_unlinked` (unlinked, moved away or
+    /// blocked), `identifiers` of splits and undone merges, on both sides.
+    fn read(&mut self, event_type: &str, payload: &Value) {
+        let list = |name: &str| -> Vec<Identifier> {
+            let one = |item: &Value| {
+                let identifier = item.get("identifier").unwrap_or(item);
+                serde_json::from_value::<Identifier>(identifier.clone()).ok()
+            };
+            match payload.get(name) {
+                Some(Value::Array(items)) => items.iter().filter_map(one).collect(),
+                Some(item @ Value::Object(_)) => one(item).into_iter().collect(),
+                _ => Vec::new(),
             }
+        };
+        self.values.extend(list("evidence"));
+        if is_touchpoint(event_type) {
+            self.values.extend(list("identifiers"));
+        } else {
+            self.pseudonyms.extend(list("identifiers"));
+            self.pseudonyms.extend(list("identifier"));
         }
-    };
-    add(payload.get("identifiers"));
-    add(payload.get("evidence"));
+    }
+}
+
+/// Whether a quarantined record (its text or its reason) holds a customer's identifier: by
+/// value ([`holds_any`]), or, for identifiers known only by pseudonym (linked by hand, for
+/// one), by a token of the record that normalizes to one of them.
+struct Matcher<'a> {
+    values: Vec<String>,
+    phones: Vec<PhoneDigits>,
+    /// The pseudonyms not accounted for by a known value, with their kinds.
+    pseudonyms: BTreeSet<Identifier>,
+    kinds: BTreeSet<String>,
+    ingestor: &'a Ingestor,
+}
+
+impl<'a> Matcher<'a> {
+    fn new(named: Named, ingestor: &'a Ingestor) -> Self {
+        let known: BTreeSet<Identifier> =
+            named.values.iter().map(|v| ingestor.pseudonym(v)).collect();
+        let pseudonyms: BTreeSet<Identifier> = named
+            .pseudonyms
+            .into_iter()
+            .filter(|p| !known.contains(p))
+            .collect();
+        let kinds = pseudonyms
+            .iter()
+            .map(|p| p.kind.as_str().to_owned())
+            .collect();
+        // Short values (a two-letter login) would match too much; phones are matched by digits.
+        let values: Vec<String> = named
+            .values
+            .into_iter()
+            .map(|v| v.value)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|v| v.chars().count() >= 6)
+            .collect();
+        let phones = values.iter().filter_map(|v| phone_digits(v)).collect();
+        Self {
+            values,
+            phones,
+            pseudonyms,
+            kinds,
+            ingestor,
+        }
+    }
+
+    fn holds(&self, record: &str) -> bool {
+        if holds_any(record, &self.values, &self.phones) {
+            return true;
+        }
+        if self.pseudonyms.is_empty() {
+            return false;
+        }
+        let rules = self.ingestor.rules();
+        tokens(record).iter().any(|token| {
+            self.kinds.iter().any(|kind| {
+                rules.normalize(kind, token).is_ok_and(|identifier| {
+                    self.pseudonyms
+                        .contains(&self.ingestor.pseudonym(&identifier))
+                })
+            })
+        })
+    }
+}
+
+/// The pieces of a raw record that could be an identifier's value as sent: its fields (split at
+/// the separators of CSV, JSON and `key=value` text), the words of each, and the runs of digits
+/// and phone separators.
+fn tokens(record: &str) -> BTreeSet<&str> {
+    let mut found = BTreeSet::new();
+    for field in record.split(|c: char| ",;\t|\"'{}[]=<>\n\r".contains(c)) {
+        let field = field.trim();
+        if field.is_empty() {
+            continue;
+        }
+        found.insert(field);
+        found.extend(field.split_whitespace());
+    }
+    for run in record.split(|c: char| !(c.is_ascii_digit() || " -+().".contains(c))) {
+        let run = run.trim();
+        if run.chars().filter(char::is_ascii_digit).count() >= 7 {
+            found.insert(run);
+        }
+    }
+    found
 }
 
 /// Whether a raw record holds one of the values as a whole token (not inside a longer word or
@@ -225,41 +348,42 @@ fn phone_digits(value: &str) -> Option<PhoneDigits> {
 }
 
 /// Erases a customer: see [`EventStore::erase`]. Before the keys are destroyed, the customer's
-/// events are opened to learn their identifier values, so that quarantined records holding
-/// them are removed too. `actor` and `reason` are recorded on the erasure's event.
+/// events are opened to learn the identifiers they name (values, and the pseudonyms of
+/// identifiers linked by hand), so that quarantined records holding them are removed too; the
+/// touchpoints corrections moved to the customer from other streams are shredded in place.
+/// `actor` and `reason` are recorded on the erasure's event.
 #[tracing::instrument(name = "privacy.erase", skip_all, fields(customer = %customer))]
 pub async fn erase(
-    store: &EventStore,
-    master: &MasterKey,
+    ingestor: &Ingestor,
     customer: CustomerId,
     actor: &str,
     reason: &str,
 ) -> Result<Erasure, PrivacyFailure> {
-    let opener = Opener::new(store.clone(), master.clone());
-    let history = opener.history(customer).await?;
+    let store = ingestor.store();
+    let opener = Opener::new(store.clone(), ingestor.master_key().clone());
+    let live = store.live_customer(customer).await?;
+    let holdings = opener.holdings(live).await?;
+    let history = opener.history_of(live, &holdings).await?;
     if history.is_empty() {
         return Err(PrivacyFailure::UnknownCustomer(customer));
     }
-    let mut values = BTreeSet::new();
+    let mut named = Named::default();
     for event in &history {
         if let Ok(payload) = serde_json::from_str::<Value>(&event.payload) {
-            identifier_values(&payload, &mut values);
+            named.read(&event.event_type, &payload);
         }
     }
-    // Short values (a two-letter login) would match too much; phones are matched by digits.
-    let values: Vec<String> = values
-        .into_iter()
-        .filter(|v| v.chars().count() >= 6)
-        .collect();
-    let phones: Vec<PhoneDigits> = values.iter().filter_map(|v| phone_digits(v)).collect();
-    let matcher = move |record: &str| holds_any(record, &values, &phones);
+    named.pseudonyms.extend(store.held_by(live).await?);
+    let matcher = Matcher::new(named, ingestor);
+    let holds = |record: &str| matcher.holds(record);
+    let moved_in: Vec<Position> = holdings.moved_in.iter().copied().collect();
     let metadata = Metadata {
         actor: Some(actor.to_owned()),
         reason: Some(reason.to_owned()),
         ..Metadata::default()
     };
     let erasure = store
-        .erase(customer, &matcher, |_, all| {
+        .erase(customer, &moved_in, &holds, |_, all| {
             NewEvent::new(
                 CUSTOMER_ERASED,
                 &CustomerErased {
@@ -312,18 +436,45 @@ mod tests {
     }
 
     #[test]
-    fn identifier_values_are_read_wherever_a_payload_names_them() {
-        let payload = serde_json::json!({
-            "identifiers": [{"kind": "phone", "value": "+8613912340001"},
-                            {"kind": "email", "value": "a@b.cn"}],
-            "resolution": {"linked": [0], "skipped": [{"identifier": 1, "limit": 1}]},
-            "evidence": [{"kind": "member_id", "value": "M-77"}]
-        });
-        let mut values = BTreeSet::new();
-        identifier_values(&payload, &mut values);
-        assert_eq!(
-            values.into_iter().collect::<Vec<_>>(),
-            ["+8613912340001", "M-77", "a@b.cn"]
+    fn identifiers_are_read_wherever_a_payload_names_them() {
+        let mut named = Named::default();
+        named.read(
+            "order_placed",
+            &serde_json::json!({
+                "identifiers": [{"kind": "phone", "value": "+8613912340001"},
+                                {"kind": "email", "value": "a@b.cn"}],
+                "resolution": {"linked": [0], "skipped": [{"identifier": 1, "limit": 1}]},
+            }),
         );
+        named.read(
+            "customer_merged",
+            &serde_json::json!({"evidence": [{"kind": "member_id", "value": "M-77"}]}),
+        );
+        named.read(
+            "identifier_linked",
+            &serde_json::json!({"identifier": {"kind": "phone", "value": "p1"}}),
+        );
+        named.read(
+            "identifier_unlinked",
+            &serde_json::json!({"identifier": {"kind": "email", "value": "p2"}, "blocked": true}),
+        );
+        named.read(
+            "customer_split",
+            &serde_json::json!({"identifiers": [{"kind": "phone", "value": "p3"}]}),
+        );
+        let values: Vec<&str> = named.values.iter().map(|i| i.value.as_str()).collect();
+        assert_eq!(values, ["+8613912340001", "M-77", "a@b.cn"]);
+        let pseudonyms: Vec<&str> = named.pseudonyms.iter().map(|i| i.value.as_str()).collect();
+        assert_eq!(pseudonyms, ["p2", "p1", "p3"]);
+    }
+
+    #[test]
+    fn a_record_is_cut_into_the_tokens_a_value_could_be() {
+        let found = tokens(r#"{"identifiers":{"phone":"139 1234 0239"},"note":"card=MC-1 x"}"#);
+        for token in ["139 1234 0239", "MC-1", "card", "x", "phone"] {
+            assert!(found.contains(token), "{token} in {found:?}");
+        }
+        let found = tokens("2026-03-08,+86 139-1234-0239,SH-1");
+        assert!(found.contains("+86 139-1234-0239"), "{found:?}");
     }
 }

@@ -322,6 +322,23 @@ pub fn open_payload(payload: Value, key: Option<&CustomerKey>) -> Result<Value, 
     Ok(Value::Object(members))
 }
 
+/// A stored payload with its sealed part destroyed, as erasure leaves an event whose customer
+/// no longer holds the key it was sealed under: `sealed` (the wrapped event key and the
+/// ciphertext) removed and `"erased": true` set, the rest as it was; exactly what
+/// [`open_payload`] reads from it without a key. `None` when nothing is sealed in it.
+pub fn shred_payload(payload: &str) -> Result<Option<String>, PrivacyError> {
+    let mut value: Value =
+        serde_json::from_str(payload).map_err(|e| PrivacyError::Malformed(e.to_string()))?;
+    let Some(members) = value.as_object_mut() else {
+        return Ok(None);
+    };
+    if members.remove(SEALED_FIELD).is_none() {
+        return Ok(None);
+    }
+    members.insert(ERASED_FIELD.into(), Value::Bool(true));
+    Ok(Some(value.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,5 +430,22 @@ mod tests {
         );
         let plain = json!({"channel": "app"});
         assert_eq!(open_payload(plain.clone(), None).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_shredded_payload_reads_as_erased_under_any_key() {
+        let master = MasterKey::parse(&MasterKey::generate()).unwrap();
+        let (key, _) = master.new_customer_key();
+        let sealed =
+            Sealed::new(&object(json!({"identifiers": ["+8613912340001"]})), &key).unwrap();
+        let payload = json!({"channel": "app", "sealed": sealed}).to_string();
+        let shredded = shred_payload(&payload).unwrap().unwrap();
+        assert!(!shredded.contains(&sealed.key) && !shredded.contains(&sealed.data));
+        let shredded: Value = serde_json::from_str(&shredded).unwrap();
+        assert_eq!(
+            open_payload(shredded, Some(&key)).unwrap(),
+            json!({"channel": "app", "erased": true})
+        );
+        assert_eq!(shred_payload(r#"{"channel":"app"}"#).unwrap(), None);
     }
 }

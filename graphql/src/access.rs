@@ -114,6 +114,11 @@ pub mod codes {
     pub const QUERY_TOO_DEEP: &str = "QUERY_TOO_DEEP";
     /// Every turn to analyse stayed taken longer than an analysis may wait: try again later.
     pub const BUSY: &str = "BUSY";
+    /// More `customerByIdentifier` lookups in one request than it may make.
+    pub const TOO_MANY_LOOKUPS: &str = "TOO_MANY_LOOKUPS";
+    /// The key's budget of identifier lookups over time is spent; the message names the
+    /// budget and when the next lookup is allowed.
+    pub const LOOKUP_BUDGET_EXHAUSTED: &str = "LOOKUP_BUDGET_EXHAUSTED";
 }
 
 /// An API error with a stable code.

@@ -392,6 +392,13 @@ pub trait Backend: Send + Sync + 'static {
     /// The live customer holding an identifier (kind and raw value, normalized as at
     /// ingestion), if any.
     async fn customer_by_identifier(&self, kind: &str, value: &str) -> BackendResult<Option<Uuid>>;
+    /// Spends one identifier lookup of `key`'s budget over time, refusing with
+    /// `LOOKUP_BUDGET_EXHAUSTED` once it is spent (see [`crate::loader::LookupBudget`]). A
+    /// backend keeping no budget allows every lookup; the per-request limit still applies.
+    async fn spend_lookup(&self, key: &ApiKey) -> BackendResult<()> {
+        let _ = key;
+        Ok(())
+    }
     /// The read models of live customers, by id; ids without a profile are left out.
     async fn customers(&self, ids: &[Uuid]) -> BackendResult<HashMap<Uuid, CustomerRecord>>;
     /// A page of every live customer in id order, after a customer; the total counted only

@@ -186,9 +186,10 @@ impl Query {
     }
 
     /// The customer holding an identifier, given as at ingestion (`kind: "phone", value:
-    /// "138 1234 5678"`): it is normalized the same way. At most
-    /// [`MAX_LOOKUPS`] per request, each written to the access log (lookups could otherwise
-    /// guess the hidden digits of a masked value).
+    /// "138 1234 5678"`): it is normalized the same way. At most [`MAX_LOOKUPS`] per request
+    /// (`TOO_MANY_LOOKUPS`), and within the key's budget over time
+    /// (`LOOKUP_BUDGET_EXHAUSTED`: 30 an hour for viewers by default); each is written to the
+    /// access log. Lookups could otherwise guess the hidden digits of a masked value.
     async fn customer_by_identifier(
         &self,
         ctx: &Context<'_>,
@@ -203,11 +204,12 @@ impl Query {
             >= MAX_LOOKUPS
         {
             return Err(api_error(
-                "TOO_MANY_LOOKUPS",
+                codes::TOO_MANY_LOOKUPS,
                 format!("at most {MAX_LOOKUPS} identifier lookups per request"),
             ));
         }
         let backend = backend(ctx)?;
+        backend.spend_lookup(key).await.map_err(backend_error)?;
         let found = backend
             .customer_by_identifier(&kind, &value)
             .await

@@ -14,7 +14,8 @@ use patron_graphql::backend::{
     MembershipChange, NewApiKey, Purpose, QuarantineRecord, ScanRecord, Scores, SegmentRecord,
     SuggestionRecord,
 };
-use patron_graphql::{ApiKey, Backend, BackendError, BackendResult, Role};
+use patron_graphql::loader::{LookupAllowance, LookupBudget};
+use patron_graphql::{codes, ApiKey, Backend, BackendError, BackendResult, Role};
 use patron_projections::analytics::attribution::Attribution;
 use patron_projections::analytics::campaign::CampaignEffect;
 use patron_projections::analytics::cohort::{CohortTable, Period};
@@ -70,6 +71,7 @@ pub struct StoreBackend {
     gate: AnalyticsGate,
     corrector: Corrector,
     reviewer: Reviewer,
+    lookups: LookupBudget,
 }
 
 impl StoreBackend {
@@ -112,6 +114,7 @@ impl StoreBackend {
             analyst,
             gate,
             corrector,
+            lookups: LookupBudget::new(LookupAllowance::default()),
         }
     }
 
@@ -143,6 +146,13 @@ impl StoreBackend {
         compute(turn, activity, move |activity| work(&analyst, activity))
             .await
             .map_err(analytics_error)
+    }
+
+    /// The same backend, allowing each key the identifier lookups per hour of its role in
+    /// `allowance` (its buckets start full).
+    pub fn with_lookup_allowance(mut self, allowance: LookupAllowance) -> Self {
+        self.lookups = LookupBudget::new(allowance);
+        self
     }
 
     /// Reads the customers' activity into memory (what analytics answers from), logging a
@@ -230,6 +240,22 @@ impl Backend for StoreBackend {
             .await
             .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
         Ok(found.map(|c| c.as_uuid()))
+    }
+
+    async fn spend_lookup(&self, key: &ApiKey) -> BackendResult<()> {
+        let spent = self.lookups.spend(key);
+        self.metrics.count_lookup(key.role.as_str(), spent.is_err());
+        spent.map_err(|exhausted| {
+            tracing::warn!(
+                key_id = %key.id,
+                key_name = %key.name,
+                role = %key.role,
+                per_hour = exhausted.per_hour,
+                retry_after_seconds = exhausted.retry_after.as_secs(),
+                "identifier lookup refused: the key's lookup budget is spent"
+            );
+            BackendError::new(codes::LOOKUP_BUDGET_EXHAUSTED, exhausted.to_string())
+        })
     }
 
     #[tracing::instrument(name = "api.customers", skip_all, fields(customers = customers.len()))]
@@ -800,8 +826,7 @@ impl Backend for StoreBackend {
     #[tracing::instrument(name = "api.erase", skip(self))]
     async fn erase(&self, id: Uuid, actor: &str, reason: &str) -> BackendResult<ErasureRecord> {
         let erasure = erase(
-            &self.store,
-            self.commits.ingestor().master_key(),
+            self.commits.ingestor(),
             CustomerId::from_uuid(id),
             actor,
             reason,

@@ -1,5 +1,6 @@
-//! `GET /metrics`: Prometheus counters of requests, their latencies, ingested records, the
-//! profile projection's lag and the analyses run and refused.
+//! `GET /metrics`: Prometheus counters of requests, their latencies, ingested records,
+//! identifier lookups (and those refused by the lookup budget), the profile projection's lag and
+//! the analyses run and refused.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +25,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     records: IntCounterVec,
+    lookups: IntCounterVec,
+    lookups_refused: IntCounterVec,
     lag_events: IntGauge,
     lag_seconds: IntGauge,
     /// The gate whose counts the analytics metrics show.
@@ -62,6 +65,21 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let lookups = IntCounterVec::new(
+            Opts::new(
+                "identifier_lookups_total",
+                "customerByIdentifier lookups asked for, by the key's role (refused ones too)",
+            ),
+            &["role"],
+        )?;
+        let lookups_refused = IntCounterVec::new(
+            Opts::new(
+                "identifier_lookups_refused_total",
+                "customerByIdentifier lookups refused because the key's lookup budget was spent, \
+                 by the key's role",
+            ),
+            &["role"],
+        )?;
         let lag_events = IntGauge::new(
             "projection_lag_events",
             "Events stored but not yet in the profiles (at the last scrape)",
@@ -88,6 +106,8 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(records.clone()))?;
+        registry.register(Box::new(lookups.clone()))?;
+        registry.register(Box::new(lookups_refused.clone()))?;
         registry.register(Box::new(lag_events.clone()))?;
         registry.register(Box::new(lag_seconds.clone()))?;
         Ok(Arc::new(Self {
@@ -95,6 +115,8 @@ impl Metrics {
             requests,
             latency,
             records,
+            lookups,
+            lookups_refused,
             lag_events,
             lag_seconds,
             gate,
@@ -127,6 +149,14 @@ impl Metrics {
             ("rejected", report.rejected),
         ] {
             self.records.with_label_values(&[outcome]).inc_by(n as u64);
+        }
+    }
+
+    /// Counts an identifier lookup by a key of `role`, and whether the budget refused it.
+    pub fn count_lookup(&self, role: &str, refused: bool) {
+        self.lookups.with_label_values(&[role]).inc();
+        if refused {
+            self.lookups_refused.with_label_values(&[role]).inc();
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct ServerOptions {
     pub body_timeout: std::time::Duration,
     /// How many analyses run at once, and how long one waits for its turn.
     pub analytics: AnalyticsLimits,
+    /// Identifier lookups each key may make per hour, by role (counted in this process).
+    pub lookup_budget: patron_graphql::loader::LookupAllowance,
 }
 
 impl Default for ServerOptions {
@@ -65,6 +67,7 @@ impl Default for ServerOptions {
             sockets: SocketLimits::default(),
             body_timeout: DEFAULT_BODY_TIMEOUT,
             analytics: AnalyticsLimits::default(),
+            lookup_budget: patron_graphql::loader::LookupAllowance::default(),
         }
     }
 }
@@ -220,7 +223,8 @@ impl Application {
             metrics.clone(),
             population,
             gate,
-        ));
+        )
+        .with_lookup_allowance(options.lookup_budget));
         let warming = store_backend.clone();
         let warm_up = StopOnDrop(tokio::spawn(async move { warming.warm_up().await }));
         let backend: Arc<dyn Backend> = store_backend;

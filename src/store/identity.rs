@@ -7,10 +7,11 @@ use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
 use patron_domain::identifier::Identifier;
 use patron_domain::identity::resolution::IdentityGraph;
-use patron_domain::{EventId, StreamAppend};
+use patron_domain::privacy::shred_payload;
+use patron_domain::{EventId, StreamAppend, StreamId};
 use serde::Serialize;
 
-use super::EventRef;
+use super::{EventRef, StoreError};
 
 /// What an identity commit is decided on: read under the log's write lock.
 #[derive(Debug)]
@@ -122,11 +123,36 @@ pub struct Erasure {
     pub identifiers_removed: u64,
     /// Quarantined records removed because they held the customer's data.
     pub quarantined_removed: u64,
+    /// Touchpoints of other customers' streams that corrections had moved to the erased
+    /// customer, whose sealed part (and event key) was destroyed in place.
+    pub touchpoints_shredded: u64,
     /// The position of the erasure's event.
     pub position: u64,
     /// Whether the deleted data was also scrubbed from the files (SQLite: the WAL emptied;
     /// PostgreSQL: the tables vacuumed). The erasure itself is committed either way.
     pub scrubbed: bool,
+}
+
+/// What an erasure writes in place of a stored event's payload: for a touchpoint on a
+/// stream whose key survives the erasure (`erased` names the customers whose keys go), the
+/// payload with its sealed part destroyed; `None` for an event of an erased customer (its key
+/// goes, which is enough) or one with nothing sealed.
+pub(crate) fn shredded_payload(
+    position: u64,
+    stream: &str,
+    payload: &str,
+    erased: &[CustomerId],
+) -> Result<Option<String>, StoreError> {
+    let owner = StreamId::new(stream)
+        .ok()
+        .and_then(|s| CustomerId::from_stream(&s));
+    if owner.is_some_and(|o| erased.contains(&o)) {
+        return Ok(None);
+    }
+    shred_payload(payload).map_err(|e| StoreError::Corrupt {
+        position,
+        reason: format!("cannot shred its sealed part: {e}"),
+    })
 }
 
 impl QuarantinedRecord {

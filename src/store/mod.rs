@@ -386,7 +386,9 @@ impl EventStore {
     }
 
     /// Erases a customer (given by any of its ids, live or merged) in one write transaction:
-    /// destroys the keys of the live customer and of every customer merged into it, removes the
+    /// destroys the keys of the live customer and of every customer merged into it, destroys in
+    /// place the sealed part (with its wrapped event key) of the touchpoints at `moved_in` that
+    /// lie on other customers' streams (those corrections moved to this customer), removes the
     /// live customer's identity index entries, removes the quarantined records for which
     /// `holds_their_data` is true, and appends the event `event` makes (given the live customer
     /// and every customer whose key is destroyed) to the live customer's stream. Deleted data
@@ -396,12 +398,13 @@ impl EventStore {
     pub async fn erase(
         &self,
         customer: CustomerId,
+        moved_in: &[Position],
         holds_their_data: &(dyn Fn(&str) -> bool + Sync),
         event: impl FnOnce(CustomerId, &[CustomerId]) -> Result<NewEvent>,
     ) -> Result<Erasure> {
         let erasure = match &self.backend {
-            Backend::Sqlite(b) => b.erase(customer, holds_their_data, event).await?,
-            Backend::Postgres(b) => b.erase(customer, holds_their_data, event).await?,
+            Backend::Sqlite(b) => b.erase(customer, moved_in, holds_their_data, event).await?,
+            Backend::Postgres(b) => b.erase(customer, moved_in, holds_their_data, event).await?,
         };
         self.advance_head(erasure.position);
         Ok(erasure)

@@ -23,7 +23,8 @@ use uuid::Uuid;
 
 use super::error::{Result, StoreError};
 use super::identity::{
-    graph_of, Erasure, IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord,
+    graph_of, shredded_payload, Erasure, IdentityChanges, IdentityCommit, IdentitySnapshot,
+    QuarantinedRecord,
 };
 use super::plan::{self, StreamState};
 use super::{to_i64, to_u64, AppendOutcome, EventRef};
@@ -719,6 +720,7 @@ impl PostgresLog {
     pub(crate) async fn erase(
         &self,
         customer: CustomerId,
+        moved_in: &[Position],
         holds_their_data: &(dyn Fn(&str) -> bool + Sync),
         event: impl FnOnce(CustomerId, &[CustomerId]) -> Result<NewEvent>,
     ) -> Result<Erasure> {
@@ -742,6 +744,26 @@ impl PostgresLog {
             .bind(&ids)
             .execute(&mut *tx)
             .await?;
+        let positions: Vec<i64> = moved_in.iter().map(|p| to_i64(*p)).collect();
+        let moved: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT e.position, s.stream_id, e.payload::text FROM events e \
+             JOIN streams s ON s.stream_key = e.stream_key WHERE e.position = ANY($1::bigint[])",
+        )
+        .bind(&positions)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut touchpoints_shredded = 0u64;
+        for (position, stream, payload) in moved {
+            let at = to_u64(position, 0, "position")?;
+            if let Some(shredded) = shredded_payload(at, &stream, &payload, &all)? {
+                sqlx::query("UPDATE events SET payload = $2::json WHERE position = $1")
+                    .bind(position)
+                    .bind(shredded)
+                    .execute(&mut *tx)
+                    .await?;
+                touchpoints_shredded += 1;
+            }
+        }
         let forgotten = sqlx::query("DELETE FROM identity_index WHERE customer_id = $1")
             .bind(live.as_uuid())
             .execute(&mut *tx)
@@ -769,10 +791,13 @@ impl PostgresLog {
         tx.commit().await?;
         // Deleted rows stay in the table files until vacuumed, and VACUUM frees their space
         // without overwriting it: see docs/privacy.md for what that leaves on disk.
-        let scrubbed = match sqlx::query("VACUUM customer_keys, identity_index, quarantine")
-            .execute(&self.pool)
-            .await
-        {
+        // The events table only when a payload was rewritten: it is the largest by far.
+        let vacuum = if touchpoints_shredded > 0 {
+            "VACUUM customer_keys, identity_index, quarantine, events"
+        } else {
+            "VACUUM customer_keys, identity_index, quarantine"
+        };
+        let scrubbed = match sqlx::query(vacuum).execute(&self.pool).await {
             Ok(_) => true,
             Err(err) => {
                 tracing::warn!(error = %err, "VACUUM after an erasure failed");
@@ -783,6 +808,7 @@ impl PostgresLog {
             scrubbed,
             customer: live,
             keys_destroyed: all,
+            touchpoints_shredded,
             identifiers_removed: forgotten,
             quarantined_removed: matched.len() as u64,
             position: outcome.head,

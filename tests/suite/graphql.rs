@@ -1108,6 +1108,111 @@ async fn segments_for_a_purpose_hold_only_customers_who_consent(t: &TestStore) {
     );
 }
 
+/// A viewer key's identifier lookups across requests are held to its role's budget: a masked
+/// phone's hidden digits cannot be found by trying them (issue: 201 requests did it). Other
+/// keys keep their own budget, and the refusals show on /metrics.
+async fn identifier_lookups_are_held_to_a_budget_per_key(t: &TestStore) {
+    let ingestor = patron::ingest::Ingestor::new(
+        t.store.clone(),
+        patron_domain::identity::IdentityRules::default(),
+        b"test identity key",
+        crate::helpers::master_key(),
+    );
+    let options = patron::server::ServerOptions {
+        lookup_budget: "viewer=3,analyst=2".parse().expect("a budget"),
+        ..patron::server::ServerOptions::default()
+    };
+    let built = patron::server::Application::build_with(ingestor, "127.0.0.1:0", options)
+        .expect("bind a free port");
+    let app = TestApp {
+        address: format!("http://127.0.0.1:{}", built.port()),
+        client: reqwest::Client::new(),
+        ingest_key: String::new(),
+    };
+    tokio::spawn(built.run_until_stopped());
+    let operator = key(t, "operator").await;
+    ingest(
+        &app,
+        t,
+        &operator,
+        vec![order(
+            "store",
+            "2026-03-01T10:00:00+08:00",
+            "13912340239",
+            100,
+        )],
+    )
+    .await;
+    let viewer = key(t, "viewer").await;
+    let other_viewer = format!("test-viewer-b-{}", uuid::Uuid::new_v4());
+    t.store
+        .create_api_key(
+            "viewer-b",
+            "viewer",
+            &secret_hash(&other_viewer),
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("store a key");
+    let lookup = |guess: u32| {
+        format!(
+            "{{ customerByIdentifier(kind: \"phone\", value: \"139{guess:04}0239\") {{ id }} }}"
+        )
+    };
+    // Three lookups in three requests: the budget allows them, whatever they find.
+    for guess in [0, 1, 1234] {
+        let data = app.graphql(&viewer, &lookup(guess), json!({})).await;
+        assert_eq!(
+            data["customerByIdentifier"].is_null(),
+            guess != 1234,
+            "{data}"
+        );
+    }
+    // The fourth is refused, naming the budget and when a lookup comes back.
+    let (code, message) = app.graphql_error(&viewer, &lookup(1235), json!({})).await;
+    assert_eq!(code, "LOOKUP_BUDGET_EXHAUSTED", "{message}");
+    assert!(
+        message.contains("viewer keys (3 per hour, per key)")
+            && message.contains("next lookup is allowed in"),
+        "{message}"
+    );
+    let (_, body) = app
+        .graphql_status(Some(&viewer), &lookup(1234), json!({}))
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "LOOKUP_BUDGET_EXHAUSTED",
+        "even the right guess is refused: {body}"
+    );
+    assert!(body["data"]["customerByIdentifier"].is_null(), "{body}");
+    // Another viewer key, and an analyst key, have budgets of their own.
+    let found = app.graphql(&other_viewer, &lookup(1234), json!({})).await;
+    assert!(!found["customerByIdentifier"].is_null(), "{found}");
+    let analyst = key(t, "analyst").await;
+    for _ in 0..2 {
+        app.graphql(&analyst, &lookup(7), json!({})).await;
+    }
+    let (code, message) = app.graphql_error(&analyst, &lookup(7), json!({})).await;
+    assert_eq!(code, "LOOKUP_BUDGET_EXHAUSTED", "{message}");
+    assert!(message.contains("analyst keys (2 per hour"), "{message}");
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "patron_identifier_lookups_total{role=\"viewer\"} 6",
+        "patron_identifier_lookups_refused_total{role=\"viewer\"} 2",
+        "patron_identifier_lookups_total{role=\"analyst\"} 3",
+        "patron_identifier_lookups_refused_total{role=\"analyst\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+}
+
 crate::on_both_stores!(
     segments_for_a_purpose_hold_only_customers_who_consent,
     requests_without_a_live_key_are_refused,
@@ -1120,4 +1225,5 @@ crate::on_both_stores!(
     expensive_queries_are_refused,
     subscribers_hear_of_profile_updates_and_segment_entries,
     metrics_and_readiness_report_the_server,
+    identifier_lookups_are_held_to_a_budget_per_key,
 );

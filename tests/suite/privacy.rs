@@ -1,5 +1,6 @@
 //! Personal data at rest: sealed in the log, erased for good, expired in the quarantine.
 
+use patron::correction::{Corrector, Request};
 use patron::ingest::{Ingestor, RecordOutcome};
 use patron::privacy::{erase, expire_quarantine, Opener};
 use patron::store::EventStore;
@@ -243,19 +244,14 @@ async fn an_erased_customer_is_gone_from_every_table_and_the_file(t: &TestStore)
         .map(|e| serde_json::from_str::<Value>(&e.payload).unwrap()["absorbed"].clone())
         .unwrap();
     let absorbed: CustomerId = serde_json::from_value(absorbed).unwrap();
-    let erasure = erase(
-        &t.store,
-        &master_key(),
-        absorbed,
-        "dpo@shop",
-        "ticket PIPL-42",
-    )
-    .await
-    .unwrap();
+    let erasure = erase(&ing, absorbed, "dpo@shop", "ticket PIPL-42")
+        .await
+        .unwrap();
     assert_eq!(erasure.customer, li);
     assert_eq!(erasure.keys_destroyed.len(), 2);
     assert_eq!(erasure.identifiers_removed, 3, "phone, member card, email");
     assert_eq!(erasure.quarantined_removed, 1);
+    assert_eq!(erasure.touchpoints_shredded, 0);
     assert!(erasure.scrubbed);
 
     // Nowhere in any table, nor in the database file's bytes.
@@ -311,16 +307,10 @@ async fn an_erased_customer_is_gone_from_every_table_and_the_file(t: &TestStore)
     let newcomer = customer_of(&again.records[0]);
     assert_ne!(newcomer, li);
     assert!(matches!(
-        erase(
-            &t.store,
-            &master_key(),
-            CustomerId::new(),
-            "dpo",
-            "no such person"
-        )
-        .await
-        .unwrap_err()
-        .code(),
+        erase(&ing, CustomerId::new(), "dpo", "no such person")
+            .await
+            .unwrap_err()
+            .code(),
         "UNKNOWN_CUSTOMER"
     ));
 }
@@ -355,8 +345,195 @@ async fn expired_quarantined_records_keep_their_reason_but_not_their_text(t: &Te
     );
 }
 
+fn corrector(ing: &Ingestor) -> Corrector {
+    Corrector::new(
+        ing.clone(),
+        patron::projection::ProfileProjection::new(ing.store().clone(), 100),
+    )
+}
+
+fn request() -> Request {
+    Request {
+        actor: "op@shop".into(),
+        reason: "the customer called".into(),
+        expected_version: None,
+    }
+}
+
+/// A refused record (no channel) naming `phone` as sent.
+fn refused(phone: &str) -> String {
+    json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": "store_visited",
+           "source": "wifi", "occurred_at": "2026-03-08T09:30:15+08:00",
+           "identifiers": {"phone": phone}, "store_id": "SH-1"})
+    .to_string()
+}
+
+/// A phone linked to a customer by hand is theirs: quarantined records holding it go with
+/// them, though no touchpoint of theirs ever carried it.
+async fn erasure_removes_quarantined_records_of_a_phone_linked_by_hand(t: &TestStore) {
+    let ing = ingestor(t.store.clone(), master_key());
+    let report = ing
+        .ingest_json(&[
+            record(
+                "traits_updated",
+                "app",
+                json!({"email": "wang.wu@example.cn"}),
+                json!({"traits": {"name": "Wang Wu"}}),
+            ),
+            refused("139 1234 0239"),
+            refused("+86 139-1234-0239"),
+            refused("13800002222"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!((report.accepted, report.rejected), (1, 3));
+    let wang = customer_of(&report.records[0]);
+    corrector(&ing)
+        .link(wang, "phone", "13912340239", &request())
+        .await
+        .unwrap();
+    assert_eq!(
+        ing.customer_by_identifier("phone", "139 1234 0239")
+            .await
+            .unwrap(),
+        Some(wang)
+    );
+    let phone = ["13912340239", "139 1234 0239", "139-1234-0239"];
+    assert_eq!(
+        scan_tables(t, &phone).await.len(),
+        2,
+        "both refused records hold it"
+    );
+
+    let erasure = erase(&ing, wang, "dpo@shop", "ticket PIPL-43")
+        .await
+        .unwrap();
+    assert_eq!(erasure.quarantined_removed, 2);
+    assert!(erasure.scrubbed);
+    assert_eq!(scan_tables(t, &phone).await, Vec::<String>::new());
+    assert_eq!(scan_sqlite_bytes(t, &phone), Vec::<String>::new());
+    // The bystander's refused record stays.
+    let left = t.store.quarantined(0, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].record.contains("13800002222"), "{left:?}");
+}
+
+/// A touchpoint split off to another customer belongs to it: erasing that customer makes the
+/// touchpoint unreadable though it lies on the first customer's stream, whose other events
+/// still open; the log still replays to the same profiles.
+async fn erasure_shreds_touchpoints_a_split_moved_to_the_customer(t: &TestStore) {
+    let ing = ingestor(t.store.clone(), master_key());
+    let report = ing
+        .ingest_json(&[
+            record(
+                "custom",
+                "web",
+                json!({"phone": "13912340071", "email": "zhao.liu@example.cn"}),
+                json!({"name": "newsletter"}),
+            ),
+            record(
+                "custom",
+                "web",
+                json!({"phone": "13912340072", "email": "zhao.liu@example.cn"}),
+                json!({"name": "newsletter"}),
+            ),
+            // The second phone's own visit: the split gives it to the new customer.
+            record(
+                "traits_updated",
+                "app",
+                json!({"phone": "13912340072"}),
+                json!({"traits": {"name": "Qian Qi", "birthday": "1992-07-07"}}),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(report.accepted, 3);
+    let zhao = customer_of(&report.records[0]);
+    assert_eq!(customer_of(&report.records[2]), zhao);
+    let moved = match &report.records[2] {
+        RecordOutcome::Accepted { position, .. } => *position,
+        other => panic!("{other:?}"),
+    };
+    corrector(&ing)
+        .split(
+            zhao,
+            &[("phone".to_owned(), "13912340072".to_owned())],
+            &request(),
+        )
+        .await
+        .unwrap();
+    let qian = ing
+        .customer_by_identifier("phone", "13912340072")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(qian, zhao);
+    let opener = Opener::new(t.store.clone(), master_key());
+    let before: String = opener
+        .history(qian)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.payload.clone())
+        .collect();
+    assert!(
+        before.contains("Qian Qi"),
+        "the moved touchpoint is hers: {before}"
+    );
+
+    let erasure = erase(&ing, qian, "dpo@shop", "ticket PIPL-44")
+        .await
+        .unwrap();
+    assert_eq!(erasure.keys_destroyed, vec![qian]);
+    assert_eq!(erasure.touchpoints_shredded, 1);
+
+    // Her timeline shows the moved touchpoint erased, its clear part still there.
+    let history = opener.history(qian).await.unwrap();
+    let touchpoint = history
+        .iter()
+        .find(|e| e.position == moved)
+        .expect("the moved touchpoint is still hers");
+    let payload: Value = serde_json::from_str(&touchpoint.payload).unwrap();
+    assert_eq!(payload["erased"], true, "{payload}");
+    assert!(payload.get("identifiers").is_none(), "{payload}");
+    assert_eq!(payload["channel"], "app", "{payload}");
+    let text: String = history.iter().map(|e| e.payload.clone()).collect();
+    for value in ["Qian Qi", "1992-07-07", "+8613912340072"] {
+        assert!(!text.contains(value), "{value} in {text}");
+    }
+    // Not even the key of the stream that holds it opens it now.
+    let raw = t.store.events_at(&[moved]).await.unwrap();
+    assert!(!raw[0].payload.contains("\"sealed\""), "{}", raw[0].payload);
+    let opened = opener.open(raw).await.unwrap();
+    assert!(
+        !opened[0].payload.contains("Qian Qi"),
+        "{}",
+        opened[0].payload
+    );
+    // His own events still open.
+    let his: String = opener
+        .history(zhao)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.payload.clone())
+        .collect();
+    for value in ["+8613912340071", "zhao.liu@example.cn"] {
+        assert!(his.contains(value), "{value} in {his}");
+    }
+    assert!(!his.contains("Qian Qi"), "{his}");
+    // The log still replays to the live profiles.
+    let verification = patron::projection::ProfileProjection::new(t.store.clone(), 100)
+        .verify(|_, _| {})
+        .await
+        .unwrap();
+    assert!(verification.is_clean(), "{verification:?}");
+}
+
 crate::on_both_stores!(
     personal_data_is_never_stored_in_clear_in_the_log,
     an_erased_customer_is_gone_from_every_table_and_the_file,
     expired_quarantined_records_keep_their_reason_but_not_their_text,
+    erasure_removes_quarantined_records_of_a_phone_linked_by_hand,
+    erasure_shreds_touchpoints_a_split_moved_to_the_customer,
 );

@@ -62,7 +62,8 @@ pub(crate) const STANDING_SQL: &str = "SELECT s.recency_days, s.frequency, s.mon
      FROM (SELECT 1) LEFT JOIN customer_scores s ON s.customer_id = ?1";
 use super::error::{Result, StoreError};
 use super::identity::{
-    graph_of, Erasure, IdentityChanges, IdentityCommit, IdentitySnapshot, QuarantinedRecord,
+    graph_of, shredded_payload, Erasure, IdentityChanges, IdentityCommit, IdentitySnapshot,
+    QuarantinedRecord,
 };
 use super::plan::{self, StreamState};
 use super::{to_i64, to_u64, AppendOutcome, EventRef};
@@ -1223,6 +1224,7 @@ impl SqliteLog {
     pub(crate) async fn erase(
         &self,
         customer: CustomerId,
+        moved_in: &[Position],
         holds_their_data: &(dyn Fn(&str) -> bool + Sync),
         event: impl FnOnce(CustomerId, &[CustomerId]) -> Result<NewEvent>,
     ) -> Result<Erasure> {
@@ -1256,6 +1258,33 @@ impl SqliteLog {
                     delete_key.bind_blob(1, Some(uuid(*c).as_bytes()))?;
                     delete_key.step()?;
                 }
+                drop(delete_key);
+                let mut read = db.prepare(
+                    "SELECT s.stream_id, e.payload FROM events e \
+                     JOIN streams s ON s.stream_key = e.stream_key WHERE e.position = ?1",
+                )?;
+                let mut rewrite =
+                    db.prepare("UPDATE events SET payload = ?2 WHERE position = ?1")?;
+                let mut touchpoints_shredded = 0u64;
+                for position in moved_in {
+                    read.reset()?;
+                    read.bind_i64(1, to_i64(*position))?;
+                    if !read.step()? {
+                        continue;
+                    }
+                    let stream = read.column_text(0).unwrap_or_default().to_owned();
+                    let payload = read.column_text(1).unwrap_or_default().to_owned();
+                    let Some(shredded) = shredded_payload(*position, &stream, &payload, &all)?
+                    else {
+                        continue;
+                    };
+                    rewrite.reset()?;
+                    rewrite.bind_i64(1, to_i64(*position))?;
+                    rewrite.bind_text(2, Some(&shredded))?;
+                    rewrite.step()?;
+                    touchpoints_shredded += 1;
+                }
+                drop((read, rewrite));
                 let mut forget = db.prepare("DELETE FROM identity_index WHERE customer_id = ?1")?;
                 forget.bind_blob(1, Some(uuid(live).as_bytes()))?;
                 forget.step()?;
@@ -1287,6 +1316,7 @@ impl SqliteLog {
                 Ok(Erasure {
                     customer: live,
                     keys_destroyed: all,
+                    touchpoints_shredded,
                     identifiers_removed,
                     quarantined_removed: matched.len() as u64,
                     position: outcome.head,
