@@ -224,6 +224,19 @@ fn phone_digits(value: &str) -> Option<PhoneDigits> {
     })
 }
 
+/// A test of whether a raw record (a quarantined record's text or reason) holds one of the
+/// identifier `values` (as normalized at ingestion): values of 6 characters or more as whole
+/// tokens, phones by their digits in any export format (see `docs/privacy.md`). Shorter values
+/// (a two-letter login) would match too much and are left out.
+pub fn record_matcher(values: impl IntoIterator<Item = String>) -> impl Fn(&str) -> bool + Sync {
+    let values: Vec<String> = values
+        .into_iter()
+        .filter(|v| v.chars().count() >= 6)
+        .collect();
+    let phones: Vec<PhoneDigits> = values.iter().filter_map(|v| phone_digits(v)).collect();
+    move |record: &str| holds_any(record, &values, &phones)
+}
+
 /// Erases a customer: see [`EventStore::erase`]. Before the keys are destroyed, the customer's
 /// events are opened to learn their identifier values, so that quarantined records holding
 /// them are removed too. `actor` and `reason` are recorded on the erasure's event.
@@ -246,13 +259,7 @@ pub async fn erase(
             identifier_values(&payload, &mut values);
         }
     }
-    // Short values (a two-letter login) would match too much; phones are matched by digits.
-    let values: Vec<String> = values
-        .into_iter()
-        .filter(|v| v.chars().count() >= 6)
-        .collect();
-    let phones: Vec<PhoneDigits> = values.iter().filter_map(|v| phone_digits(v)).collect();
-    let matcher = move |record: &str| holds_any(record, &values, &phones);
+    let matcher = record_matcher(values);
     let metadata = Metadata {
         actor: Some(actor.to_owned()),
         reason: Some(reason.to_owned()),
