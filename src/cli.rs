@@ -267,6 +267,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A person's data: `export` writes everything held on them as one JSON document.
+    #[command(subcommand)]
+    Person(crate::access_export::command::PersonCommand),
     /// Correct identity resolution by hand: merge, undo a merge, split, link, unlink, block.
     /// Each correction is recorded with --actor and --reason; the profiles of the customers
     /// involved are folded again at once.
@@ -702,6 +705,18 @@ impl Cli {
                     json,
                 )
                 .await
+            }
+            Command::Person(ref command) => {
+                let rules = self.scoring_rules()?;
+                let ingestor = self.ingestor().await?;
+                let done = crate::access_export::command::person(
+                    &ingestor,
+                    &rules.tiers.currency,
+                    command,
+                )
+                .await;
+                ingestor.store().close().await;
+                done
             }
             Command::Correct { ref correction } => {
                 let rules = self.scoring_rules()?;

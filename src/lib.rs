@@ -7,6 +7,7 @@
 //! - [`store`]: the append-only event log on SQLite (embedded default) or PostgreSQL.
 //! - [`ingest`], [`import`], [`server`]: touchpoints in, resolved to customers.
 //! - [`privacy`]: opening sealed personal data, erasure, quarantine expiry.
+//! - [`access_export`]: the right of access: everything held on one person as one document.
 //! - [`correction`]: identity corrections by hand (merge, undo a merge, split, link, unlink,
 //!   block) and the audit of why an identifier belongs to a customer.
 //! - [`projection`]: the runner that folds the log into read models, with checkpoints.
@@ -23,6 +24,7 @@
 //! The domain (events, identities, the customer aggregate) lives in the `patron-domain` crate,
 //! read models in `patron-projections`, the API schema in `patron-graphql`.
 
+pub mod access_export;
 pub mod analytics;
 pub mod bench;
 pub mod cli;

@@ -347,6 +347,19 @@ fn phone_digits(value: &str) -> Option<PhoneDigits> {
     })
 }
 
+/// A test of whether a raw record (a quarantined record's text or reason) holds one of the
+/// identifier `values` (as normalized at ingestion): values of 6 characters or more as whole
+/// tokens, phones by their digits in any export format (see `docs/privacy.md`). Shorter values
+/// (a two-letter login) would match too much and are left out.
+pub fn record_matcher(values: impl IntoIterator<Item = String>) -> impl Fn(&str) -> bool + Sync {
+    let values: Vec<String> = values
+        .into_iter()
+        .filter(|v| v.chars().count() >= 6)
+        .collect();
+    let phones: Vec<PhoneDigits> = values.iter().filter_map(|v| phone_digits(v)).collect();
+    move |record: &str| holds_any(record, &values, &phones)
+}
+
 /// Erases a customer: see [`EventStore::erase`]. Before the keys are destroyed, the customer's
 /// events are opened to learn the identifiers they name (values, and the pseudonyms of
 /// identifiers linked by hand), so that quarantined records holding them are removed too; the

@@ -277,6 +277,127 @@ fn a_customer_erased_from_the_command_line_reads_as_erased_and_leaves_no_trace()
     assert!(String::from_utf8_lossy(&again.stderr).contains("no customer holds phone"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_exported_from_the_command_line_gets_their_receipts_and_no_one_elses() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("patron.db").display());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let file = format!("{root}/examples/pos_orders.csv");
+    let mapping = format!("{root}/examples/pos_orders.toml");
+    let import = patron(&["import", &file, "--mapping", &mapping], &url);
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let output = dir.path().join("export.json");
+    let export = patron(
+        &[
+            "person",
+            "export",
+            "--identifier",
+            "phone=139 1234 0001",
+            "--reason",
+            "request 9",
+            "--actor",
+            "dpo@shop",
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        &url,
+    );
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    assert!(export.stdout.is_empty(), "the document went to the file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&output).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "personal data: readable by its owner only"
+        );
+    }
+    let text = std::fs::read_to_string(&output).unwrap();
+    let document: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(document["schema"], "patron.person-export/1");
+    assert_eq!(document["request"]["actor"], "dpo@shop");
+    let receipts: Vec<&str> = document["touchpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["action"]["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(receipts, ["R-0001", "R-0005"], "R-0005 is the same phone");
+    assert_eq!(document["profile"]["orders"], 2);
+    let identifiers: Vec<(&str, &str)> = document["identifiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["kind"].as_str().unwrap(), i["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        identifiers,
+        [("member_card", "MC-0001"), ("phone", "+8613912340001")]
+    );
+    for other in ["R-0002", "R-0003", "13912340002", "MC-0003", "MC-0004"] {
+        assert!(!text.contains(other), "{other} is someone else's");
+    }
+
+    // Printed when no file is named; an unknown person is an error that logs nothing.
+    let printed = patron(
+        &[
+            "person",
+            "export",
+            "--customer",
+            document["customer"].as_str().unwrap(),
+            "--reason",
+            "request 10",
+        ],
+        &url,
+    );
+    assert!(printed.status.success());
+    let again: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(again["touchpoints"], document["touchpoints"]);
+    let unknown = patron(
+        &[
+            "person",
+            "export",
+            "--identifier",
+            "phone=13999999999",
+            "--reason",
+            "x",
+        ],
+        &url,
+    );
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("no customer holds this phone (NOT_FOUND)"),
+        "{err}"
+    );
+    assert!(!err.contains("13999999999"), "{err}");
+
+    let store = patron::store::EventStore::connect(&url).await.unwrap();
+    let customer: patron_domain::customer::CustomerId =
+        document["customer"].as_str().unwrap().parse().unwrap();
+    let log = store.access_log(customer).await.unwrap();
+    let exports: Vec<(&str, Option<&str>)> = log
+        .iter()
+        .map(|e| (e.key_name.as_str(), e.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        exports,
+        [("dpo@shop", Some("request 9")), ("cli", Some("request 10"))]
+    );
+    assert!(log.iter().all(|e| e.what == "export" && e.key_id.is_nil()));
+    store.close().await;
+}
+
 #[test]
 fn api_keys_are_created_listed_and_revoked_and_only_their_hash_is_stored() {
     let dir = tempfile::tempdir().unwrap();

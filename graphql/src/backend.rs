@@ -227,6 +227,20 @@ pub struct ErasureRecord {
     pub scrubbed: bool,
 }
 
+/// The person whose data an export gathers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PersonAsk {
+    /// By customer id (a merged id stands for the customer it was merged into).
+    Customer(Uuid),
+    /// By an identifier they hold, as at ingestion.
+    Identifier {
+        /// Its kind, for example `phone`.
+        kind: String,
+        /// Its value, normalized as at ingestion.
+        value: String,
+    },
+}
+
 /// An identity correction an operator asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CorrectionAsk {
@@ -484,6 +498,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn ingest(&self, records: Vec<String>, actor: &str) -> BackendResult<Vec<IngestAnswer>>;
     /// Erases a customer.
     async fn erase(&self, id: Uuid, actor: &str, reason: &str) -> BackendResult<ErasureRecord>;
+    /// Everything held on a person, as one JSON document (`docs/privacy.md`, "Right of
+    /// access"), written to the access log for `key` with `reason` before it is answered.
+    async fn export_person(
+        &self,
+        key: &ApiKey,
+        person: PersonAsk,
+        reason: &str,
+    ) -> BackendResult<Value>;
     /// The key a secret belongs to, unless unknown or revoked.
     async fn authenticate(&self, secret: &str) -> BackendResult<Option<ApiKey>>;
     /// Creates an API key.

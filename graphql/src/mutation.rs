@@ -1,10 +1,11 @@
-//! The mutations: segments, ingestion, identity corrections, erasure and API keys.
+//! The mutations: segments, ingestion, identity corrections, erasure, the export of a person's
+//! data and API keys.
 
 use async_graphql::{Context, Json, Object, Result, SimpleObject, ID};
 use serde_json::Value;
 
 use crate::access::{api_error, codes, require, ApiKey, Role};
-use crate::backend::{CorrectionAsk, ErasureRecord, IngestAnswer, Purpose};
+use crate::backend::{CorrectionAsk, ErasureRecord, IngestAnswer, PersonAsk, Purpose};
 use crate::backend_error;
 use crate::correction::{self, customer_arg, CorrectionResult, IdentifierInput};
 use crate::query::{backend, parse_id, Segment};
@@ -331,6 +332,40 @@ impl Mutation {
             .await
             .map_err(backend_error)?
             .into())
+    }
+
+    /// Everything Patron holds on one person, as one JSON document (admin role): the right of
+    /// access. Name the person by `customer` id or by an `identifier` they hold, one of the
+    /// two. The export is written to the access log with the key and `reason` before it is
+    /// answered. `NOT_FOUND` when nobody holds the identifier or there is no such customer (and
+    /// nothing is logged); an erased person, named by id, reads as erased.
+    async fn export_person(
+        &self,
+        ctx: &Context<'_>,
+        customer: Option<ID>,
+        identifier: Option<IdentifierInput>,
+        reason: String,
+    ) -> Result<Json<Value>> {
+        let key = require(ctx, Role::Admin)?;
+        let person = match (customer, identifier) {
+            (Some(id), None) => PersonAsk::Customer(customer_arg("customer", &id)?),
+            (None, Some(i)) => PersonAsk::Identifier {
+                kind: i.kind,
+                value: i.value,
+            },
+            _ => {
+                return Err(api_error(
+                    codes::INVALID_ARGUMENT,
+                    "name the person by `customer` or by `identifier`, one of the two",
+                ))
+            }
+        };
+        Ok(Json(
+            backend(ctx)?
+                .export_person(key, person, &reason)
+                .await
+                .map_err(backend_error)?,
+        ))
     }
 
     /// Creates an API key (admin role).

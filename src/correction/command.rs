@@ -95,7 +95,7 @@ pub struct RequestArgs {
 }
 
 /// Splits `KIND=VALUE`.
-fn kind_value(identifier: &str) -> Result<(String, String)> {
+pub(crate) fn kind_value(identifier: &str) -> Result<(String, String)> {
     let (kind, value) = identifier.split_once('=').with_context(|| {
         format!("{identifier:?}: an identifier is KIND=VALUE, for example phone=13912340001")
     })?;

@@ -11,8 +11,8 @@ use patron_domain::customer::CustomerId;
 use patron_graphql::backend::{
     Bucket, Change, CorrectionAsk, CorrectionRecord, CustomerPage, CustomerRecord, CustomerSort,
     Dimension, ErasureRecord, ExplanationRecord, ExplanationStepRecord, HistoryEvent, IngestAnswer,
-    MembershipChange, NewApiKey, Purpose, QuarantineRecord, ScanRecord, Scores, SegmentRecord,
-    SuggestionRecord,
+    MembershipChange, NewApiKey, PersonAsk, Purpose, QuarantineRecord, ScanRecord, Scores,
+    SegmentRecord, SuggestionRecord,
 };
 use patron_graphql::loader::{LookupAllowance, LookupBudget};
 use patron_graphql::{codes, ApiKey, Backend, BackendError, BackendResult, Role};
@@ -31,6 +31,7 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use uuid::Uuid;
 
+use crate::access_export::{Exporter, Person, Requester};
 use crate::correction::{Corrector, Request};
 use crate::ingest::{CommitQueue, Incoming, RecordOutcome};
 use crate::population::{Order, ResidentPopulation};
@@ -72,6 +73,7 @@ pub struct StoreBackend {
     corrector: Corrector,
     reviewer: Reviewer,
     lookups: LookupBudget,
+    exporter: Exporter,
 }
 
 impl StoreBackend {
@@ -93,16 +95,16 @@ impl StoreBackend {
         let analyst = Arc::new(Analyst::new(long_reads.clone(), commits.ingestor().rules()));
         let activity = ResidentActivity::new(long_reads);
         let currency = currency.into();
-        let corrector = Corrector::new(
-            commits.ingestor().clone(),
-            ProfileProjection::new(store.clone(), CORRECTION_BATCH)
-                .with_segments(&currency)
-                .with_announcements(announcements.clone())
-                .with_population(population.clone()),
-        );
+        let projection = ProfileProjection::new(store.clone(), CORRECTION_BATCH)
+            .with_segments(&currency)
+            .with_announcements(announcements.clone())
+            .with_population(population.clone());
+        let corrector = Corrector::new(commits.ingestor().clone(), projection.clone());
+        let exporter = Exporter::new(commits.ingestor().clone(), projection);
         let reviewer = Reviewer::new(commits.ingestor().clone(), corrector.clone());
         Self {
             reviewer,
+            exporter,
             store,
             commits,
             opener,
@@ -404,6 +406,7 @@ impl Backend for StoreBackend {
                 key_name: key.name.clone(),
                 customer: CustomerId::from_uuid(customer),
                 what: what.to_owned(),
+                reason: None,
             })
             .await
             .map_err(store_error)
@@ -840,6 +843,31 @@ impl Backend for StoreBackend {
             quarantined_removed: erasure.quarantined_removed,
             scrubbed: erasure.scrubbed,
         })
+    }
+
+    #[tracing::instrument(name = "api.export_person", skip(self, key, person, reason))]
+    async fn export_person(
+        &self,
+        key: &ApiKey,
+        person: PersonAsk,
+        reason: &str,
+    ) -> BackendResult<serde_json::Value> {
+        let person = match person {
+            PersonAsk::Customer(id) => Person::Customer(CustomerId::from_uuid(id)),
+            PersonAsk::Identifier { kind, value } => Person::Identifier { kind, value },
+        };
+        let requester = Requester {
+            key: Some((key.id, key.name.clone())),
+            actor: format!("api-key:{}", key.name),
+            reason: reason.to_owned(),
+        };
+        let document = self
+            .exporter
+            .export(&person, &requester)
+            .await
+            .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
+        serde_json::to_value(&document)
+            .map_err(|e| BackendError::new("INTERNAL", format!("the export does not encode: {e}")))
     }
 
     async fn authenticate(&self, secret: &str) -> BackendResult<Option<ApiKey>> {

@@ -1,5 +1,5 @@
 //! API keys (stored as hashes of their secrets) and the access log of reads of unmasked
-//! personal data.
+//! personal data and of exports of everything held on a person.
 
 use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
@@ -24,19 +24,21 @@ pub struct StoredKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// One read of unmasked personal data.
+/// One read of unmasked personal data, or one export of a person's data.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AccessEntry {
     /// When.
     pub at: DateTime<Utc>,
-    /// The key that read.
+    /// The key that read; nil for the command line.
     pub key_id: Uuid,
-    /// Its name.
+    /// Its name; for the command line, the actor named there.
     pub key_name: String,
     /// Whose data.
     pub customer: CustomerId,
-    /// Which fields: `identifiers`, `traits`, `timeline`.
+    /// Which fields: `identifiers`, `traits`, `timeline`; `export` for everything.
     pub what: String,
+    /// Why, as given with an export.
+    pub reason: Option<String>,
 }
 
 type KeyRow = (Uuid, String, String, i64, Option<i64>);
@@ -129,14 +131,15 @@ impl EventStore {
 
     /// Writes a read of unmasked personal data to the access log.
     pub async fn log_access(&self, entry: &AccessEntry) -> Result<()> {
-        let sql = "INSERT INTO access_log (at, key_id, key_name, customer_id, what) \
-                   VALUES ($1, $2, $3, $4, $5)";
+        let sql = "INSERT INTO access_log (at, key_id, key_name, customer_id, what, reason) \
+                   VALUES ($1, $2, $3, $4, $5, $6)";
         writing!(self, pool => sqlx::query(sql)
             .bind(entry.at.timestamp_micros())
             .bind(entry.key_id)
             .bind(&entry.key_name)
             .bind(entry.customer.as_uuid())
             .bind(&entry.what)
+            .bind(&entry.reason)
             .execute(pool)
             .await?
             .rows_affected());
@@ -145,20 +148,21 @@ impl EventStore {
 
     /// The reads of a customer's unmasked personal data, oldest first.
     pub async fn access_log(&self, customer: CustomerId) -> Result<Vec<AccessEntry>> {
-        let sql = "SELECT at, key_id, key_name, customer_id, what FROM access_log \
+        let sql = "SELECT at, key_id, key_name, customer_id, what, reason FROM access_log \
                    WHERE customer_id = $1 ORDER BY at, id";
-        let rows: Vec<(i64, Uuid, String, Uuid, String)> = reading!(self, pool => sqlx::query_as(sql)
+        let rows: Vec<(i64, Uuid, String, Uuid, String, Option<String>)> = reading!(self, pool => sqlx::query_as(sql)
             .bind(customer.as_uuid())
             .fetch_all(pool)
             .await?);
         rows.into_iter()
-            .map(|(at, key_id, key_name, c, what)| {
+            .map(|(at, key_id, key_name, c, what, reason)| {
                 Ok(AccessEntry {
                     at: time(at)?,
                     key_id,
                     key_name,
                     customer: CustomerId::from_uuid(c),
                     what,
+                    reason,
                 })
             })
             .collect()

@@ -45,6 +45,7 @@ macro_rules! reading {
 pub mod access;
 mod error;
 pub mod identity;
+pub mod person;
 mod plan;
 mod postgres;
 pub mod projection;

@@ -17,8 +17,8 @@ use patron::server::{Metrics, StoreBackend};
 use patron_domain::identity::IdentityRules;
 use patron_graphql::backend::{
     Bucket, Change, CorrectionAsk, CorrectionRecord, CustomerPage, CustomerRecord, CustomerSort,
-    Dimension, ErasureRecord, ExplanationRecord, HistoryEvent, IngestAnswer, NewApiKey, Purpose,
-    QuarantineRecord, SegmentRecord,
+    Dimension, ErasureRecord, ExplanationRecord, HistoryEvent, IngestAnswer, NewApiKey, PersonAsk,
+    Purpose, QuarantineRecord, SegmentRecord,
 };
 use patron_graphql::{ApiKey, Backend, BackendResult, Role};
 use patron_projections::analytics::attribution::Attribution;
@@ -161,6 +161,14 @@ impl Backend for Counting {
     }
     async fn erase(&self, id: Uuid, actor: &str, reason: &str) -> BackendResult<ErasureRecord> {
         self.inner.erase(id, actor, reason).await
+    }
+    async fn export_person(
+        &self,
+        key: &ApiKey,
+        person: PersonAsk,
+        reason: &str,
+    ) -> BackendResult<serde_json::Value> {
+        self.inner.export_person(key, person, reason).await
     }
     async fn authenticate(&self, secret: &str) -> BackendResult<Option<ApiKey>> {
         self.inner.authenticate(secret).await

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod access;
 mod analytics;
 mod append;
 mod batching;
