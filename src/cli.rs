@@ -186,7 +186,6 @@ pub enum Command {
             default_value_t = patron_graphql::loader::LookupAllowance::default()
         )]
         lookup_budget: patron_graphql::loader::LookupAllowance,
-                    ..ServerOptions::default()
     },
     /// Import a CSV or NDJSON file of touchpoints: validated, resolved to customers and stored.
     /// Refused records go to the quarantine; importing the same file again stores nothing twice.
@@ -525,6 +524,28 @@ pub enum BenchCommand {
         /// Seconds each scenario runs.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mixed load against one `patron serve` on the store named by --database-url (a demo
+    /// store: the run writes into it): ingestion, Segment batches, reads, previews, analytics,
+    /// websocket subscribers and hostile input at fixed rates, each class first alone; reports
+    /// the server's memory curve, each class's p99 per window against its idle p99, and
+    /// whether every accepted record is in the store after the server is killed.
+    Soak {
+        /// Seconds of mixed load.
+        #[arg(long, default_value_t = 1_200)]
+        seconds: u64,
+        /// Seconds each class runs alone first.
+        #[arg(long, default_value_t = 20)]
+        idle_seconds: u64,
+        /// Seconds per reporting window.
+        #[arg(long, default_value_t = 120)]
+        window_seconds: u64,
+        /// Websocket subscribers held open.
+        #[arg(long, default_value_t = 20)]
+        subscribers: usize,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -964,10 +985,13 @@ impl Cli {
                 let report = crate::bench::run_body_bench(server.clone())
                     .await
                     .context("the body benchmark failed")?;
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{report}");
+                }
+                Ok(())
+            }
             Command::Bench(BenchCommand::Flood {
                 ref postgres_url,
                 people,
@@ -1012,6 +1036,34 @@ impl Cli {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else {
                     print!("{report}");
+                }
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Soak {
+                seconds,
+                idle_seconds,
+                window_seconds,
+                subscribers,
+                json,
+            }) => {
+                anyhow::ensure!(
+                    window_seconds > 0 && seconds > 0,
+                    "--seconds and --window-seconds must be at least 1"
+                );
+                let report = crate::bench::soak::run_soak(crate::bench::soak::SoakConfig {
+                    database_url: self.database_url.clone(),
+                    binary: std::env::current_exe().context("cannot find this binary")?,
+                    seconds,
+                    idle_seconds,
+                    window_seconds,
+                    subscribers,
+                })
+                .await
+                .context("the soak failed")?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!("{report}");
                 }
                 Ok(())
             }

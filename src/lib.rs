@@ -31,6 +31,8 @@ pub mod cli;
 pub mod config;
 pub mod correction;
 pub mod demo;
+#[cfg(test)]
+mod fuzz;
 pub mod import;
 pub mod ingest;
 pub mod population;

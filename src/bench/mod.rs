@@ -8,6 +8,7 @@ mod body;
 mod flood;
 mod graphql;
 mod lag;
+pub mod soak;
 
 pub use analytics::{run_analytics_bench, AnalyticsBench, Timing};
 pub use body::{measure_events, run_body_bench, BodyBenchReport, BodyCase};

@@ -210,7 +210,7 @@ fn progress(bytes: u64) -> ProgressBar {
     bar
 }
 
-fn row_of_json(text: &str) -> Result<Row, Rejection> {
+pub(crate) fn row_of_json(text: &str) -> Result<Row, Rejection> {
     let value: serde_json::Map<String, Value> =
         serde_json::from_str(text).map_err(|e| Rejection {
             field: "record".into(),

@@ -36,7 +36,7 @@ fn error(status: actix_web::http::StatusCode, code: &str, message: String) -> Ht
 
 /// Why a body could not be split into records.
 #[derive(Debug)]
-enum Split {
+pub(crate) enum Split {
     /// Not UTF-8, not a JSON array, ...: `MALFORMED_BODY`.
     Malformed(String),
     /// This many records, more than [`MAX_RECORDS`]: `TOO_MANY_RECORDS`.
@@ -46,7 +46,7 @@ enum Split {
 /// Splits a body into at most [`MAX_RECORDS`] records: a JSON array (each element kept as
 /// sent) or NDJSON lines. Records are counted before any is copied, so that a body of
 /// millions of tiny records costs no more than its own bytes.
-fn records(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, Split> {
+pub(crate) fn records(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, Split> {
     let text = std::str::from_utf8(body)
         .map_err(|e| Split::Malformed(format!("the body is not UTF-8: {e}")))?;
     if content_type.starts_with("application/x-ndjson")

@@ -9,11 +9,11 @@
 //! server loses no accepted event.
 
 mod api;
-mod events;
+pub(crate) mod events;
 mod graphql;
 mod health;
 mod metrics;
-mod segment;
+pub(crate) mod segment;
 
 use std::net::TcpListener;
 use std::sync::Arc;
