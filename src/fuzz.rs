@@ -312,8 +312,16 @@ mod import {
 
     /// A valid row of the example POS export.
     const ROW: [&str; 10] = [
-        "R-0001", "2026-03-08 09:30:15", "SH-0042", "139 1234 0001", "MC-0001", "SKU-10234",
-        "skincare", "2", "12900", "1000",
+        "R-0001",
+        "2026-03-08 09:30:15",
+        "SH-0042",
+        "139 1234 0001",
+        "MC-0001",
+        "SKU-10234",
+        "skincare",
+        "2",
+        "12900",
+        "1000",
     ];
 
     /// Rows of the example export, most of them valid but for a few cells.
@@ -458,17 +466,64 @@ mod segment {
     use crate::server::segment::to_record;
 
     const KEYS: &[&str] = &[
-        "type", "messageId", "userId", "anonymousId", "event", "timestamp",
-        "originalTimestamp", "sentAt", "traits", "context", "properties", "previousId", "groupId",
-        "name", "device", "id", "advertisingId", "library", "email", "phone", "birthday",
-        "address", "city", "gender", "campaign", "products", "total", "revenue", "currency",
-        "price", "quantity", "sku", "url",
+        "type",
+        "messageId",
+        "userId",
+        "anonymousId",
+        "event",
+        "timestamp",
+        "originalTimestamp",
+        "sentAt",
+        "traits",
+        "context",
+        "properties",
+        "previousId",
+        "groupId",
+        "name",
+        "device",
+        "id",
+        "advertisingId",
+        "library",
+        "email",
+        "phone",
+        "birthday",
+        "address",
+        "city",
+        "gender",
+        "campaign",
+        "products",
+        "total",
+        "revenue",
+        "currency",
+        "price",
+        "quantity",
+        "sku",
+        "url",
     ];
     const TEXTS: &[&str] = &[
-        "track", "identify", "page", "screen", "group", "alias", "Order Completed",
-        "2026-03-01T10:00:00Z", "2026-13-45T99:00:00Z", "0001-01-01T00:00:00Z",
-        "13912340001", "+86 139 1234 0001", "a@b.cn", "not an email", "1993-18-19",
-        "analytics-python", "analytics.js", "ios", "CNY", "129.00", "上海", "", " ",
+        "track",
+        "identify",
+        "page",
+        "screen",
+        "group",
+        "alias",
+        "Order Completed",
+        "2026-03-01T10:00:00Z",
+        "2026-13-45T99:00:00Z",
+        "0001-01-01T00:00:00Z",
+        "13912340001",
+        "+86 139 1234 0001",
+        "a@b.cn",
+        "not an email",
+        "1993-18-19",
+        "analytics-python",
+        "analytics.js",
+        "ios",
+        "CNY",
+        "129.00",
+        "上海",
+        "",
+        " ",
         "9223372036854775807",
     ];
 
@@ -486,7 +541,9 @@ mod segment {
                 proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
                 proptest::collection::btree_map(proptest::sample::select(KEYS), inner, 0..6)
                     .prop_map(|m| Value::Object(
-                        m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<Map<_, _>>()
+                        m.into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .collect::<Map<_, _>>()
                     )),
             ]
         })
@@ -495,7 +552,9 @@ mod segment {
     /// A message that mostly looks like one: the usual keys with values of any shape.
     fn message() -> impl Strategy<Value = (String, Value)> {
         let kind = proptest::sample::select(
-            &["track", "identify", "page", "screen", "group", "alias", "batch", "other"][..],
+            &[
+                "track", "identify", "page", "screen", "group", "alias", "batch", "other",
+            ][..],
         );
         let base = json!({
             "type": "track",
@@ -553,8 +612,25 @@ mod events {
     const RECORD: &str = r#"{"event_id": "0190a6f2-7b1c-7e3a-9d2e-5f6a7b8c9d0e", "type": "order_placed", "channel": "store", "source": "pos", "occurred_at": "2026-03-08T09:30:15+08:00", "identifiers": {"phone": "13912340001", "member_card": ["MC-1"]}, "order_id": "R-1", "currency": "CNY", "items": [{"sku": "SKU-1", "quantity": 2, "unit_price_minor": 12900, "discount_minor": 1000}], "traits": {"birthday": "1993-08-19"}}"#;
     const TRAITS: &str = r#"{"event_id": "0190a6f2-7b1c-7e3a-9d2e-5f6a7b8c9d0f", "type": "traits_updated", "channel": "membership_desk", "source": "crm", "occurred_at": "2026-03-08T09:30:15Z", "identifiers": {"phone": "+86 139 1234 0002"}, "traits": {"name": "张伟", "birthday": "1993-08-19", "city": "上海"}}"#;
     const PIECES: &[&str] = &[
-        RECORD, TRAITS, "[", "]", "{", "}", ",", ":", "\"", "\n", "0", "null", "\"type\"",
-        "\"items\"", "\"quantity\"", "4294967296", "9223372036854775807", "1e400", "\"上海\"",
+        RECORD,
+        TRAITS,
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        ":",
+        "\"",
+        "\n",
+        "0",
+        "null",
+        "\"type\"",
+        "\"items\"",
+        "\"quantity\"",
+        "4294967296",
+        "9223372036854775807",
+        "1e400",
+        "\"上海\"",
     ];
     const SEEDS: &[&str] = &[RECORD, TRAITS];
 

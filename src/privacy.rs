@@ -476,7 +476,11 @@ mod tests {
             &serde_json::json!({"identifiers": [{"kind": "phone", "value": "p3"}]}),
         );
         let values: Vec<&str> = named.values.iter().map(|i| i.value.as_str()).collect();
-        assert_eq!(values, ["a@b.cn", "M-77", "+8613912340001"], "by kind, then value");
+        assert_eq!(
+            values,
+            ["a@b.cn", "M-77", "+8613912340001"],
+            "by kind, then value"
+        );
         let pseudonyms: Vec<&str> = named.pseudonyms.iter().map(|i| i.value.as_str()).collect();
         assert_eq!(pseudonyms, ["p2", "p1", "p3"]);
     }

@@ -216,15 +216,17 @@ impl Application {
         let gate = AnalyticsGate::new(options.analytics);
         let metrics = Metrics::new(gate.clone()).map_err(std::io::Error::other)?;
         let commits = CommitQueue::start(ingestor);
-        let store_backend = Arc::new(StoreBackend::new(
-            commits.clone(),
-            currency,
-            announcements,
-            metrics.clone(),
-            population,
-            gate,
-        )
-        .with_lookup_allowance(options.lookup_budget));
+        let store_backend = Arc::new(
+            StoreBackend::new(
+                commits.clone(),
+                currency,
+                announcements,
+                metrics.clone(),
+                population,
+                gate,
+            )
+            .with_lookup_allowance(options.lookup_budget),
+        );
         let warming = store_backend.clone();
         let warm_up = StopOnDrop(tokio::spawn(async move { warming.warm_up().await }));
         let backend: Arc<dyn Backend> = store_backend;
