@@ -21,6 +21,10 @@ use uuid::Uuid;
 
 use super::AppState;
 
+/// The code of a request that is not a GraphQL document the schema can run (it does not
+/// parse, or nests past the parser's recursion limit).
+pub const INVALID_QUERY: &str = "INVALID_QUERY";
+
 /// The longest a GraphQL request may run before it is answered with `TIMEOUT`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -147,7 +151,15 @@ pub(crate) async fn post(
     }
     let request = prepare(request, state.backend.clone(), key, spawn);
     match tokio::time::timeout(REQUEST_TIMEOUT, state.schema.execute(request)).await {
-        Ok(response) => {
+        Ok(mut response) => {
+            // Errors raised before any field runs (a query that does not parse, or nests past
+            // the parser's recursion limit) carry no code of their own.
+            for error in &mut response.errors {
+                let extensions = error.extensions.get_or_insert_with(Default::default);
+                if extensions.get("code").is_none() {
+                    extensions.set("code", INVALID_QUERY);
+                }
+            }
             let response: GraphQLResponse = response.into();
             actix_web::Responder::respond_to(response, &http).map_into_boxed_body()
         }

@@ -817,6 +817,18 @@ async fn expensive_queries_are_refused(t: &TestStore) {
         body["errors"][0]["message"].as_str().is_some(),
         "a syntax error is answered: {body}"
     );
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "INVALID_QUERY",
+        "{body}"
+    );
+    // 200 levels of selections stop at the parser's recursion limit, with a code.
+    let deep = format!("{}{}", "{ me ".repeat(200), "}".repeat(200));
+    let (status, body) = app.graphql_status(Some(&viewer), &deep, json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "INVALID_QUERY",
+        "{body}"
+    );
     let (_, body) = app
         .graphql_status(
             Some(&viewer),
