@@ -473,7 +473,7 @@ impl Exporter {
         document.consent.current = profile
             .consent
             .iter()
-            .map(|(purpose, consent)| (purpose_name(purpose), consent.clone()))
+            .map(|(purpose, consent)| (purpose_name(purpose), *consent))
             .collect();
         let mut carried: BTreeSet<Identifier> = BTreeSet::new();
         for event in history {
