@@ -953,27 +953,38 @@ mod tests {
         Rule::parse(rule).expect_err(rule)
     }
 
-    #[test]
-    fn clear_traits_are_text_fields() {
+    /// A profile whose only trait is its city.
+    fn living_in(city: &str) -> Profile {
         let mut profile = Profile::default();
         profile.traits.insert(
             "city".into(),
             crate::profile::TraitValue {
-                value: "Shanghai".into(),
+                value: city.into(),
                 at: chrono::Utc::now(),
             },
         );
-        let tags = BTreeSet::new();
-        let subject = Subject {
-            profile: &profile,
+        profile
+    }
+
+    /// A customer not scored yet, judged now.
+    fn unscored<'a>(profile: &'a Profile, tags: &'a BTreeSet<String>) -> Subject<'a> {
+        Subject {
+            profile,
             stage: None,
             tier: None,
             rfm_segment: None,
             rfm: None,
-            tags: &tags,
+            tags,
             currency: "CNY",
             as_of: chrono::Utc::now(),
-        };
+        }
+    }
+
+    #[test]
+    fn clear_traits_are_text_fields() {
+        let profile = living_in("Shanghai");
+        let tags = BTreeSet::new();
+        let subject = unscored(&profile, &tags);
         assert!(Rule::parse("city = \"Shanghai\"")
             .unwrap()
             .matches(&subject));
@@ -1083,25 +1094,9 @@ mod tests {
 
     #[test]
     fn chinese_values_work_quoted_and_are_explained_unquoted() {
-        let mut profile = Profile::default();
-        profile.traits.insert(
-            "city".into(),
-            crate::profile::TraitValue {
-                value: "上海".into(),
-                at: chrono::Utc::now(),
-            },
-        );
+        let profile = living_in("上海");
         let tags = BTreeSet::new();
-        let subject = Subject {
-            profile: &profile,
-            stage: None,
-            tier: None,
-            rfm_segment: None,
-            rfm: None,
-            tags: &tags,
-            currency: "CNY",
-            as_of: chrono::Utc::now(),
-        };
+        let subject = unscored(&profile, &tags);
         assert!(Rule::parse("city = \"上海\"").unwrap().matches(&subject));
         assert!(
             Rule::parse("city in (\"北京\", \"上海\") and not city = \"杭州\"")
