@@ -262,7 +262,12 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 
 /// The process's resident set size, in MiB (Linux; 0 elsewhere).
 pub fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_mib_of("self")
+}
+
+/// The resident set size of process `pid` (a number, or `self`), in MiB (Linux; 0 elsewhere).
+pub fn rss_mib_of(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()

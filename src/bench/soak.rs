@@ -503,19 +503,6 @@ async fn subscribe(url: String, secret: String, until: Instant) -> (u64, u64) {
     (messages, reconnects)
 }
 
-/// The resident memory of process `pid`, MiB.
-fn rss_of(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn p99(latencies: &mut [Duration]) -> f64 {
     latencies.sort();
     latencies
@@ -681,7 +668,10 @@ pub async fn run_soak(config: SoakConfig) -> anyhow::Result<SoakReport> {
     }
     let mut rss = Vec::new();
     while Instant::now() < until {
-        rss.push((started.elapsed().as_secs(), rss_of(pid)));
+        rss.push((
+            started.elapsed().as_secs(),
+            super::rss_mib_of(&pid.to_string()),
+        ));
         tokio::time::sleep(
             Duration::from_secs(10).min(until.saturating_duration_since(Instant::now())),
         )
@@ -696,7 +686,10 @@ pub async fn run_soak(config: SoakConfig) -> anyhow::Result<SoakReport> {
         messages += m;
         reconnects += r;
     }
-    rss.push((started.elapsed().as_secs(), rss_of(pid)));
+    rss.push((
+        started.elapsed().as_secs(),
+        super::rss_mib_of(&pid.to_string()),
+    ));
     // Killed as a crash would.
     drop(child);
 
