@@ -667,7 +667,7 @@ mod events {
             if let Ok(incoming) = records(content_type, body.as_bytes()) {
                 prop_assert!(incoming.len() <= MAX_RECORDS);
                 for record in incoming {
-                    if let Ok(raw) = record.parsed {
+                    if let Ok(raw) = crate::ingest::Incoming::json(record.to_owned()).parsed {
                         let _ = raw.validate(&rules, TimeBounds::at(Utc::now()));
                     }
                 }

@@ -35,6 +35,7 @@ pub mod demo;
 mod fuzz;
 pub mod import;
 pub mod ingest;
+pub mod json_bound;
 pub mod population;
 pub mod privacy;
 pub mod projection;

@@ -12,7 +12,9 @@ use patron_domain::customer::CustomerId;
 use patron_domain::Position;
 use patron_projections::profile::{touched, Profile};
 use patron_projections::segment::{Rule, Subject};
-use tokio::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, OwnedRwLockReadGuard, RwLock};
 
 use crate::projection::{live_profiles, ProjectionError, PROFILES};
 use crate::store::projection::ProfileTable;
@@ -161,7 +163,7 @@ impl Population {
 #[derive(Debug)]
 pub struct ResidentPopulation {
     store: EventStore,
-    state: RwLock<Option<Population>>,
+    state: Arc<RwLock<Option<Population>>>,
     /// The scoring run whose scores are held.
     scored: Mutex<Option<String>>,
 }
@@ -171,7 +173,7 @@ impl ResidentPopulation {
     pub fn new(store: EventStore) -> Self {
         Self {
             store,
-            state: RwLock::new(None),
+            state: Arc::new(RwLock::new(None)),
             scored: Mutex::new(None),
         }
     }
@@ -179,21 +181,24 @@ impl ResidentPopulation {
     /// The population, read first if it is not yet resident, with the latest scores and with
     /// the profiles committed by other processes since (another server on the same database,
     /// `patron status --catch-up`).
-    pub async fn read(&self) -> Result<RwLockReadGuard<'_, Population>, ProjectionError> {
+    /// The guard owns its hold, so that work over the population can run on a blocking thread.
+    pub async fn read(
+        &self,
+    ) -> Result<OwnedRwLockReadGuard<Option<Population>, Population>, ProjectionError> {
         let run = self.store.setting(SCORING_RUN_SETTING).await?;
         let checkpoint = self.store.checkpoint(PROFILES).await?;
         {
-            let state = self.state.read().await;
+            let state = self.state.clone().read_owned().await;
             let scored = self.scored.lock().await;
             let current = state.as_ref().is_some_and(|p| p.position >= checkpoint);
             if current && *scored == run {
                 drop(scored);
-                return Ok(RwLockReadGuard::map(state, |s| {
+                return Ok(OwnedRwLockReadGuard::map(state, |s| {
                     s.as_ref().unwrap_or_else(|| unreachable!("checked above"))
                 }));
             }
         }
-        let mut state = self.state.write().await;
+        let mut state = self.state.clone().write_owned().await;
         let mut scored = self.scored.lock().await;
         let started = Instant::now();
         match state.as_mut() {
@@ -222,7 +227,7 @@ impl ResidentPopulation {
         *scored = run;
         drop(scored);
         let state = state.downgrade();
-        Ok(RwLockReadGuard::map(state, |s| {
+        Ok(OwnedRwLockReadGuard::map(state, |s| {
             s.as_ref().unwrap_or_else(|| unreachable!("loaded above"))
         }))
     }

@@ -73,7 +73,7 @@ pub async fn unreadable_rules(
 ) -> Result<Vec<(String, RuleError)>, crate::store::StoreError> {
     let mut unreadable = Vec::new();
     for (name, rule) in store.segment_rules().await? {
-        if let Err(err) = Rule::parse(&rule) {
+        if let Err(err) = Rule::parse_judged(&rule) {
             tracing::warn!(segment = %name, error = %err.message, "a saved rule does not read; the segment is skipped");
             unreadable.push((name, err));
         }
@@ -97,7 +97,7 @@ pub async fn refresh(
     let population = Population::load(store).await?;
     let mut refreshed = Vec::with_capacity(saved.len());
     for (name, rule) in saved {
-        let rule = match Rule::parse(&rule) {
+        let rule = match Rule::parse_judged(&rule) {
             Ok(rule) => rule,
             Err(err) => {
                 tracing::warn!(segment = %name, error = %err, "a saved rule does not read; skipped");
@@ -152,7 +152,7 @@ pub async fn follow_changes(
          standings: &HashMap<CustomerId, crate::store::segments::Standing>| {
             let rules: Vec<(&String, Rule)> = rules
                 .iter()
-                .filter_map(|(name, rule)| Rule::parse(rule).ok().map(|rule| (name, rule)))
+                .filter_map(|(name, rule)| Rule::parse_judged(rule).ok().map(|rule| (name, rule)))
                 .collect();
             let no_tags = Vec::new();
             let nobody = Default::default();

@@ -607,6 +607,30 @@ fn parse_date(text: &str) -> Result<NaiveDate, String> {
     }
 }
 
+/// The earliest birthday accepted.
+pub const EARLIEST_BIRTHDAY: NaiveDate = match NaiveDate::from_ymd_opt(1900, 1, 1) {
+    Some(date) => date,
+    None => NaiveDate::MIN,
+};
+
+/// A birthday is refused before [`EARLIEST_BIRTHDAY`] and after the day the record happened.
+fn check_birthday(birthday: NaiveDate, occurred_at: DateTime<Utc>) -> Result<(), Rejection> {
+    let refuse = |reason: String| reject("traits.birthday", RejectionCode::InvalidTime, reason);
+    if birthday < EARLIEST_BIRTHDAY {
+        return Err(refuse(format!(
+            "{birthday} is before {EARLIEST_BIRTHDAY}, the earliest birthday accepted"
+        )));
+    }
+    // The day the record happened in the zone furthest ahead of UTC (UTC+14).
+    let latest_day = (occurred_at + chrono::Duration::hours(14)).date_naive();
+    if birthday > latest_day {
+        return Err(refuse(format!(
+            "{birthday} is after the day the record happened ({latest_day})"
+        )));
+    }
+    Ok(())
+}
+
 /// The traits of a `traits_updated` record, each typed trait checked on its own so that a
 /// refusal names it (`traits.birthday`).
 fn parse_traits(value: Value) -> Result<Traits, Rejection> {
@@ -851,6 +875,13 @@ impl RawTouchpoint {
         let event_type = event_type.to_owned();
         let mut fields = self.fields;
         let action = parse_action(&event_type, &mut fields)?;
+        if let Action::TraitsUpdated(Traits {
+            birthday: Some(birthday),
+            ..
+        }) = &action
+        {
+            check_birthday(*birthday, occurred_at)?;
+        }
         Ok(Touchpoint {
             event_id,
             channel,
@@ -1214,6 +1245,26 @@ mod tests {
     }
 
     #[test]
+    fn a_birthday_on_the_day_of_the_record_reads_in_any_zone() {
+        // 01:00 in Shanghai is the evening before in UTC: born that day is still accepted.
+        let mut record = traits_record(json!({"birthday": "2026-03-08"}));
+        record["occurred_at"] = json!("2026-03-08T01:00:00+08:00");
+        let touchpoint = raw(record)
+            .validate(&IdentityRules::default(), TimeBounds::at(Utc::now()))
+            .expect("born the day the record happened");
+        let Action::TraitsUpdated(traits) = touchpoint.action else {
+            panic!("a traits update");
+        };
+        assert_eq!(traits.birthday, NaiveDate::from_ymd_opt(2026, 3, 8));
+        let mut record = traits_record(json!({"birthday": "2026-03-09"}));
+        record["occurred_at"] = json!("2026-03-08T01:00:00+08:00");
+        let r = raw(record)
+            .validate(&IdentityRules::default(), TimeBounds::at(Utc::now()))
+            .unwrap_err();
+        assert_eq!(r.field, "traits.birthday");
+    }
+
+    #[test]
     fn a_bad_trait_is_named_with_its_problem() {
         let cases = [
             (
@@ -1233,6 +1284,18 @@ mod tests {
                 "traits.birthday",
                 RejectionCode::InvalidTime,
                 "28 days",
+            ),
+            (
+                json!({"birthday": "0010-05-01"}),
+                "traits.birthday",
+                RejectionCode::InvalidTime,
+                "before 1900-01-01",
+            ),
+            (
+                json!({"birthday": "2999-05-01"}),
+                "traits.birthday",
+                RejectionCode::InvalidTime,
+                "after the day the record happened",
             ),
             (
                 json!({"birthday": "May 1st"}),

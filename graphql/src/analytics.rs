@@ -431,6 +431,10 @@ pub struct CampaignEffect {
 /// [`crate::MAX_COMPLEXITY`], so a request holds four at most.
 pub const ANALYSIS_COMPLEXITY: usize = 10_000;
 
+/// The complexity of a rule judged over every customer (`previewSegment`, `customers` with a
+/// filter or a sort, `distribution`): a fiftieth of [`crate::MAX_COMPLEXITY`].
+pub const POPULATION_COMPLEXITY: usize = 1_000;
+
 /// The complexity of the lifetime value: two maximum-likelihood fits, then every customer
 /// scored (about three times a cohort table's time); a request holds two at most.
 pub const LIFETIME_VALUE_COMPLEXITY: usize = 20_000;

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::access::{api_error, codes, require, ApiKey, Role};
 use crate::analytics::Analytics;
+use crate::analytics::POPULATION_COMPLEXITY;
 use crate::backend::{
     Backend, Bucket, CustomerSort, Dimension, Purpose, QuarantineRecord, SegmentRecord,
 };
@@ -230,7 +231,10 @@ impl Query {
 
     /// Live customers, optionally filtered by a segment rule (for example `tier =
     /// "high_value" and city = "Shanghai"`), sorted, a page at a time.
-    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    #[graphql(
+        complexity = "page_complexity(first, child_complexity).saturating_add(\
+        if filter.is_some() || sort != CustomerSort::Id { POPULATION_COMPLEXITY } else { 0 })"
+    )]
     async fn customers(
         &self,
         ctx: &Context<'_>,
@@ -316,6 +320,7 @@ impl Query {
 
     /// How many live customers a rule selects now, without saving it. An invalid rule is
     /// refused with `INVALID_RULE` and a message pointing at the bad part.
+    #[graphql(complexity = "POPULATION_COMPLEXITY.saturating_add(child_complexity)")]
     async fn preview_segment(&self, ctx: &Context<'_>, rule: String) -> Result<SegmentPreview> {
         require(ctx, Role::Viewer)?;
         let size = backend(ctx)?
@@ -326,6 +331,7 @@ impl Query {
     }
 
     /// Live customers per value of a dimension, most first.
+    #[graphql(complexity = "POPULATION_COMPLEXITY.saturating_add(child_complexity)")]
     async fn distribution(&self, ctx: &Context<'_>, dimension: Dimension) -> Result<Vec<Bucket>> {
         require(ctx, Role::Viewer)?;
         let mut buckets = backend(ctx)?

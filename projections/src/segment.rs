@@ -285,8 +285,21 @@ pub struct Rule {
 impl Rule {
     /// Reads and checks a rule.
     pub fn parse(text: &str) -> Result<Self, RuleError> {
-        if text.len() > MAX_RULE_BYTES {
-            let mut at = MAX_RULE_BYTES;
+        Self::parse_with(text, 0)
+    }
+
+    /// Reads a rule as it is judged: a saved rule that was within the bounds, wrapped by
+    /// Patron in one more level and condition (`(rule) and consent.marketing_email = true`).
+    pub fn parse_judged(text: &str) -> Result<Self, RuleError> {
+        Self::parse_with(text, 1)
+    }
+
+    /// Reads a rule allowing `slack` levels and conditions (and 256 bytes per level) past the
+    /// bounds.
+    fn parse_with(text: &str, slack: usize) -> Result<Self, RuleError> {
+        let max_bytes = MAX_RULE_BYTES + 256 * slack;
+        if text.len() > max_bytes {
+            let mut at = max_bytes;
             while !text.is_char_boundary(at) {
                 at -= 1;
             }
@@ -294,7 +307,7 @@ impl Rule {
                 rule: text.to_owned(),
                 at,
                 message: format!(
-                    "a rule is at most {MAX_RULE_BYTES} bytes; this one is {}",
+                    "a rule is at most {max_bytes} bytes; this one is {}",
                     text.len()
                 ),
             });
@@ -306,6 +319,8 @@ impl Rule {
             next: 0,
             depth: 0,
             conditions: 0,
+            max_depth: MAX_DEPTH + slack,
+            max_conditions: MAX_CONDITIONS + slack,
         };
         let expr = parser.or()?;
         if let Some(token) = parser.peek() {
@@ -454,6 +469,9 @@ struct Parser<'t> {
     depth: usize,
     /// Conditions read so far.
     conditions: usize,
+    /// The bounds on `depth` and `conditions`.
+    max_depth: usize,
+    max_conditions: usize,
 }
 
 impl Parser<'_> {
@@ -538,10 +556,11 @@ impl Parser<'_> {
     /// Enters one level of nesting at `at`, refusing past [`MAX_DEPTH`].
     fn deeper(&mut self, at: usize) -> Result<(), RuleError> {
         self.depth += 1;
-        if self.depth > MAX_DEPTH {
+        if self.depth > self.max_depth {
+            let max = self.max_depth;
             return Err(self.error_at(
                 at,
-                format!("a rule nests parentheses and `not` at most {MAX_DEPTH} deep"),
+                format!("a rule nests parentheses and `not` at most {max} deep"),
             ));
         }
         Ok(())
@@ -565,11 +584,9 @@ impl Parser<'_> {
             return Ok(inner);
         }
         self.conditions += 1;
-        if self.conditions > MAX_CONDITIONS {
-            return Err(self.error_at(
-                at,
-                format!("a rule has at most {MAX_CONDITIONS} conditions"),
-            ));
+        if self.conditions > self.max_conditions {
+            let max = self.max_conditions;
+            return Err(self.error_at(at, format!("a rule has at most {max} conditions")));
         }
         self.predicate()
     }
@@ -1039,6 +1056,26 @@ mod tests {
 
         let e = error("orders ~ 3");
         assert!(e.message.contains("unexpected character `~`"), "{e}");
+    }
+
+    #[test]
+    fn a_rule_at_the_bounds_still_reads_once_restricted_to_a_consent() {
+        // As deep and as long as a rule may be: the consent wrapper adds a level and a
+        // condition, which a judged rule may have past the bounds, and only one.
+        let deep = format!(
+            "{}orders > 1{}",
+            "(".repeat(MAX_DEPTH),
+            ")".repeat(MAX_DEPTH)
+        );
+        let long = vec!["orders > 1"; MAX_CONDITIONS].join(" or ");
+        for rule in [deep, long] {
+            assert!(Rule::parse(&rule).is_ok());
+            let wrapped = format!("({rule}) and consent.marketing_email = true");
+            assert!(Rule::parse(&wrapped).is_err(), "past the bounds for a user");
+            assert!(Rule::parse_judged(&wrapped).is_ok(), "{wrapped:.80}");
+            let twice = format!("({wrapped}) and consent.marketing_email = true");
+            assert!(Rule::parse_judged(&twice).is_err());
+        }
     }
 
     #[test]

@@ -406,7 +406,7 @@ async fn segment_shifts(
                 Some(p) => consented(&s.rule, p),
                 None => s.rule.clone(),
             };
-            Rule::parse(&text).ok().map(|r| (s.name.clone(), r))
+            Rule::parse_judged(&text).ok().map(|r| (s.name.clone(), r))
         })
         .collect();
     // The new customers' touchpoints, folded.

@@ -95,7 +95,11 @@ impl CommitQueue {
 
     /// Prepares `records` on the caller's task, then waits for their commit.
     pub async fn ingest(&self, records: Vec<Incoming>) -> Result<IngestReport, IngestError> {
-        let batch = self.ingestor.prepare(records);
+        self.submit(self.ingestor.prepare(records)).await
+    }
+
+    /// Hands a prepared batch to the committing task and waits for its commit.
+    pub async fn submit(&self, batch: PreparedBatch) -> Result<IngestReport, IngestError> {
         let (reply, report) = oneshot::channel();
         self.jobs
             .send(Job { batch, reply })

@@ -17,6 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::json_bound::JsonBoundError;
 use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
 use patron_domain::events::{
@@ -163,13 +164,46 @@ pub struct Incoming {
     pub parsed: Result<RawTouchpoint, Rejection>,
 }
 
+/// The largest record accepted, in bytes of JSON text (256 KiB).
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+/// The most JSON values one record may hold (objects, arrays, strings, numbers ...).
+pub const MAX_RECORD_VALUES: usize = 10_000;
+
+/// Refuses a record's JSON text past [`MAX_RECORD_BYTES`] or [`MAX_RECORD_VALUES`], or that is
+/// not JSON, before it is parsed into a tree (which costs tens of bytes per value).
+pub fn check_record_bounds(text: &str) -> Result<(), Rejection> {
+    let refuse = |reason: String| Rejection {
+        field: "record".into(),
+        reason,
+        code: RejectionCode::Malformed,
+    };
+    if text.len() > MAX_RECORD_BYTES {
+        return Err(refuse(format!(
+            "the record is {} bytes; a record may have at most {MAX_RECORD_BYTES}",
+            text.len()
+        )));
+    }
+    match crate::json_bound::count_json_values(text.as_bytes(), MAX_RECORD_VALUES) {
+        Ok(_) => Ok(()),
+        Err(JsonBoundError::TooManyValues(max)) => Err(refuse(format!(
+            "the record holds more than {max} JSON values"
+        ))),
+        Err(JsonBoundError::Malformed(e)) => {
+            Err(refuse(format!("not a JSON object of a touchpoint: {e}")))
+        }
+    }
+}
+
 impl Incoming {
-    /// A record received as JSON text in Patron's shape.
+    /// A record received as JSON text in Patron's shape, refused past the bounds of
+    /// [`check_record_bounds`].
     pub fn json(text: String) -> Self {
-        let parsed = serde_json::from_str::<RawTouchpoint>(&text).map_err(|e| Rejection {
-            field: "record".into(),
-            reason: format!("not a JSON object of a touchpoint: {e}"),
-            code: RejectionCode::Malformed,
+        let parsed = check_record_bounds(&text).and_then(|()| {
+            serde_json::from_str::<RawTouchpoint>(&text).map_err(|e| Rejection {
+                field: "record".into(),
+                reason: format!("not a JSON object of a touchpoint: {e}"),
+                code: RejectionCode::Malformed,
+            })
         });
         Self {
             received: text,
@@ -186,13 +220,23 @@ enum Parsed {
 }
 
 /// A valid touchpoint with what storing it needs that can be worked out before the write lock.
+/// Its action and properties are only in `body`: a batch holds one copy of them.
 struct Ready {
-    touchpoint: Touchpoint,
+    touchpoint: Resolvable,
     /// Pseudonyms of the touchpoint's identifiers, in the same order.
     keys: Vec<Identifier>,
     /// The stored form up to its resolution; taken when the event is built.
     body: Option<EncodedTouchpoint>,
     metadata: Metadata,
+}
+
+/// What resolving and storing a valid touchpoint reads of it once it is encoded.
+struct Resolvable {
+    event_id: EventId,
+    occurred_at: DateTime<Utc>,
+    /// The normalized identifiers, in the touchpoint's order.
+    identifiers: Vec<Identifier>,
+    event_type: &'static str,
 }
 
 /// A batch validated and pseudonymized, ready to [`Ingestor::commit`]. Preparing is CPU work
@@ -487,29 +531,54 @@ impl Ingestor {
 
     /// Validates and pseudonymizes a batch: the part of ingestion that needs no database.
     pub fn prepare(&self, records: Vec<Incoming>) -> PreparedBatch {
+        self.prepare_each(records.len(), records.into_iter())
+    }
+
+    /// Like [`Ingestor::prepare`] for records received as JSON text in Patron's shape, each
+    /// parsed only when its turn comes: a batch never holds every record parsed at once.
+    pub fn prepare_json<'a>(
+        &self,
+        records: impl ExactSizeIterator<Item = &'a str>,
+    ) -> PreparedBatch {
+        self.prepare_each(
+            records.len(),
+            records.map(|text| Incoming::json(text.to_owned())),
+        )
+    }
+
+    /// Prepares `count` records made one after the other by `records` (each is made, checked
+    /// and encoded before the next is made). Only a refused record keeps its text
+    /// (for the quarantine); a valid one keeps what resolving it needs and its encoded form.
+    pub fn prepare_each(
+        &self,
+        count: usize,
+        records: impl Iterator<Item = Incoming>,
+    ) -> PreparedBatch {
         let now = Utc::now();
         let times = TimeBounds {
             earliest: self.earliest,
             now,
         };
         let correlation = Uuid::now_v7();
-        let mut received = Vec::with_capacity(records.len());
-        let parsed = records
-            .into_iter()
-            .map(|r| {
-                received.push(r.received);
-                match r.parsed {
-                    Err(rejection) => Parsed::Rejected(rejection, None),
-                    Ok(raw) => {
-                        let source = raw.source.clone();
-                        match raw.validate(&self.rules, times) {
-                            Ok(t) => self.ready(t, correlation),
-                            Err(rejection) => Parsed::Rejected(rejection, source),
-                        }
+        let mut received = Vec::with_capacity(count);
+        let mut parsed = Vec::with_capacity(count);
+        for record in records {
+            let checked = match record.parsed {
+                Err(rejection) => Parsed::Rejected(rejection, None),
+                Ok(raw) => {
+                    let source = raw.source.clone();
+                    match raw.validate(&self.rules, times) {
+                        Ok(t) => self.ready(t, correlation),
+                        Err(rejection) => Parsed::Rejected(rejection, source),
                     }
                 }
-            })
-            .collect();
+            };
+            received.push(match checked {
+                Parsed::Rejected(..) => record.received,
+                Parsed::Valid(_) => String::new(),
+            });
+            parsed.push(checked);
+        }
         PreparedBatch {
             parsed,
             received,
@@ -545,7 +614,12 @@ impl Ingestor {
             reason: None,
         };
         Parsed::Valid(Box::new(Ready {
-            touchpoint,
+            touchpoint: Resolvable {
+                event_id: touchpoint.event_id,
+                occurred_at: touchpoint.occurred_at,
+                event_type: touchpoint.action.event_type(),
+                identifiers: touchpoint.identifiers,
+            },
             keys,
             body: Some(body),
             metadata,
@@ -722,7 +796,7 @@ impl Ingestor {
             graph.apply(&resolution);
             let reveal = |p: &Identifier| real.get(p).map_or_else(|| p.clone(), |i| (*i).clone());
             let customer = resolution.customer;
-            let event_type = touchpoint.action.event_type();
+            let event_type = touchpoint.event_type;
             let body = body.take().ok_or_else(|| StoreError::Abandoned {
                 reason: format!("touchpoint {} was decided twice", touchpoint.event_id),
             })?;

@@ -150,6 +150,23 @@ impl StoreBackend {
             .map_err(analytics_error)
     }
 
+    /// Runs `work` over the resident population in an analytics turn, on a blocking thread: a
+    /// rule judged over every customer takes its turn like any whole-base analysis.
+    async fn over_population<T, F>(&self, work: F) -> BackendResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&crate::population::Population) -> T + Send + 'static,
+    {
+        let turn = self.gate.enter().await.map_err(analytics_error)?;
+        let population = self.population.read().await.map_err(projection_error)?;
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            work(&population)
+        })
+        .await
+        .map_err(|e| analytics_error(AnalyticsError::Failed(e.to_string())))
+    }
+
     /// The same backend, allowing each key the identifier lookups per hour of its role in
     /// `allowance` (its buckets start full).
     pub fn with_lookup_allowance(mut self, allowance: LookupAllowance) -> Self {
@@ -340,12 +357,12 @@ impl Backend for StoreBackend {
             CustomerSort::Revenue => Order::Revenue,
             CustomerSort::Orders => Order::Orders,
         };
+        let currency = self.currency.clone();
         let found = self
-            .population
-            .read()
-            .await
-            .map_err(projection_error)?
-            .search(rule.as_ref(), order, &self.currency, Utc::now());
+            .over_population(move |population| {
+                population.search(rule.as_ref(), order, &currency, Utc::now())
+            })
+            .await?;
         Ok(CustomerPage {
             total: Some(found.len() as u64),
             has_more: found.len() > offset.saturating_add(first),
@@ -447,8 +464,11 @@ impl Backend for StoreBackend {
     #[tracing::instrument(name = "api.preview_segment", skip(self))]
     async fn preview_segment(&self, rule: &str) -> BackendResult<u64> {
         let rule = parse_rule(rule)?;
-        let population = self.population.read().await.map_err(projection_error)?;
-        Ok(population.judge(&rule, &self.currency, Utc::now()).len() as u64)
+        let currency = self.currency.clone();
+        self.over_population(move |population| {
+            population.judge(&rule, &currency, Utc::now()).len() as u64
+        })
+        .await
     }
 
     #[tracing::instrument(name = "api.save_segment", skip(self))]
@@ -461,14 +481,16 @@ impl Backend for StoreBackend {
         let parsed = parse_rule(rule)?;
         let now = Utc::now();
         let purpose = purpose.map(Purpose::as_str);
+        // The rule judged (with its purpose's consent) must be readable before it is saved.
+        let judged = match purpose {
+            Some(purpose) => Rule::parse_judged(&consented(parsed.text(), purpose))
+                .map_err(|e| BackendError::new("INVALID_RULE", e.to_string()))?,
+            None => parsed.clone(),
+        };
         self.store
             .save_segment_for(name, parsed.text(), purpose, now)
             .await
             .map_err(store_error)?;
-        let judged = match purpose {
-            Some(purpose) => parse_rule(&consented(parsed.text(), purpose))?,
-            None => parsed,
-        };
         let population = self.population.read().await.map_err(projection_error)?;
         segmentation::refresh_one(&self.store, &population, name, &judged, &self.currency, now)
             .await
@@ -589,10 +611,9 @@ impl Backend for StoreBackend {
             Dimension::Stage => self.store.score_counts(ScoreColumn::Stage).await,
             Dimension::RfmSegment => self.store.score_counts(ScoreColumn::RfmSegment).await,
             Dimension::Tag => self.store.tag_counts().await,
-            Dimension::Channel => {
-                let population = self.population.read().await.map_err(projection_error)?;
-                Ok(population.preferred_channels().into_iter().collect())
-            }
+            Dimension::Channel => Ok(self
+                .over_population(|population| population.preferred_channels().into_iter().collect())
+                .await?),
         }
         .map_err(store_error)?;
         Ok(counts

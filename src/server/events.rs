@@ -10,7 +10,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::AppState;
-use crate::ingest::{Incoming, RecordOutcome};
+use crate::ingest::RecordOutcome;
 
 /// The largest body accepted, in bytes (10 MiB).
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
@@ -43,10 +43,10 @@ pub(crate) enum Split {
     TooMany(usize),
 }
 
-/// Splits a body into at most [`MAX_RECORDS`] records: a JSON array (each element kept as
-/// sent) or NDJSON lines. Records are counted before any is copied, so that a body of
-/// millions of tiny records costs no more than its own bytes.
-pub(crate) fn records(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, Split> {
+/// Splits a body into at most [`MAX_RECORDS`] records: a JSON array (each element as sent) or
+/// NDJSON lines, borrowed from the body. Records are counted before any is kept, so that a body
+/// of millions of tiny records costs no more than its own bytes.
+pub(crate) fn records<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<&'a str>, Split> {
     let text = std::str::from_utf8(body)
         .map_err(|e| Split::Malformed(format!("the body is not UTF-8: {e}")))?;
     if content_type.starts_with("application/x-ndjson")
@@ -57,18 +57,14 @@ pub(crate) fn records(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, 
         if count > MAX_RECORDS {
             return Err(Split::TooMany(count));
         }
-        return Ok(lines().map(|l| Incoming::json(l.to_owned())).collect());
+        return Ok(lines().collect());
     }
     let array: RecordArray = serde_json::from_str(text)
         .map_err(|e| Split::Malformed(format!("the body is not a JSON array of records: {e}")))?;
     if array.count > MAX_RECORDS {
         return Err(Split::TooMany(array.count));
     }
-    Ok(array
-        .elements
-        .into_iter()
-        .map(|e| Incoming::json(e.get().to_owned()))
-        .collect())
+    Ok(array.elements.into_iter().map(RawValue::get).collect())
 }
 
 /// A JSON array of records: its first [`MAX_RECORDS`] elements borrowed from the body as
@@ -143,7 +139,7 @@ pub(crate) async fn post_events(
         }
         Err(refusal) => return refusal.rest_response(),
     }
-    let body = match super::read_body(payload, state.body_timeout).await {
+    let body = match super::read_body(payload, &request, state.body_timeout).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -174,7 +170,10 @@ pub(crate) async fn post_events(
             "the body holds no record".into(),
         );
     }
-    match state.ingest(incoming).await {
+    // Each record is parsed, checked and encoded in turn; the body is let go before the commit.
+    let batch = state.commits.ingestor().prepare_json(incoming.into_iter());
+    drop(body);
+    match state.commit(batch).await {
         Ok(report) => HttpResponse::Ok().json(EventsResponse {
             accepted: report.accepted,
             duplicates: report.duplicates,

@@ -3,6 +3,7 @@
 //! `connection_init` payload; see [`SocketLimits`] for what a socket may hold).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -112,6 +113,10 @@ pub(crate) async fn authenticate(
     }
 }
 
+/// The most JSON values a `POST /graphql` body may hold, variables included (5,000 records of
+/// 40 values for the `ingest` mutation).
+pub const MAX_REQUEST_VALUES: usize = 200_000;
+
 /// `POST /graphql`: a JSON body of at most [`super::MAX_BODY_BYTES`] (413 beyond).
 #[tracing::instrument(name = "http.graphql", skip_all, fields(key, operation, bytes))]
 pub(crate) async fn post(
@@ -130,11 +135,22 @@ pub(crate) async fn post(
     };
     let span = tracing::Span::current();
     span.record("key", key.name.as_str());
-    let body = match super::read_body(payload, state.body_timeout).await {
+    let body = match super::read_body(payload, &http, state.body_timeout).await {
         Ok(body) => body,
         Err(response) => return response,
     };
     span.record("bytes", body.len());
+    // Variables become a tree of values; a body of many tiny ones is refused before that.
+    if let Err(crate::json_bound::JsonBoundError::TooManyValues(max)) =
+        crate::json_bound::count_json_values(&body, MAX_REQUEST_VALUES)
+    {
+        return HttpResponse::PayloadTooLarge().json(json!({
+            "errors": [{
+                "message": format!("the request holds more than {max} JSON values"),
+                "extensions": {"code": "TOO_MANY_VALUES"}
+            }]
+        }));
+    }
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -207,8 +223,14 @@ pub struct SocketLimits {
     /// and reason `TOO_MANY_CONNECTIONS`.
     pub per_key: usize,
     /// Open sockets whose key is not known yet, over all clients; one more is refused with
-    /// HTTP 429 and code `TOO_MANY_CONNECTIONS` before the upgrade.
+    /// HTTP 429 and code `TOO_MANY_CONNECTIONS` before the upgrade. A socket whose key comes
+    /// in the `Authorization` header is counted against its key instead.
     pub unauthenticated: usize,
+    /// Open sockets whose key is not known yet from one client address (refused the same way).
+    pub unauthenticated_per_address: usize,
+    /// Operations (subscriptions) running at once on one socket; one more is answered with an
+    /// `error` message, code `TOO_MANY_SUBSCRIPTIONS`, and not started.
+    pub subscriptions: usize,
 }
 
 impl Default for SocketLimits {
@@ -217,6 +239,8 @@ impl Default for SocketLimits {
             init_timeout: Duration::from_secs(10),
             per_key: 64,
             unauthenticated: 256,
+            unauthenticated_per_address: 16,
+            subscriptions: 32,
         }
     }
 }
@@ -230,13 +254,32 @@ pub(crate) struct Sockets {
 #[derive(Default)]
 struct OpenSockets {
     unauthenticated: usize,
+    by_address: HashMap<IpAddr, usize>,
     by_key: HashMap<Uuid, usize>,
+}
+
+/// Whose place a slot holds.
+enum Holder {
+    /// A socket from this address whose key is not known yet.
+    Address(IpAddr),
+    /// A socket of this key.
+    Key(Uuid),
 }
 
 /// A place taken among the open sockets, given back when dropped.
 pub(crate) struct SocketSlot {
     sockets: Arc<Sockets>,
-    key: Option<Uuid>,
+    holder: Holder,
+}
+
+/// Takes one off `count` in `map`, removing the entry at zero.
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = map.get_mut(key) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 impl Sockets {
@@ -251,15 +294,22 @@ impl Sockets {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A place for a socket whose key is not known yet, unless all are taken.
-    fn admit(self: &Arc<Self>) -> Option<SocketSlot> {
+    /// A place for a socket from `address` whose key is not known yet, unless all are taken,
+    /// or all of that address's.
+    fn admit(self: &Arc<Self>, address: IpAddr) -> Option<SocketSlot> {
         let mut open = self.open();
-        (open.unauthenticated < self.limits.unauthenticated).then(|| {
-            open.unauthenticated += 1;
-            SocketSlot {
-                sockets: self.clone(),
-                key: None,
-            }
+        if open.unauthenticated >= self.limits.unauthenticated {
+            return None;
+        }
+        let from_address = open.by_address.entry(address).or_default();
+        if *from_address >= self.limits.unauthenticated_per_address {
+            return None;
+        }
+        *from_address += 1;
+        open.unauthenticated += 1;
+        Some(SocketSlot {
+            sockets: self.clone(),
+            holder: Holder::Address(address),
         })
     }
 
@@ -271,7 +321,7 @@ impl Sockets {
             *count += 1;
             SocketSlot {
                 sockets: self.clone(),
-                key: Some(key),
+                holder: Holder::Key(key),
             }
         })
     }
@@ -280,16 +330,12 @@ impl Sockets {
 impl Drop for SocketSlot {
     fn drop(&mut self) {
         let mut open = self.sockets.open();
-        match self.key {
-            None => open.unauthenticated = open.unauthenticated.saturating_sub(1),
-            Some(key) => {
-                if let Some(count) = open.by_key.get_mut(&key) {
-                    *count = count.saturating_sub(1);
-                    if *count == 0 {
-                        open.by_key.remove(&key);
-                    }
-                }
+        match &self.holder {
+            Holder::Address(address) => {
+                open.unauthenticated = open.unauthenticated.saturating_sub(1);
+                release(&mut open.by_address, address);
             }
+            Holder::Key(key) => release(&mut open.by_key, key),
         }
     }
 }
@@ -338,25 +384,50 @@ pub(crate) async fn websocket(
                         (Sec-WebSocket-Protocol)",
         }})));
     };
-    let Some(pending) = state.sockets.admit() else {
-        return Ok(HttpResponse::TooManyRequests().json(json!({"error": {
-            "code": "TOO_MANY_CONNECTIONS",
-            "message": format!(
-                "{} subscription sockets are waiting for their connection_init; try again later",
-                state.sockets.limits.unauthenticated
-            ),
-        }})));
-    };
-    let (response, session, messages) =
-        actix_ws::handle_with_protocols(&http, payload, &ALL_WEBSOCKET_PROTOCOLS)?;
-    let messages = messages.max_frame_size(MAX_SOCKET_MESSAGE_BYTES);
     let header_secret = http
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
         .map(str::to_owned);
-    let handshake = Arc::new(Mutex::new(Handshake::default()));
+    let too_many = |message: String| {
+        Ok(HttpResponse::TooManyRequests()
+            .json(json!({"error": {"code": "TOO_MANY_CONNECTIONS", "message": message}})))
+    };
+    // A key in the header is checked before the upgrade and the socket counted against it;
+    // other sockets wait for their connection_init in the places of the unauthenticated.
+    let mut handshake = Handshake::default();
+    let pending = if header_secret.is_some() {
+        let key = match authenticate(&state.backend, header_secret.as_deref()).await {
+            Ok(key) => key,
+            Err(refusal) => return Ok(refusal.rest_response()),
+        };
+        let Some(slot) = state.sockets.admit_key(key.id) else {
+            return too_many(format!(
+                "the key has {} subscription sockets open already",
+                state.sockets.limits.per_key
+            ));
+        };
+        handshake.slot = Some(slot);
+        None
+    } else {
+        let address = http
+            .peer_addr()
+            .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let Some(slot) = state.sockets.admit(address) else {
+            return too_many(format!(
+                "too many subscription sockets are waiting for their connection_init (at most \
+                 {} in all, {} from one address); try again later",
+                state.sockets.limits.unauthenticated,
+                state.sockets.limits.unauthenticated_per_address
+            ));
+        };
+        Some(slot)
+    };
+    let (response, session, messages) =
+        actix_ws::handle_with_protocols(&http, payload, &ALL_WEBSOCKET_PROTOCOLS)?;
+    let messages = messages.max_frame_size(MAX_SOCKET_MESSAGE_BYTES);
+    let handshake = Arc::new(Mutex::new(handshake));
     let heard = Arc::new(Mutex::new(Instant::now()));
     let init = {
         let backend = state.backend.clone();
@@ -375,6 +446,10 @@ pub(crate) async fn websocket(
                 .map_err(|refusal| {
                     patron_graphql::access::api_error(codes::UNAUTHENTICATED, refusal.message())
                 })?;
+            if lock(&handshake).slot.is_some() {
+                // Counted against the header's key at the upgrade.
+                return Ok(socket_data(key, backend));
+            }
             let Some(slot) = sockets.admit_key(key.id) else {
                 let message = format!(
                     "TOO_MANY_CONNECTIONS: the key has {} subscription sockets open already",
@@ -387,22 +462,116 @@ pub(crate) async fn websocket(
                 ));
             };
             lock(&handshake).slot = Some(slot);
-            let mut data = async_graphql::Data::default();
-            data.insert(key);
-            // Queries and mutations go to POST /graphql, where each is authenticated anew.
-            data.insert(patron_graphql::access::Socket);
-            data.insert(Loaders::new(backend, spawn));
-            Ok(data)
+            Ok(socket_data(key, backend))
         }
     };
-    let incoming = incoming(messages, session.clone(), handshake.clone(), heard.clone());
+    let operations = Operations::new(protocol, state.sockets.limits.subscriptions);
+    let incoming = incoming(
+        messages,
+        session.clone(),
+        handshake.clone(),
+        heard.clone(),
+        operations.clone(),
+    );
     let graphql = async_graphql::http::WebSocket::new(state.schema.clone(), incoming, protocol)
         .on_connection_init(init);
     let limits = state.sockets.limits;
     actix_web::rt::spawn(serve_socket(
-        graphql, session, pending, handshake, heard, limits,
+        graphql, session, pending, handshake, heard, limits, operations,
     ));
     Ok(response)
+}
+
+/// What a socket's operations may read: the key, and loaders over the backend.
+fn socket_data(key: ApiKey, backend: Arc<dyn Backend>) -> async_graphql::Data {
+    let mut data = async_graphql::Data::default();
+    data.insert(key);
+    // Queries and mutations go to POST /graphql, where each is authenticated anew.
+    data.insert(patron_graphql::access::Socket);
+    data.insert(Loaders::new(backend, spawn));
+    data
+}
+
+/// The operations running on one socket, by id, at most [`SocketLimits::subscriptions`].
+#[derive(Clone)]
+struct Operations {
+    protocol: WebSocketProtocols,
+    limit: usize,
+    running: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// The part of a protocol message the operation count reads.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    id: Option<String>,
+}
+
+impl Operations {
+    fn new(protocol: WebSocketProtocols, limit: usize) -> Self {
+        Self {
+            protocol,
+            limit,
+            running: Arc::default(),
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads a client's message: an operation started or stopped is counted. Returns the
+    /// error message to answer instead of passing the message on, when it would start one
+    /// operation more than the socket may run.
+    fn on_client_message(&self, message: &[u8]) -> Option<String> {
+        let envelope: Envelope = serde_json::from_slice(message).ok()?;
+        let id = envelope.id?;
+        match envelope.kind.as_str() {
+            "subscribe" | "start" => {
+                let mut running = self.running();
+                if running.contains(&id) {
+                    // The protocol itself answers a duplicate id.
+                    return None;
+                }
+                if running.len() >= self.limit {
+                    let error = json!({
+                        "message": format!(
+                            "TOO_MANY_SUBSCRIPTIONS: a socket runs at most {} operations at once",
+                            self.limit
+                        ),
+                        "extensions": {"code": "TOO_MANY_SUBSCRIPTIONS"},
+                    });
+                    let payload = match self.protocol {
+                        WebSocketProtocols::GraphQLWS => json!([error]),
+                        _ => error,
+                    };
+                    return Some(
+                        json!({"type": "error", "id": id, "payload": payload}).to_string(),
+                    );
+                }
+                running.insert(id);
+                None
+            }
+            "complete" | "stop" => {
+                self.running().remove(&id);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads a server's message: an operation that ended (complete, or error) is uncounted.
+    fn on_server_message(&self, message: &str) -> Option<()> {
+        if !(message.contains("\"complete\"") || message.contains("\"error\"")) {
+            return None;
+        }
+        let envelope: Envelope = serde_json::from_str(message).ok()?;
+        if matches!(envelope.kind.as_str(), "complete" | "error") {
+            self.running().remove(&envelope.id?);
+        }
+        Some(())
+    }
 }
 
 /// The client's messages as the GraphQL protocol reads them: continuation frames joined up to
@@ -413,11 +582,13 @@ fn incoming(
     session: actix_ws::Session,
     handshake: Arc<Mutex<Handshake>>,
     heard: Arc<Mutex<Instant>>,
+    operations: Operations,
 ) -> impl futures::Stream<Item = Bytes> {
     let state = (messages, session, BytesMut::new());
     futures::stream::unfold(state, move |(mut messages, mut session, mut partial)| {
         let handshake = handshake.clone();
         let heard = heard.clone();
+        let operations = operations.clone();
         async move {
             loop {
                 let message = messages.recv().await?;
@@ -457,6 +628,12 @@ fn incoming(
                         return None;
                     }
                 };
+                if let Some(refusal) = operations.on_client_message(&last) {
+                    if session.text(refusal).await.is_err() {
+                        return None;
+                    }
+                    continue;
+                }
                 return Some((last, (messages, session, partial)));
             }
         }
@@ -478,13 +655,13 @@ fn too_large<T>(handshake: &Mutex<Handshake>) -> Option<T> {
 async fn serve_socket<S: futures::Stream<Item = WsMessage>>(
     graphql: S,
     mut session: actix_ws::Session,
-    pending: SocketSlot,
+    mut pending: Option<SocketSlot>,
     handshake: Arc<Mutex<Handshake>>,
     heard: Arc<Mutex<Instant>>,
     limits: SocketLimits,
+    operations: Operations,
 ) {
     let mut graphql = std::pin::pin!(graphql);
-    let mut pending = Some(pending);
     let init_deadline = tokio::time::sleep(limits.init_timeout);
     let mut init_deadline = std::pin::pin!(init_deadline);
     // The first ping goes out after one interval, not at once: a client reads its ack first.
@@ -514,6 +691,7 @@ async fn serve_socket<S: futures::Stream<Item = WsMessage>>(
             }
             answer = graphql.next() => match answer {
                 Some(WsMessage::Text(text)) => {
+                    operations.on_server_message(&text);
                     if session.text(text).await.is_err() {
                         return;
                     }

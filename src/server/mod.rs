@@ -27,13 +27,13 @@ use tokio::sync::broadcast;
 use tracing_actix_web::TracingLogger;
 
 use crate::analytics::{AnalyticsGate, AnalyticsLimits};
-use crate::ingest::{CommitQueue, Incoming, IngestError, IngestReport, Ingestor};
+use crate::ingest::{CommitQueue, IngestError, IngestReport, Ingestor, PreparedBatch};
 use crate::population::ResidentPopulation;
 use crate::projection::ProfileProjection;
 use patron_projections::value::TierRules;
 
 pub use api::{new_secret, secret_hash, StoreBackend, ANNOUNCEMENT_BUFFER};
-pub use graphql::{SocketLimits, MAX_SOCKET_MESSAGE_BYTES, REQUEST_TIMEOUT};
+pub use graphql::{SocketLimits, MAX_REQUEST_VALUES, MAX_SOCKET_MESSAGE_BYTES, REQUEST_TIMEOUT};
 pub use metrics::Metrics;
 
 /// Events the server's profile projection applies per batch.
@@ -133,6 +133,7 @@ pub(crate) struct AppState {
 /// and a known one that stops sending half-way holds its buffer no longer than `timeout`.
 pub(crate) async fn read_body(
     payload: web::Payload,
+    request: &actix_web::HttpRequest,
     timeout: std::time::Duration,
 ) -> Result<web::Bytes, actix_web::HttpResponse> {
     use actix_web::http::StatusCode;
@@ -140,7 +141,15 @@ pub(crate) async fn read_body(
         actix_web::HttpResponse::build(status)
             .json(serde_json::json!({"error": {"code": code, "message": message}}))
     };
-    match tokio::time::timeout(timeout, payload.to_bytes_limited(MAX_BODY_BYTES)).await {
+    // A body sent compressed (`Content-Encoding: gzip`) is bounded once decompressed.
+    let stream = actix_web::dev::Decompress::from_headers(payload.into_inner(), request.headers());
+    let stream = actix_web::body::BodyStream::new(stream);
+    match tokio::time::timeout(
+        timeout,
+        actix_web::body::to_bytes_limited(stream, MAX_BODY_BYTES),
+    )
+    .await
+    {
         Ok(Ok(Ok(body))) => Ok(body),
         Ok(Ok(Err(e))) => Err(error(
             StatusCode::BAD_REQUEST,
@@ -161,9 +170,9 @@ pub(crate) async fn read_body(
 }
 
 impl AppState {
-    /// Ingests records through the commit queue, counting them.
-    pub(crate) async fn ingest(&self, records: Vec<Incoming>) -> Result<IngestReport, IngestError> {
-        let report = self.commits.ingest(records).await?;
+    /// Commits a batch prepared by the caller through the commit queue, counting its records.
+    pub(crate) async fn commit(&self, batch: PreparedBatch) -> Result<IngestReport, IngestError> {
+        let report = self.commits.submit(batch).await?;
         self.metrics.count_ingested(&report);
         Ok(report)
     }

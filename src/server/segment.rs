@@ -19,8 +19,9 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::AppState;
-use crate::ingest::Incoming;
+use crate::ingest::{check_record_bounds, Incoming};
 use patron_domain::touchpoint::{OneOrMany, RawTouchpoint, Rejection, RejectionCode};
+use serde_json::value::RawValue;
 
 /// The namespace of event ids made from `messageId`s that are not UUIDs.
 const MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x2f4b_9a61_0c3d_4e8f_a1b2_c3d4_e5f6_0718);
@@ -227,6 +228,27 @@ fn known_write_key(keys: &[String], key: &str) -> bool {
         .into()
 }
 
+/// One Segment message's text as a record: refused past the bounds on a record (before it is
+/// parsed), then mapped by [`to_record`]. `kind` is the endpoint's message type; a batch's
+/// message names its own.
+fn incoming(kind: Option<&str>, text: &str) -> Incoming {
+    let parsed = check_record_bounds(text).and_then(|()| {
+        let message: Value = serde_json::from_str(text).map_err(|e| Rejection {
+            field: "message".into(),
+            reason: format!("not JSON: {e}"),
+            code: RejectionCode::Malformed,
+        })?;
+        let kind = kind
+            .or_else(|| message.get("type").and_then(Value::as_str))
+            .unwrap_or_default();
+        to_record(kind, &message)
+    });
+    Incoming {
+        received: text.to_owned(),
+        parsed,
+    }
+}
+
 /// A `/v1/batch` body: its messages as sent, at most [`super::MAX_RECORDS`] of them kept.
 #[derive(serde::Deserialize)]
 struct Batch<'a> {
@@ -263,11 +285,13 @@ pub(crate) async fn handle(
             "the write key is not one of this server's",
         );
     }
-    let body = match super::read_body(payload, state.body_timeout).await {
+    let body = match super::read_body(payload, &request, state.body_timeout).await {
         Ok(body) => body,
         Err(response) => return response,
     };
-    let messages: Vec<(String, Value)> = if kind == "batch" {
+    // The messages as sent (a batch's elements, or the whole body), each parsed only when its
+    // turn comes to be prepared.
+    let texts: Vec<&str> = if kind == "batch" {
         let batch = match serde_json::from_slice::<Batch>(&body) {
             Ok(batch) => batch.batch,
             Err(_) => {
@@ -289,41 +313,26 @@ pub(crate) async fn handle(
                 ),
             );
         }
-        let mut messages = Vec::with_capacity(batch.elements.len());
-        for element in batch.elements {
-            let Ok(message) = serde_json::from_str::<Value>(element.get()) else {
+        batch.elements.into_iter().map(RawValue::get).collect()
+    } else {
+        match std::str::from_utf8(&body) {
+            Ok(text) => vec![text],
+            Err(_) => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "MALFORMED_BODY",
-                    "a batch message is not JSON",
-                );
-            };
-            let kind = message
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            messages.push((kind, message));
+                    "the body is not UTF-8",
+                )
+            }
         }
-        messages
-    } else {
-        let Ok(message) = serde_json::from_slice::<Value>(&body) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "MALFORMED_BODY",
-                "the body is not JSON",
-            );
-        };
-        vec![(kind.to_owned(), message)]
     };
-    let incoming: Vec<Incoming> = messages
-        .iter()
-        .map(|(t, m)| Incoming {
-            received: m.to_string(),
-            parsed: to_record(t, m),
-        })
-        .collect();
-    match state.ingest(incoming).await {
+    let single = (kind != "batch").then_some(kind);
+    let batch = state.commits.ingestor().prepare_each(
+        texts.len(),
+        texts.into_iter().map(|text| incoming(single, text)),
+    );
+    drop(body);
+    match state.commit(batch).await {
         Ok(report) => HttpResponse::Ok().json(json!({
             "success": true,
             "accepted": report.accepted,

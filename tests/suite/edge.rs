@@ -23,15 +23,20 @@ use crate::http::{api_key, spawn_app, spawn_app_with, test_ingestor, TestApp};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Opens a graphql-transport-ws socket on `/graphql/ws`.
-async fn connect(app: &TestApp) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+/// A graphql-transport-ws upgrade request for `/graphql/ws`.
+fn upgrade_request(app: &TestApp) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let url = app.address.replace("http://", "ws://") + "/graphql/ws";
     let mut request = url.into_client_request().expect("a websocket request");
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         "graphql-transport-ws".parse().expect("header"),
     );
-    tokio_tungstenite::connect_async(request)
+    request
+}
+
+/// Opens a graphql-transport-ws socket on `/graphql/ws`.
+async fn connect(app: &TestApp) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    tokio_tungstenite::connect_async(upgrade_request(app))
         .await
         .map(|(socket, _)| socket)
 }
@@ -72,6 +77,27 @@ async fn acknowledged(app: &TestApp, secret: &str) -> Socket {
     socket
 }
 
+/// A server with `limits` on its sockets.
+async fn app_with_sockets(t: &TestStore, limits: SocketLimits) -> TestApp {
+    let options = ServerOptions {
+        sockets: limits,
+        ..ServerOptions::default()
+    };
+    spawn_app_with(t, test_ingestor(t), options).await
+}
+
+/// The status and body of an upgrade the server refused.
+fn refused_upgrade<T>(upgrade: Result<T, tokio_tungstenite::tungstenite::Error>) -> (u16, String) {
+    match upgrade {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected an HTTP refusal, got a socket"),
+    }
+}
+
 /// The close frame's code and reason.
 fn closed(message: Option<Message>) -> (u16, String) {
     match message {
@@ -102,7 +128,6 @@ async fn a_message_over_the_limit_closes_the_socket_and_the_server_answers_on(t:
     let mut socket = connect(&app).await.expect("websocket connects");
     let piece = vec![b' '; 4096];
     let frames = MAX_SOCKET_MESSAGE_BYTES / piece.len() + 2;
-    let mut ended = false;
     for i in 0..frames {
         let opcode = if i == 0 {
             OpCode::Data(Data::Text)
@@ -114,14 +139,13 @@ async fn a_message_over_the_limit_closes_the_socket_and_the_server_answers_on(t:
             .await
             .is_err()
         {
-            ended = true;
+            // The server closed the socket; its close frame is still there to read.
             break;
         }
     }
-    if !ended {
-        let (code, reason) = closed(next(&mut socket, Duration::from_secs(10)).await);
-        assert_eq!(code, 1009, "{reason}");
-    }
+    let (code, reason) = closed(next(&mut socket, Duration::from_secs(10)).await);
+    assert_eq!(code, 1009, "{reason}");
+    assert!(reason.contains("MESSAGE_TOO_LARGE"), "{reason}");
 
     // The server answers on, and takes new sockets.
     let r = app
@@ -135,14 +159,14 @@ async fn a_message_over_the_limit_closes_the_socket_and_the_server_answers_on(t:
 }
 
 async fn a_socket_without_connection_init_is_closed_after_the_deadline(t: &TestStore) {
-    let options = ServerOptions {
-        sockets: SocketLimits {
+    let app = app_with_sockets(
+        t,
+        SocketLimits {
             init_timeout: Duration::from_secs(1),
             ..SocketLimits::default()
         },
-        ..ServerOptions::default()
-    };
-    let app = spawn_app_with(t, test_ingestor(t), options).await;
+    )
+    .await;
     let started = std::time::Instant::now();
     let mut socket = connect(&app).await.expect("websocket connects");
     let (code, reason) = closed(next(&mut socket, Duration::from_secs(10)).await);
@@ -163,15 +187,15 @@ async fn a_socket_without_connection_init_is_closed_after_the_deadline(t: &TestS
 }
 
 async fn open_sockets_are_capped_per_key_and_before_authentication(t: &TestStore) {
-    let options = ServerOptions {
-        sockets: SocketLimits {
+    let app = app_with_sockets(
+        t,
+        SocketLimits {
             per_key: 2,
             unauthenticated: 2,
             ..SocketLimits::default()
         },
-        ..ServerOptions::default()
-    };
-    let app = spawn_app_with(t, test_ingestor(t), options).await;
+    )
+    .await;
     let first = api_key(t, "operator").await;
     let second = api_key(t, "viewer").await;
 
@@ -210,15 +234,9 @@ async fn open_sockets_are_capped_per_key_and_before_authentication(t: &TestStore
         connect(&app).await.expect("connects"),
         connect(&app).await.expect("connects"),
     ];
-    match connect(&app).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 429);
-            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
-                .into_owned();
-            assert!(body.contains("TOO_MANY_CONNECTIONS"), "{body}");
-        }
-        other => panic!("expected 429, got {:?}", other.map(|_| "a socket")),
-    }
+    let (status, body) = refused_upgrade(connect(&app).await);
+    assert_eq!(status, 429);
+    assert!(body.contains("TOO_MANY_CONNECTIONS"), "{body}");
 }
 
 async fn a_body_of_more_records_than_the_limit_is_refused_naming_it(t: &TestStore) {
@@ -379,7 +397,246 @@ async fn readiness_warns_when_the_privacy_keys_are_kept_in_the_store(t: &TestSto
     assert_eq!(body["warnings"], json!([]), "{body}");
 }
 
+/// Sends a graphql-transport-ws message.
+async fn send(socket: &mut Socket, message: Value) {
+    socket
+        .send(Message::Text(message.to_string().into()))
+        .await
+        .expect("send");
+}
+
+fn subscribe(id: &str) -> Value {
+    json!({"id": id, "type": "subscribe",
+           "payload": {"query": "subscription { customerUpdated { customer } }"}})
+}
+
+async fn operations_on_one_socket_are_capped(t: &TestStore) {
+    let app = app_with_sockets(
+        t,
+        SocketLimits {
+            subscriptions: 2,
+            ..SocketLimits::default()
+        },
+    )
+    .await;
+    let viewer = api_key(t, "viewer").await;
+    let mut socket = acknowledged(&app, &viewer).await;
+    send(&mut socket, subscribe("1")).await;
+    send(&mut socket, subscribe("2")).await;
+    // The third is answered with an error for its id and not started.
+    send(&mut socket, subscribe("3")).await;
+    let answer = next(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    let answer: Value = serde_json::from_str(&answer.to_string()).expect("json");
+    assert_eq!(
+        (&answer["type"], &answer["id"]),
+        (&json!("error"), &json!("3"))
+    );
+    assert_eq!(
+        answer["payload"][0]["extensions"]["code"], "TOO_MANY_SUBSCRIPTIONS",
+        "{answer}"
+    );
+    // Once one is completed, another may start: both running ones hear of a new customer.
+    send(&mut socket, json!({"id": "1", "type": "complete"})).await;
+    send(&mut socket, subscribe("4")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = app
+        .post_events(
+            json!([{"event_id": uuid::Uuid::new_v4().to_string(), "type": "store_visited",
+                   "channel": "store", "source": "edge", "occurred_at": "2026-03-08T09:30:15+08:00",
+                   "identifiers": {"phone": "13912340077"}, "store_id": "SH-1"}])
+            .to_string(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let mut heard = std::collections::BTreeSet::new();
+    while heard.len() < 2 {
+        let message = next(&mut socket, Duration::from_secs(10))
+            .await
+            .expect("a message");
+        let message: Value = serde_json::from_str(&message.to_string()).expect("json");
+        if message["type"] == "complete" && message["id"] == "1" {
+            // The server's own end of the completed one.
+            continue;
+        }
+        assert_eq!(message["type"], "next", "{message}");
+        heard.insert(message["id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(heard, ["2".to_owned(), "4".to_owned()].into());
+}
+
+async fn a_key_in_the_header_does_not_wait_among_the_unauthenticated(t: &TestStore) {
+    let app = app_with_sockets(
+        t,
+        SocketLimits {
+            unauthenticated: 3,
+            unauthenticated_per_address: 1,
+            ..SocketLimits::default()
+        },
+    )
+    .await;
+    let viewer = api_key(t, "viewer").await;
+    // One keyless socket from this address waits; a second one is refused.
+    let _waiting = connect(&app).await.expect("connects");
+    let (status, body) = refused_upgrade(connect(&app).await);
+    assert_eq!(status, 429);
+    assert!(body.contains("from one address"), "{body}");
+    // A socket with its key in the header is counted against the key and served.
+    let mut request = upgrade_request(&app);
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {viewer}").parse().expect("header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request.clone())
+        .await
+        .expect("served with a key in the header");
+    send(&mut socket, json!({"type": "connection_init"})).await;
+    let ack = next(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert!(ack.to_string().contains("connection_ack"), "{ack}");
+    // A wrong key in the header is refused before the upgrade.
+    request.headers_mut().insert(
+        "Authorization",
+        "Bearer patron_wrong".parse().expect("header"),
+    );
+    let (status, _) = refused_upgrade(tokio_tungstenite::connect_async(request).await);
+    assert_eq!(status, 401);
+}
+
+/// `data` compressed with gzip.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).expect("compress");
+    encoder.finish().expect("compress")
+}
+
+async fn compressed_bodies_are_read_and_bounded_once_decompressed(t: &TestStore) {
+    let options = ServerOptions {
+        write_keys: vec!["wk_gzip".into()],
+        ..ServerOptions::default()
+    };
+    let app = spawn_app_with(t, test_ingestor(t), options).await;
+    let message = json!({"batch": [{"type": "track", "messageId": "gz-1", "userId": "u-gz-1",
+        "event": "Product Viewed", "timestamp": "2026-03-08T09:30:15+08:00"}]});
+    let r = app
+        .client
+        .post(format!("{}/v1/batch", app.address))
+        .basic_auth("wk_gzip", Some(""))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gzip(message.to_string().as_bytes()))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["accepted"], 1, "{body}");
+    let record = json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": "store_visited",
+        "channel": "store", "source": "edge", "occurred_at": "2026-03-08T09:30:15+08:00",
+        "identifiers": {"phone": "13912340078"}, "store_id": "SH-1"});
+    let r = app
+        .client
+        .post(format!("{}/v1/events", app.address))
+        .bearer_auth(&app.ingest_key)
+        .header("content-type", "application/x-ndjson")
+        .header("content-encoding", "gzip")
+        .body(gzip(format!("{record}\n").as_bytes()))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["accepted"], 1, "{body}");
+    // 20 MiB of spaces compress to about 20 KiB: refused once 10 MiB are decompressed.
+    let bomb = gzip(&vec![b' '; 20 * 1024 * 1024]);
+    assert!(bomb.len() < 100_000);
+    let r = app
+        .client
+        .post(format!("{}/v1/events", app.address))
+        .bearer_auth(&app.ingest_key)
+        .header("content-type", "application/x-ndjson")
+        .header("content-encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "BODY_TOO_LARGE");
+}
+
+async fn a_graphql_body_of_many_tiny_values_is_refused_before_it_is_parsed(t: &TestStore) {
+    let app = spawn_app(t).await;
+    let viewer = api_key(t, "viewer").await;
+    let zeros = vec!["0"; 1_000_000].join(",");
+    let body = format!(r#"{{"query": "{{ me {{ name }} }}", "variables": {{"x": [{zeros}]}}}}"#);
+    let r = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .bearer_auth(&viewer)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("graphql");
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "TOO_MANY_VALUES");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&patron::server::MAX_REQUEST_VALUES.to_string()),
+        "{message}"
+    );
+}
+
+async fn an_oversized_record_is_refused_alone_and_kept(t: &TestStore) {
+    let app = spawn_app(t).await;
+    let base = || {
+        json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": "store_visited",
+            "channel": "store", "source": "edge", "occurred_at": "2026-03-08T09:30:15+08:00",
+            "identifiers": {"phone": "13912340079"}, "store_id": "SH-1"})
+    };
+    let mut long = base();
+    long["note"] = json!("n".repeat(patron::ingest::MAX_RECORD_BYTES));
+    let mut many = base();
+    many["numbers"] = json!(vec![0; patron::ingest::MAX_RECORD_VALUES]);
+    let good = base();
+    let body = format!("{long}\n{many}\n{good}\n");
+    let r = app.post_events(body, "application/x-ndjson").await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.expect("json");
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let reason = |i: usize| {
+        answer["records"][i]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(answer["records"][0]["field"], "record");
+    assert!(reason(0).contains("at most 262144"), "{}", reason(0));
+    assert!(
+        reason(1).contains("more than 10000 JSON values"),
+        "{}",
+        reason(1)
+    );
+    // Both are kept in the quarantine as sent.
+    let kept = t.store.quarantined(0, 10).await.expect("quarantine");
+    assert_eq!(kept.len(), 2);
+    assert_eq!(kept[0].record, long.to_string());
+}
+
 crate::on_both_stores!(
+    operations_on_one_socket_are_capped,
+    a_key_in_the_header_does_not_wait_among_the_unauthenticated,
+    compressed_bodies_are_read_and_bounded_once_decompressed,
+    a_graphql_body_of_many_tiny_values_is_refused_before_it_is_parsed,
+    an_oversized_record_is_refused_alone_and_kept,
     a_message_over_the_limit_closes_the_socket_and_the_server_answers_on,
     a_socket_without_connection_init_is_closed_after_the_deadline,
     open_sockets_are_capped_per_key_and_before_authentication,

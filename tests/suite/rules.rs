@@ -160,7 +160,41 @@ async fn a_stored_rule_past_the_bounds_is_skipped_not_fatal(t: &TestStore) {
     );
 }
 
+async fn a_rule_at_the_bounds_is_saved_for_a_purpose_and_judged(t: &TestStore) {
+    let app = spawn_app(t).await;
+    let analyst = key(t, "analyst").await;
+    // 256 conditions: the most a rule may have; its purpose's consent makes it one more.
+    let rule = vec!["orders >= 0"; 256].join(" or ");
+    let data = app
+        .graphql(
+            &analyst,
+            "mutation($rule: String!) { createSegment(name: \"widest\", rule: $rule, \
+             purpose: MARKETING_SMS) { name size } }",
+            json!({"rule": rule}),
+        )
+        .await;
+    assert_eq!(data["createSegment"]["name"], "widest", "{data}");
+    assert_eq!(data["createSegment"]["size"], 0, "no one consents yet");
+    assert!(unreadable_rules(&t.store).await.expect("rules").is_empty());
+    // One condition more is refused, and nothing is saved.
+    let (code, message) = app
+        .graphql_error(
+            &analyst,
+            "mutation($rule: String!) { createSegment(name: \"wider\", rule: $rule, \
+             purpose: MARKETING_SMS) { name } }",
+            json!({"rule": format!("{rule} or orders >= 0")}),
+        )
+        .await;
+    assert_eq!(code, "INVALID_RULE", "{message}");
+    assert!(message.contains("at most 256 conditions"), "{message}");
+    let saved = app
+        .graphql(&analyst, "{ segments { name } }", json!({}))
+        .await;
+    assert_eq!(saved["segments"], json!([{"name": "widest"}]));
+}
+
 crate::on_both_stores!(
+    a_rule_at_the_bounds_is_saved_for_a_purpose_and_judged,
     rules_past_the_bounds_are_refused_and_the_server_stays_up,
     chinese_values_read_quoted_and_are_explained_unquoted,
     a_stored_rule_past_the_bounds_is_skipped_not_fatal,
