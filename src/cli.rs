@@ -477,8 +477,9 @@ pub enum BenchCommand {
     },
     /// The server's peak memory while it reads large and hostile bodies (`POST /v1/events`:
     /// 5.2M NDJSON lines of `0`, a JSON array of 5M zeros, 10,000 real records, two hostile
-    /// bodies at once; 20 Segment requests without a write key that stall before their body's
-    /// end), each case against a fresh `patron serve` on a scratch SQLite store.
+    /// bodies at once, one record of 4.5M values; `POST /graphql` with 4.5M values in its
+    /// variables; 20 Segment requests without a write key that stall before their body's end),
+    /// each case against a fresh `patron serve` on a scratch SQLite store.
     Body {
         /// The `patron` binary to serve with (default: this one), to compare builds.
         #[arg(long)]
@@ -546,6 +547,10 @@ pub enum BenchCommand {
         /// Websocket subscribers held open.
         #[arg(long, default_value_t = 20)]
         subscribers: usize,
+        /// Replay a fixed pool of ingestion and Segment records (stored once, duplicates
+        /// after): a control run whose store stops growing.
+        #[arg(long)]
+        replay: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -1044,6 +1049,7 @@ impl Cli {
                 idle_seconds,
                 window_seconds,
                 subscribers,
+                replay,
                 json,
             }) => {
                 anyhow::ensure!(
@@ -1057,6 +1063,7 @@ impl Cli {
                     idle_seconds,
                     window_seconds,
                     subscribers,
+                    replay,
                 })
                 .await
                 .context("the soak failed")?;

@@ -439,6 +439,19 @@ pub const POPULATION_COMPLEXITY: usize = 1_000;
 /// scored (about three times a cohort table's time); a request holds two at most.
 pub const LIFETIME_VALUE_COMPLEXITY: usize = 20_000;
 
+/// A `periods` argument: 1 to [`MAX_COHORT_PERIODS`].
+fn periods_arg(periods: i32) -> Result<u32> {
+    u32::try_from(periods)
+        .ok()
+        .filter(|n| (1..=MAX_COHORT_PERIODS).contains(n))
+        .ok_or_else(|| {
+            api_error(
+                codes::INVALID_ARGUMENT,
+                format!("`periods` must be 1 to {MAX_COHORT_PERIODS}, not {periods}"),
+            )
+        })
+}
+
 /// A list length between 1 and `max`.
 fn limit(first: i32, max: usize) -> Result<usize> {
     usize::try_from(first)
@@ -469,15 +482,7 @@ impl Analytics {
         #[graphql(default = 120)] periods: i32,
     ) -> Result<Vec<Cohort>> {
         require(ctx, Role::Analyst)?;
-        let periods = u32::try_from(periods)
-            .ok()
-            .filter(|n| (1..=MAX_COHORT_PERIODS).contains(n))
-            .ok_or_else(|| {
-                api_error(
-                    codes::INVALID_ARGUMENT,
-                    format!("`periods` must be 1 to {MAX_COHORT_PERIODS}, not {periods}"),
-                )
-            })?;
+        let periods = periods_arg(periods)?;
         let table = backend(ctx)?
             .cohorts(period.into(), by_channel, periods)
             .await
@@ -675,16 +680,19 @@ impl Analytics {
     }
 
     /// Data quality per source and period: completeness of identifiers, refusals, resolution
-    /// to a customer with a core identifier, delivery delay.
+    /// to a customer with a core identifier, delivery delay; over the last `periods` periods up
+    /// to now (1 to 120).
     #[graphql(complexity = "ANALYSIS_COMPLEXITY.saturating_add(child_complexity)")]
     async fn data_quality(
         &self,
         ctx: &Context<'_>,
         #[graphql(default_with = "CohortPeriod::Week")] period: CohortPeriod,
+        #[graphql(default = 52)] periods: i32,
     ) -> Result<DataQuality> {
         require(ctx, Role::Analyst)?;
+        let periods = periods_arg(periods)?;
         let r = backend(ctx)?
-            .quality(period.into())
+            .quality(period.into(), periods)
             .await
             .map_err(backend_error)?;
         Ok(DataQuality {

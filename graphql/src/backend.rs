@@ -529,7 +529,7 @@ pub trait Backend: Send + Sync + 'static {
     /// The most common paths to a first purchase.
     async fn paths(&self, max_steps: usize, limit: usize) -> BackendResult<Vec<PathRow>>;
     /// The data-quality report per period.
-    async fn quality(&self, period: Period) -> BackendResult<QualityReport>;
+    async fn quality(&self, period: Period, periods: u32) -> BackendResult<QualityReport>;
     /// Lifetime value and churn, fitted now over every customer's orders in the main currency.
     async fn clv(&self, horizon_days: u32, churn_days: u32, top: usize)
         -> BackendResult<ClvReport>;

@@ -147,8 +147,14 @@ pub enum AnalyticsCommand {
         /// The period length.
         #[arg(long, value_enum, default_value = "week")]
         period: PeriodArg,
+        /// The last this many periods up to now (1 to 120).
+        #[arg(long, default_value_t = DEFAULT_QUALITY_PERIODS)]
+        periods: u32,
     },
 }
+
+/// The periods a data-quality report covers unless asked otherwise.
+pub const DEFAULT_QUALITY_PERIODS: u32 = 52;
 
 fn period_of(arg: PeriodArg) -> Period {
     match arg {
@@ -329,8 +335,10 @@ pub async fn run(
                 print_json(&effect)?;
             }
         }
-        AnalyticsCommand::Quality { period } => {
-            let report = analyst.quality(&activity, period_of(*period)).await?;
+        AnalyticsCommand::Quality { period, periods } => {
+            let report = analyst
+                .quality(&activity, period_of(*period), *periods)
+                .await?;
             if output.csv {
                 csv::quality(&report, stdout.lock())?;
             } else {

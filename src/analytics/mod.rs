@@ -656,14 +656,16 @@ impl Analyst {
         })
     }
 
-    /// The data-quality report per `period`.
+    /// The data-quality report per `period`, over the last `periods` periods up to now (1 to
+    /// [`cohort::MAX_COHORT_PERIODS`]).
     pub async fn quality(
         &self,
         activity: &Activity,
         period: Period,
+        periods: u32,
     ) -> Result<QualityReport, AnalyticsError> {
         let facts = self.quality_facts(activity).await?;
-        Ok(self.quality_of(activity, &facts, period))
+        self.quality_of(activity, &facts, period, periods)
     }
 
     /// What the data-quality report reads from the store besides the activity.
@@ -685,7 +687,18 @@ impl Analyst {
         activity: &Activity,
         facts: &QualityFacts,
         period: Period,
-    ) -> QualityReport {
+        periods: u32,
+    ) -> Result<QualityReport, AnalyticsError> {
+        if !(1..=cohort::MAX_COHORT_PERIODS).contains(&periods) {
+            return Err(invalid(
+                "periods",
+                format!("must be 1 to {}, not {periods}", cohort::MAX_COHORT_PERIODS),
+            ));
+        }
+        let last = quality::LastPeriods {
+            count: periods,
+            end: Utc::now().timestamp(),
+        };
         let refusals: Vec<RefusalFact<'_>> = facts
             .refusals
             .iter()
@@ -695,7 +708,14 @@ impl Analyst {
                 code: &r.code,
             })
             .collect();
-        quality::quality(activity, &facts.kinds, &self.core, &refusals, period)
+        Ok(quality::quality(
+            activity,
+            &facts.kinds,
+            &self.core,
+            &refusals,
+            period,
+            last,
+        ))
     }
 
     /// Fails with [`AnalyticsError::UnknownSegment`] unless `segment` is saved.

@@ -81,8 +81,10 @@ impl std::fmt::Display for BodyBenchReport {
 
 /// How a case is sent.
 enum Sending {
-    /// `copies` concurrent `POST /v1/events` of `body` with an ingest key.
+    /// `copies` concurrent `POST` to `path` (`/v1/events`, `/graphql`) of `body` with an
+    /// ingest key.
     Events {
+        path: &'static str,
         body: String,
         content_type: &'static str,
         copies: usize,
@@ -110,6 +112,7 @@ pub async fn run_body_bench(server: Option<PathBuf>) -> anyhow::Result<BodyBench
         (
             "ndjson: 5.2M lines of 0",
             Sending::Events {
+                path: "/v1/events",
                 body: ndjson.clone(),
                 content_type: "application/x-ndjson",
                 copies: 1,
@@ -118,6 +121,7 @@ pub async fn run_body_bench(server: Option<PathBuf>) -> anyhow::Result<BodyBench
         (
             "json array: 5M zeros",
             Sending::Events {
+                path: "/v1/events",
                 body: array,
                 content_type: "application/json",
                 copies: 1,
@@ -126,6 +130,7 @@ pub async fn run_body_bench(server: Option<PathBuf>) -> anyhow::Result<BodyBench
         (
             "ndjson: 10,000 records (accepted)",
             Sending::Events {
+                path: "/v1/events",
                 body: batch,
                 content_type: "application/x-ndjson",
                 copies: 1,
@@ -134,9 +139,31 @@ pub async fn run_body_bench(server: Option<PathBuf>) -> anyhow::Result<BodyBench
         (
             "ndjson: 5.2M lines of 0, two at once",
             Sending::Events {
+                path: "/v1/events",
                 body: ndjson,
                 content_type: "application/x-ndjson",
                 copies: 2,
+            },
+        ),
+        (
+            "ndjson: one record of 4.5M values",
+            Sending::Events {
+                path: "/v1/events",
+                body: format!("{}\n", one_record_of_zeros()),
+                content_type: "application/x-ndjson",
+                copies: 1,
+            },
+        ),
+        (
+            "graphql: 4.5M values in variables",
+            Sending::Events {
+                path: "/graphql",
+                body: format!(
+                    "{{\"query\": \"{{ me {{ role }} }}\", \"variables\": {{\"x\": [{}]}}}}",
+                    zeros(VALUES)
+                ),
+                content_type: "application/json",
+                copies: 1,
             },
         ),
         ("segment: 20 stalled, no write key", Sending::StalledSegment),
@@ -156,6 +183,29 @@ pub async fn run_body_bench(server: Option<PathBuf>) -> anyhow::Result<BodyBench
         server: server.display().to_string(),
         cases: measured,
     })
+}
+
+/// Values in the one-record and GraphQL cases (about 9 MiB of `0,`).
+const VALUES: usize = 4_500_000;
+
+/// `n` zeros separated by commas.
+fn zeros(n: usize) -> String {
+    let mut text = String::with_capacity(n * 2);
+    for i in 0..n {
+        text.push_str(if i == 0 { "0" } else { ",0" });
+    }
+    text
+}
+
+/// One touchpoint record carrying [`VALUES`] zeros in a property.
+fn one_record_of_zeros() -> String {
+    format!(
+        "{{\"event_id\": \"{}\", \"type\": \"store_visited\", \"channel\": \"store\", \
+         \"source\": \"bench\", \"occurred_at\": \"2026-03-08T09:30:15+08:00\", \
+         \"identifiers\": {{\"phone\": \"13912340001\"}}, \"x\": [{}]}}",
+        uuid::Uuid::new_v4(),
+        zeros(VALUES)
+    )
 }
 
 /// 10,000 demo records as NDJSON, each padded with a `note` to about 1 KiB: a body near
@@ -281,6 +331,7 @@ pub async fn measure_events(
     copies: usize,
 ) -> anyhow::Result<BodyCase> {
     let sending = Sending::Events {
+        path: "/v1/events",
         body,
         content_type,
         copies,
@@ -290,7 +341,8 @@ pub async fn measure_events(
 
 async fn run_case(server: &Path, name: &str, sending: &Sending) -> anyhow::Result<BodyCase> {
     let (process, key) = ServerProcess::start(server).await?;
-    let url = format!("http://127.0.0.1:{}/v1/events", process.port);
+    let base = format!("http://127.0.0.1:{}", process.port);
+    let url = format!("{base}/v1/events");
     let client = reqwest::Client::new();
     // One small request first, so that the baseline includes what any request sets up.
     client
@@ -306,13 +358,14 @@ async fn run_case(server: &Path, name: &str, sending: &Sending) -> anyhow::Resul
     let started = Instant::now();
     let (bytes, statuses) = match sending {
         Sending::Events {
+            path,
             body,
             content_type,
             copies,
         } => {
             let requests = (0..*copies).map(|_| {
                 client
-                    .post(&url)
+                    .post(format!("{base}{path}"))
                     .bearer_auth(&key)
                     .header("content-type", *content_type)
                     .body(body.clone())

@@ -43,7 +43,14 @@ pub struct SoakConfig {
     pub window_seconds: u64,
     /// Websocket subscribers held open through the run.
     pub subscribers: usize,
+    /// Send the same ingestion and Segment records over and over (a fixed pool, stored on
+    /// their first pass and duplicates after): a control whose store stops growing, so that
+    /// memory growth in it is the server's own.
+    pub replay: bool,
 }
+
+/// `POST /v1/events` bodies in the replayed pool.
+const REPLAYED_BODIES: usize = 500;
 
 /// A request class: what it asks, and how often.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -186,6 +193,9 @@ struct Load {
     samples: Mutex<Vec<Sample>>,
     accepted: Mutex<Vec<String>>,
     sequence: std::sync::atomic::AtomicU64,
+    /// The replayed pools (empty when every request sends new records).
+    replayed_events: Vec<String>,
+    replayed_batches: Vec<Value>,
 }
 
 impl Load {
@@ -235,6 +245,40 @@ impl Load {
         })
     }
 
+    /// Ten new orders as an NDJSON body.
+    fn orders(&self) -> String {
+        let phone = rand::thread_rng().gen_range(0..50_000u64);
+        (0..10)
+            .map(|i| format!("{}\n", self.order(phone + i)))
+            .collect()
+    }
+
+    /// Five new Segment messages as a batch.
+    fn segment_batch(&self) -> Value {
+        let batch: Vec<Value> = (0..5)
+            .map(|_| {
+                json!({
+                    "type": "track",
+                    "messageId": uuid::Uuid::new_v4().to_string(),
+                    "userId": format!("soak-user-{}", self.next() % 20_000),
+                    "event": "Coupon Viewed",
+                    "timestamp": chrono::Utc::now().to_rfc3339(),
+                    "context": {"library": {"name": "analytics-python"}}
+                })
+            })
+            .collect();
+        json!({"batch": batch})
+    }
+
+    /// Fills the replayed pools.
+    fn with_replayed_pools(mut self) -> Self {
+        self.replayed_events = (0..REPLAYED_BODIES).map(|_| self.orders()).collect();
+        self.replayed_batches = (0..REPLAYED_BODIES / 5)
+            .map(|_| self.segment_batch())
+            .collect();
+        self
+    }
+
     fn keep_accepted(&self, body: &Value) {
         let ids = body["records"]
             .as_array()
@@ -266,10 +310,12 @@ impl Load {
             }
             Class::Me => Self::ok(&self.graphql(&self.viewer, "{ me { role } }", json!({})).await),
             Class::Ingest => {
-                let phone = rand::thread_rng().gen_range(0..50_000u64);
-                let body: String = (0..10)
-                    .map(|i| format!("{}\n", self.order(phone + i)))
-                    .collect();
+                let body = if self.replayed_events.is_empty() {
+                    self.orders()
+                } else {
+                    let i = rand::thread_rng().gen_range(0..self.replayed_events.len());
+                    self.replayed_events[i].clone()
+                };
                 let Ok(response) = self
                     .client
                     .post(format!("{}/v1/events", self.base))
@@ -292,23 +338,17 @@ impl Load {
                     == 10
             }
             Class::Segment => {
-                let batch: Vec<Value> = (0..5)
-                    .map(|_| {
-                        json!({
-                            "type": "track",
-                            "messageId": uuid::Uuid::new_v4().to_string(),
-                            "userId": format!("soak-user-{}", self.next() % 20_000),
-                            "event": "Coupon Viewed",
-                            "timestamp": chrono::Utc::now().to_rfc3339(),
-                            "context": {"library": {"name": "analytics-python"}}
-                        })
-                    })
-                    .collect();
+                let batch = if self.replayed_batches.is_empty() {
+                    self.segment_batch()
+                } else {
+                    let i = rand::thread_rng().gen_range(0..self.replayed_batches.len());
+                    self.replayed_batches[i].clone()
+                };
                 let Ok(response) = self
                     .client
                     .post(format!("{}/v1/batch", self.base))
                     .basic_auth(WRITE_KEY, Some(""))
-                    .json(&json!({"batch": batch}))
+                    .json(&batch)
                     .send()
                     .await
                 else {
@@ -607,7 +647,7 @@ pub async fn run_soak(config: SoakConfig) -> anyhow::Result<SoakReport> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let secret = |role: &str| secrets.get(role).cloned().unwrap_or_default();
-    let load = Arc::new(Load {
+    let mut load = Load {
         client,
         base: base.clone(),
         viewer: secret("viewer"),
@@ -617,7 +657,13 @@ pub async fn run_soak(config: SoakConfig) -> anyhow::Result<SoakReport> {
         samples: Mutex::new(Vec::new()),
         accepted: Mutex::new(Vec::new()),
         sequence: std::sync::atomic::AtomicU64::new(rand::random::<u32>().into()),
-    });
+        replayed_events: Vec::new(),
+        replayed_batches: Vec::new(),
+    };
+    if config.replay {
+        load = load.with_replayed_pools();
+    }
+    let load = Arc::new(load);
 
     // Each class alone.
     let mut idle = BTreeMap::new();

@@ -585,7 +585,7 @@ impl Backend for StoreBackend {
         .map_err(analytics_error)
     }
 
-    async fn quality(&self, period: Period) -> BackendResult<QualityReport> {
+    async fn quality(&self, period: Period, periods: u32) -> BackendResult<QualityReport> {
         let (turn, activity) = self.turn().await?;
         let facts = self
             .analyst
@@ -594,7 +594,7 @@ impl Backend for StoreBackend {
             .map_err(analytics_error)?;
         let analyst = self.analyst.clone();
         compute(turn, activity, move |activity| {
-            Ok(analyst.quality_of(activity, &facts, period))
+            analyst.quality_of(activity, &facts, period, periods)
         })
         .await
         .map_err(analytics_error)

@@ -168,12 +168,21 @@ pub(crate) async fn post(
     let request = prepare(request, state.backend.clone(), key, spawn);
     match tokio::time::timeout(REQUEST_TIMEOUT, state.schema.execute(request)).await {
         Ok(mut response) => {
-            // Errors raised before any field runs (a query that does not parse, or nests past
-            // the parser's recursion limit) carry no code of their own.
+            // Errors raised before any field runs (a query that does not parse, nests past the
+            // parser's recursion limit, or whose variables do not fit) have no path and no code
+            // of their own; a field's error without a code is the server's.
             for error in &mut response.errors {
+                let before_any_field = error.path.is_empty();
                 let extensions = error.extensions.get_or_insert_with(Default::default);
                 if extensions.get("code").is_none() {
-                    extensions.set("code", INVALID_QUERY);
+                    extensions.set(
+                        "code",
+                        if before_any_field {
+                            INVALID_QUERY
+                        } else {
+                            "INTERNAL"
+                        },
+                    );
                 }
             }
             let response: GraphQLResponse = response.into();

@@ -199,8 +199,8 @@ impl Backend for Counting {
     async fn paths(&self, max_steps: usize, limit: usize) -> BackendResult<Vec<PathRow>> {
         self.inner.paths(max_steps, limit).await
     }
-    async fn quality(&self, period: Period) -> BackendResult<QualityReport> {
-        self.inner.quality(period).await
+    async fn quality(&self, period: Period, periods: u32) -> BackendResult<QualityReport> {
+        self.inner.quality(period, periods).await
     }
     async fn clv(&self, horizon: u32, churn: u32, top: usize) -> BackendResult<ClvReport> {
         self.inner.clv(horizon, churn, top).await

@@ -119,14 +119,35 @@ fn share(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// The periods a report covers: the last `count` periods up to the one holding `end` (Unix
+/// seconds). What was stored or refused outside them is left out, so the report's size is
+/// bounded by `count`, not by the span of the data.
+#[derive(Clone, Copy, Debug)]
+pub struct LastPeriods {
+    /// Periods covered, at least 1.
+    pub count: u32,
+    /// A time in the last period covered.
+    pub end: i64,
+}
+
+impl LastPeriods {
+    /// Whether the period numbered `index` is covered.
+    fn covers(self, period: Period, index: i64) -> bool {
+        let last = period.index(self.end);
+        let first = last.saturating_sub(i64::from(self.count.max(1)) - 1);
+        (first..=last).contains(&index)
+    }
+}
+
 /// The report over `activity`, with the identifier kinds each live customer (by number) holds,
-/// the kinds that are core, and the quarantine's refusals.
+/// the kinds that are core, and the quarantine's refusals, per `period` over `last`.
 pub fn quality(
     activity: &Activity,
     kinds: &HashMap<u32, Vec<String>>,
     core: &HashSet<String>,
     refusals: &[RefusalFact<'_>],
     period: Period,
+    last: LastPeriods,
 ) -> QualityReport {
     let mut holders: BTreeMap<&str, u64> = BTreeMap::new();
     let mut any_core = 0u64;
@@ -142,8 +163,12 @@ pub fn quality(
         any_core += u64::from(has_core);
         for touch in &customer.touches {
             let stored = touch.at + i64::from(touch.lag);
+            let index = period.index(stored);
+            if !last.covers(period, index) {
+                continue;
+            }
             let source = activity.sources.name(u32::from(touch.source));
-            let cell = cells.entry((period.index(stored), source)).or_default();
+            let cell = cells.entry((index, source)).or_default();
             cell.touchpoints += 1;
             cell.core += u64::from(has_core);
             cell.lags.push(touch.lag);
@@ -152,6 +177,9 @@ pub fn quality(
     let mut codes: BTreeMap<(i64, &str, &str), u64> = BTreeMap::new();
     for refusal in refusals {
         let p = period.index(refusal.at);
+        if !last.covers(period, p) {
+            continue;
+        }
         cells.entry((p, refusal.source)).or_default().refused += 1;
         *codes.entry((p, refusal.source, refusal.code)).or_default() += 1;
     }
@@ -219,6 +247,8 @@ mod tests {
         log.touch(a, "web", "page_viewed", 12 * DAY + 60);
         log.touch(b, "web", "page_viewed", 12 * DAY + 120);
         log.touch(c, "app", "screen_viewed", 12 * DAY);
+        // Dated in the year 69: outside the periods asked, left out of the report.
+        log.touch(c, "app", "screen_viewed", -60_000_000_000);
         let activity = log.activity();
         let number = |w| activity.number_of(log.id(w)).unwrap();
         let kinds = HashMap::from([
@@ -238,7 +268,11 @@ mod tests {
                 code: "no_identifier",
             },
         ];
-        let report = quality(&activity, &kinds, &core, &refusals, Period::Week);
+        let all = LastPeriods {
+            count: 120,
+            end: 30 * DAY,
+        };
+        let report = quality(&activity, &kinds, &core, &refusals, Period::Week, all);
         assert_eq!(report.customers, 3);
         let completeness: Vec<_> = report
             .completeness
@@ -279,6 +313,15 @@ mod tests {
         assert_eq!(report.sources[0].core_resolved_share, 0.0);
         assert_eq!(report.refusals.len(), 2);
         assert_eq!(report.refusals[0].code, "no_identifier");
+
+        // One period ending before any of it: nothing per period, the customers still counted.
+        let before = LastPeriods {
+            count: 1,
+            end: 5 * DAY,
+        };
+        let report = quality(&activity, &kinds, &core, &refusals, Period::Week, before);
+        assert!(report.sources.is_empty() && report.refusals.is_empty());
+        assert_eq!(report.customers, 3);
     }
 
     #[test]
