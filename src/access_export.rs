@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
-use patron_domain::events::{is_touchpoint, CUSTOMER_ERASED};
+use patron_domain::events::{is_touchpoint, EventKind};
 use patron_domain::identifier::Identifier;
 use patron_domain::RecordedEvent;
 use patron_projections::profile::{Consent, Profile};
@@ -395,7 +395,7 @@ impl Exporter {
             document.erasure = history
                 .iter()
                 .rev()
-                .find(|e| e.event_type == CUSTOMER_ERASED)
+                .find(|e| EventKind::of(&e.event_type) == EventKind::Erased)
                 .map(|e| ErasureEntry {
                     at: e.recorded_at,
                     actor: e.metadata.actor.clone(),

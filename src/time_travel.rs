@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
-use patron_domain::events::{is_touchpoint, Separation, CUSTOMER_MERGED, CUSTOMER_MERGED_INTO};
+use patron_domain::events::{is_touchpoint, EventKind, Separation};
 use patron_domain::{Position, RecordedEvent};
 use patron_projections::holdings::Holdings;
 use patron_projections::profile::{self, Profile};
@@ -146,18 +146,19 @@ async fn related_streams(
             continue;
         }
         for event in store.read_stream(&next.stream_id(), 1, usize::MAX).await? {
-            if is_touchpoint(&event.event_type) {
-                continue;
-            }
-            if event.event_type == CUSTOMER_MERGED || event.event_type == CUSTOMER_MERGED_INTO {
-                if let Ok(r) = serde_json::from_str::<Relations>(&event.payload) {
-                    queue.extend(r.absorbed.into_iter().chain(r.survivor));
+            match EventKind::of(&event.event_type) {
+                EventKind::Merged | EventKind::MergedInto => {
+                    if let Ok(r) = serde_json::from_str::<Relations>(&event.payload) {
+                        queue.extend(r.absorbed.into_iter().chain(r.survivor));
+                    }
                 }
-            } else if let Ok(separation) = serde_json::from_str::<Separation>(&event.payload) {
-                if patron_domain::events::is_separation(&event.event_type) {
-                    queue.push_back(separation.other);
-                    queue.extend(separation.streams);
+                kind if kind.is_separation() => {
+                    if let Ok(separation) = serde_json::from_str::<Separation>(&event.payload) {
+                        queue.push_back(separation.other);
+                        queue.extend(separation.streams);
+                    }
                 }
+                _ => {}
             }
         }
     }

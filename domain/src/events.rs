@@ -33,31 +33,200 @@ pub const IDENTIFIER_BLOCKED: &str = "identifier_blocked";
 /// The stream that holds the identity blocklist's events.
 pub const BLOCKLIST_STREAM: &str = "identity-blocklist";
 
-/// The event types on a customer's stream that are not touchpoints.
-const NOT_TOUCHPOINTS: [&str; 10] = [
-    CUSTOMER_MERGED,
-    CUSTOMER_MERGED_INTO,
-    CUSTOMER_ERASED,
-    MERGE_UNDONE,
-    CUSTOMER_RESTORED,
-    CUSTOMER_SPLIT,
-    CUSTOMER_SPLIT_OFF,
-    IDENTIFIER_LINKED,
-    IDENTIFIER_UNLINKED,
-    IDENTIFIER_BLOCKED,
-];
+/// What an event on a customer's stream (or the blocklist's) is, read from its type alone:
+/// what code dispatches on instead of comparing type names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A touchpoint, stored under its action's type (`order_placed`, `page_viewed`, ...).
+    Touchpoint,
+    /// [`CUSTOMER_MERGED`].
+    Merged,
+    /// [`CUSTOMER_MERGED_INTO`].
+    MergedInto,
+    /// [`CUSTOMER_ERASED`].
+    Erased,
+    /// [`MERGE_UNDONE`].
+    MergeUndone,
+    /// [`CUSTOMER_RESTORED`].
+    Restored,
+    /// [`CUSTOMER_SPLIT`].
+    Split,
+    /// [`CUSTOMER_SPLIT_OFF`].
+    SplitOff,
+    /// [`IDENTIFIER_LINKED`].
+    IdentifierLinked,
+    /// [`IDENTIFIER_UNLINKED`].
+    IdentifierUnlinked,
+    /// [`IDENTIFIER_BLOCKED`].
+    IdentifierBlocked,
+}
+
+impl EventKind {
+    /// Every kind that is not a touchpoint, with its stored type.
+    const NAMED: [(EventKind, &'static str); 10] = [
+        (Self::Merged, CUSTOMER_MERGED),
+        (Self::MergedInto, CUSTOMER_MERGED_INTO),
+        (Self::Erased, CUSTOMER_ERASED),
+        (Self::MergeUndone, MERGE_UNDONE),
+        (Self::Restored, CUSTOMER_RESTORED),
+        (Self::Split, CUSTOMER_SPLIT),
+        (Self::SplitOff, CUSTOMER_SPLIT_OFF),
+        (Self::IdentifierLinked, IDENTIFIER_LINKED),
+        (Self::IdentifierUnlinked, IDENTIFIER_UNLINKED),
+        (Self::IdentifierBlocked, IDENTIFIER_BLOCKED),
+    ];
+
+    /// The kind of an event stored under `event_type`: any type not named by Patron's identity
+    /// and privacy events is a touchpoint's.
+    pub fn of(event_type: &str) -> Self {
+        Self::NAMED
+            .iter()
+            .find(|(_, name)| *name == event_type)
+            .map_or(Self::Touchpoint, |(kind, _)| *kind)
+    }
+
+    /// The stored type of a kind other than [`EventKind::Touchpoint`] (whose type is its
+    /// action's).
+    pub fn name(self) -> Option<&'static str> {
+        Self::NAMED
+            .iter()
+            .find(|(kind, _)| *kind == self)
+            .map(|(_, name)| *name)
+    }
+
+    /// Whether it separates a part of a customer into another one.
+    pub fn is_separation(self) -> bool {
+        matches!(
+            self,
+            Self::MergeUndone | Self::Restored | Self::Split | Self::SplitOff
+        )
+    }
+}
 
 /// Whether events of this type are touchpoints (rather than identity or privacy events).
 pub fn is_touchpoint(event_type: &str) -> bool {
-    !NOT_TOUCHPOINTS.contains(&event_type)
+    EventKind::of(event_type) == EventKind::Touchpoint
 }
 
 /// Whether events of this type separate a part of a customer into another one.
 pub fn is_separation(event_type: &str) -> bool {
-    matches!(
-        event_type,
-        MERGE_UNDONE | CUSTOMER_RESTORED | CUSTOMER_SPLIT | CUSTOMER_SPLIT_OFF
-    )
+    EventKind::of(event_type).is_separation()
+}
+
+/// An event on a customer's stream or the blocklist's, typed, as it reads once opened (its
+/// sealed members restored: [`crate::privacy::open_payload`]). Stored events are unchanged:
+/// the type is the stored event type and the payload its members.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CustomerEvent {
+    /// A touchpoint, with the type it is stored under (its action's).
+    Touchpoint {
+        /// The stored type (`order_placed` ...).
+        event_type: String,
+        /// The touchpoint and its resolution.
+        recorded: Box<TouchpointRecorded>,
+    },
+    /// Another customer was merged into this one.
+    Merged(CustomerMerged),
+    /// This customer was merged into another.
+    MergedInto(CustomerMergedInto),
+    /// The customer was erased.
+    Erased(CustomerErased),
+    /// A merge into this customer was undone.
+    MergeUndone(Separation),
+    /// This customer was restored by an undone merge.
+    Restored(Separation),
+    /// Identifiers were split off this customer.
+    Split(Separation),
+    /// This customer was made by a split.
+    SplitOff(Separation),
+    /// An identifier was linked to this customer by hand.
+    IdentifierLinked(IdentifierLinked),
+    /// An identifier this customer held was unlinked, moved or blocked.
+    IdentifierUnlinked(IdentifierUnlinked),
+    /// An identifier was blocked (on the blocklist's stream).
+    IdentifierBlocked(IdentifierBlocked),
+}
+
+/// Why an opened payload does not read as its event.
+#[derive(Debug, thiserror::Error)]
+#[error("a {event_type} event does not read: {reason}")]
+pub struct EventDecodeError {
+    /// The stored type.
+    pub event_type: String,
+    /// What did not read.
+    pub reason: String,
+}
+
+impl CustomerEvent {
+    /// Reads an opened payload stored under `event_type`.
+    pub fn decode(event_type: &str, payload: Value) -> Result<Self, EventDecodeError> {
+        fn read<T: serde::de::DeserializeOwned>(
+            event_type: &str,
+            payload: Value,
+        ) -> Result<T, EventDecodeError> {
+            serde_json::from_value(payload).map_err(|e| EventDecodeError {
+                event_type: event_type.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+        Ok(match EventKind::of(event_type) {
+            EventKind::Touchpoint => Self::Touchpoint {
+                event_type: event_type.to_owned(),
+                recorded: Box::new(read(event_type, payload)?),
+            },
+            EventKind::Merged => Self::Merged(read(event_type, payload)?),
+            EventKind::MergedInto => Self::MergedInto(read(event_type, payload)?),
+            EventKind::Erased => Self::Erased(read(event_type, payload)?),
+            EventKind::MergeUndone => Self::MergeUndone(read(event_type, payload)?),
+            EventKind::Restored => Self::Restored(read(event_type, payload)?),
+            EventKind::Split => Self::Split(read(event_type, payload)?),
+            EventKind::SplitOff => Self::SplitOff(read(event_type, payload)?),
+            EventKind::IdentifierLinked => Self::IdentifierLinked(read(event_type, payload)?),
+            EventKind::IdentifierUnlinked => Self::IdentifierUnlinked(read(event_type, payload)?),
+            EventKind::IdentifierBlocked => Self::IdentifierBlocked(read(event_type, payload)?),
+        })
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Self::Touchpoint { .. } => EventKind::Touchpoint,
+            Self::Merged(_) => EventKind::Merged,
+            Self::MergedInto(_) => EventKind::MergedInto,
+            Self::Erased(_) => EventKind::Erased,
+            Self::MergeUndone(_) => EventKind::MergeUndone,
+            Self::Restored(_) => EventKind::Restored,
+            Self::Split(_) => EventKind::Split,
+            Self::SplitOff(_) => EventKind::SplitOff,
+            Self::IdentifierLinked(_) => EventKind::IdentifierLinked,
+            Self::IdentifierUnlinked(_) => EventKind::IdentifierUnlinked,
+            Self::IdentifierBlocked(_) => EventKind::IdentifierBlocked,
+        }
+    }
+
+    /// The type it is stored under.
+    pub fn event_type(&self) -> &str {
+        match self {
+            Self::Touchpoint { event_type, .. } => event_type,
+            other => other.kind().name().unwrap_or_default(),
+        }
+    }
+
+    /// Its members as stored once opened (before sealing).
+    pub fn payload(&self) -> Result<Value, serde_json::Error> {
+        match self {
+            Self::Touchpoint { recorded, .. } => serde_json::to_value(recorded),
+            Self::Merged(e) => serde_json::to_value(e),
+            Self::MergedInto(e) => serde_json::to_value(e),
+            Self::Erased(e) => serde_json::to_value(e),
+            Self::MergeUndone(e) | Self::Restored(e) | Self::Split(e) | Self::SplitOff(e) => {
+                serde_json::to_value(e)
+            }
+            Self::IdentifierLinked(e) => serde_json::to_value(e),
+            Self::IdentifierUnlinked(e) => serde_json::to_value(e),
+            Self::IdentifierBlocked(e) => serde_json::to_value(e),
+        }
+    }
 }
 
 /// A part of a live customer made a customer of its own: a merge undone or identifiers split
@@ -418,7 +587,7 @@ mod tests {
             "what happened stays readable"
         );
         let opened = open_payload(payload.clone(), Some(&key)).unwrap();
-        let stored: TouchpointRecorded = serde_json::from_value(opened).unwrap();
+        let stored = read_back("store_visited", opened);
         let erased = open_payload(payload, None).unwrap();
         assert_eq!(erased["erased"], true);
         assert!(erased.get("identifiers").is_none());
@@ -436,6 +605,115 @@ mod tests {
         );
         assert!(stored.resolution.created);
         assert_eq!(stored.resolution.rules_version, 3);
+    }
+
+    /// An opened touchpoint payload read as its typed event, which must be a touchpoint of
+    /// `event_type`.
+    fn read_back(event_type: &str, opened: Value) -> TouchpointRecorded {
+        match CustomerEvent::decode(event_type, opened).unwrap() {
+            CustomerEvent::Touchpoint {
+                event_type: read,
+                recorded,
+            } => {
+                assert_eq!(read, event_type);
+                *recorded
+            }
+            other => panic!("a touchpoint, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_kind_of_an_event_is_read_from_its_type() {
+        for (kind, name) in EventKind::NAMED {
+            assert_eq!(EventKind::of(name), kind);
+            assert_eq!(kind.name(), Some(name));
+            assert!(!is_touchpoint(name));
+        }
+        for touchpoint in [
+            "order_placed",
+            "page_viewed",
+            "traits_updated",
+            "coupon_redeemed",
+        ] {
+            assert_eq!(EventKind::of(touchpoint), EventKind::Touchpoint);
+            assert!(is_touchpoint(touchpoint));
+        }
+        assert_eq!(EventKind::Touchpoint.name(), None);
+        let separations: Vec<&str> = EventKind::NAMED
+            .iter()
+            .filter(|(kind, _)| kind.is_separation())
+            .map(|(_, name)| *name)
+            .collect();
+        assert_eq!(
+            separations,
+            [
+                MERGE_UNDONE,
+                CUSTOMER_RESTORED,
+                CUSTOMER_SPLIT,
+                CUSTOMER_SPLIT_OFF
+            ]
+        );
+    }
+
+    #[test]
+    fn every_customer_event_reads_back_from_its_type_and_members() {
+        let phone = Identifier {
+            kind: crate::identifier::IdentifierKind::new("phone").unwrap(),
+            value: "+8613912340001".into(),
+        };
+        let (a, b) = (CustomerId::new(), CustomerId::new());
+        let separation = Separation {
+            other: b,
+            streams: vec![b],
+            touchpoints: vec![7],
+            excluded: vec![9],
+            released: vec![],
+            kept: vec![11],
+            identifiers: vec![phone.clone()],
+        };
+        let events = [
+            CustomerEvent::Merged(CustomerMerged {
+                absorbed: b,
+                evidence: vec![phone.clone()],
+                cause: EventId::new(),
+                rules_version: 2,
+            }),
+            CustomerEvent::MergedInto(CustomerMergedInto {
+                survivor: a,
+                evidence: vec![phone.clone()],
+                cause: EventId::new(),
+                rules_version: 2,
+            }),
+            CustomerEvent::Erased(CustomerErased {
+                customers: vec![a, b],
+            }),
+            CustomerEvent::MergeUndone(separation.clone()),
+            CustomerEvent::Restored(separation.clone()),
+            CustomerEvent::Split(separation.clone()),
+            CustomerEvent::SplitOff(separation),
+            CustomerEvent::IdentifierLinked(IdentifierLinked {
+                identifier: phone.clone(),
+                from: Some(b),
+            }),
+            CustomerEvent::IdentifierUnlinked(IdentifierUnlinked {
+                identifier: phone.clone(),
+                to: None,
+                blocked: true,
+            }),
+            CustomerEvent::IdentifierBlocked(IdentifierBlocked { identifier: phone }),
+        ];
+        let mut kinds = std::collections::HashSet::new();
+        for event in events {
+            let event_type = event.event_type().to_owned();
+            assert_eq!(EventKind::of(&event_type), event.kind());
+            let decoded = CustomerEvent::decode(&event_type, event.payload().unwrap()).unwrap();
+            assert_eq!(decoded, event);
+            kinds.insert(event.kind());
+        }
+        assert_eq!(kinds.len(), EventKind::NAMED.len(), "every named kind");
+        // A payload that is not the event's shape is refused, naming the type.
+        let e = CustomerEvent::decode(CUSTOMER_MERGED, json!({"absorbed": 3})).unwrap_err();
+        assert_eq!(e.event_type, CUSTOMER_MERGED);
     }
 
     #[test]
@@ -477,7 +755,7 @@ mod tests {
         assert_eq!(payload["action"]["city"], "Shanghai");
         assert_eq!(payload["action"]["gender"], "female");
         let opened = open_payload(payload.clone(), Some(&key)).unwrap();
-        let stored: TouchpointRecorded = serde_json::from_value(opened).unwrap();
+        let stored = read_back("traits_updated", opened);
         assert_eq!(
             stored.action, touchpoint.action,
             "opened, the traits read whole"

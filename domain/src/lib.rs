@@ -6,7 +6,10 @@
 //!   metadata), shared by the event store, the projections and the API.
 //! - [`upcast`]: the hook that brings events written in an old shape up to the current one.
 //! - [`privacy`]: per-customer keys and the sealing of events' personal data.
+//! - [`events`]: the events on a customer's stream, typed ([`events::CustomerEvent`]).
+//! - [`blocklist`]: the identity blocklist as an aggregate (cqrs-es's `Aggregate`).
 
+pub mod blocklist;
 pub mod customer;
 pub mod event_log;
 pub mod events;

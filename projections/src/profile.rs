@@ -9,10 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Timelike, Utc};
 use patron_domain::customer::CustomerId;
-use patron_domain::events::{
-    is_separation, is_touchpoint, CustomerMerged, CustomerMergedInto, Separation, CUSTOMER_ERASED,
-    CUSTOMER_MERGED, CUSTOMER_MERGED_INTO, CUSTOMER_RESTORED, CUSTOMER_SPLIT_OFF,
-};
+use patron_domain::events::{CustomerMerged, CustomerMergedInto, EventKind, Separation};
 
 use crate::holdings::Holdings;
 use patron_domain::touchpoint::{Channel, ConsentPurpose, LineItem, Money};
@@ -440,22 +437,26 @@ pub enum ProfileChange {
 
 /// What `event` does to profiles.
 pub fn change_of(event: &RecordedEvent) -> Result<ProfileChange, serde_json::Error> {
-    Ok(match event.event_type.as_str() {
-        CUSTOMER_MERGED => {
+    Ok(match EventKind::of(&event.event_type) {
+        EventKind::Merged => {
             let merged: MergedHead = serde_json::from_str(&event.payload)?;
             ProfileChange::Absorbs(merged.absorbed)
         }
-        CUSTOMER_MERGED_INTO => {
+        EventKind::MergedInto => {
             let merged: MergedIntoHead = serde_json::from_str(&event.payload)?;
             ProfileChange::MergedAway(merged.survivor)
         }
-        CUSTOMER_ERASED => ProfileChange::Erased,
-        CUSTOMER_RESTORED | CUSTOMER_SPLIT_OFF => {
+        EventKind::Erased => ProfileChange::Erased,
+        EventKind::Restored | EventKind::SplitOff => {
             ProfileChange::Takes(serde_json::from_str(&event.payload)?)
         }
-        kind if is_separation(kind) => ProfileChange::Gives(serde_json::from_str(&event.payload)?),
-        kind if !is_touchpoint(kind) => ProfileChange::Nothing,
-        _ => ProfileChange::Touchpoint,
+        EventKind::MergeUndone | EventKind::Split => {
+            ProfileChange::Gives(serde_json::from_str(&event.payload)?)
+        }
+        EventKind::IdentifierLinked
+        | EventKind::IdentifierUnlinked
+        | EventKind::IdentifierBlocked => ProfileChange::Nothing,
+        EventKind::Touchpoint => ProfileChange::Touchpoint,
     })
 }
 

@@ -15,9 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use patron_domain::customer::CustomerId;
-use patron_domain::events::{
-    is_separation, is_touchpoint, Separation, CUSTOMER_MERGED, CUSTOMER_MERGED_INTO,
-};
+use patron_domain::events::{EventKind, Separation};
 use patron_domain::identifier::Identifier;
 use patron_domain::identity::resolution::IdentityGraph;
 use patron_domain::identity::{IdentityRules, Resolver};
@@ -175,16 +173,17 @@ pub async fn dry_run(
             let Some(stream) = CustomerId::from_stream(&event.stream_id) else {
                 continue;
             };
-            if is_separation(&event.event_type) {
+            let kind = EventKind::of(&event.event_type);
+            if kind.is_separation() {
                 if let Ok(s) = serde_json::from_str::<Separation>(&event.payload) {
                     separated.insert(ordered(live(stream), live(s.other)));
                 }
                 continue;
             }
-            if event.event_type == CUSTOMER_MERGED && event.metadata.reason.is_some() {
+            if kind == EventKind::Merged && event.metadata.reason.is_some() {
                 merged_by_hand.insert(live(stream));
             }
-            if !is_touchpoint(&event.event_type) || event.event_type == CUSTOMER_MERGED_INTO {
+            if kind != EventKind::Touchpoint {
                 continue;
             }
             let carried: Vec<Identifier> = serde_json::from_str::<Carried>(&event.payload)

@@ -12,11 +12,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use cqrs_es::Aggregate;
+use patron_domain::blocklist::{Blocklist, BlocklistCommand, BlocklistEvent};
 use patron_domain::customer::CustomerId;
 use patron_domain::events::{
-    is_touchpoint, CustomerMerged, CustomerMergedInto, IdentifierBlocked, IdentifierLinked,
-    IdentifierUnlinked, ResolutionRecord, Separation, BLOCKLIST_STREAM, CUSTOMER_MERGED,
-    CUSTOMER_MERGED_INTO, CUSTOMER_RESTORED, CUSTOMER_SPLIT, CUSTOMER_SPLIT_OFF,
+    is_touchpoint, CustomerMerged, CustomerMergedInto, EventKind, IdentifierBlocked,
+    IdentifierLinked, IdentifierUnlinked, ResolutionRecord, Separation, BLOCKLIST_STREAM,
+    CUSTOMER_MERGED, CUSTOMER_MERGED_INTO, CUSTOMER_RESTORED, CUSTOMER_SPLIT, CUSTOMER_SPLIT_OFF,
     IDENTIFIER_BLOCKED, IDENTIFIER_LINKED, IDENTIFIER_UNLINKED, MERGE_UNDONE,
 };
 use patron_domain::identifier::Identifier;
@@ -756,6 +758,27 @@ impl Corrector {
         .await
     }
 
+    /// The blocklist folded from its stream, and the stream's version.
+    async fn blocklist(
+        &self,
+        stream: &StreamId,
+    ) -> std::result::Result<(Blocklist, StreamVersion), StoreError> {
+        let mut list = Blocklist::default();
+        let mut version = 0;
+        for event in self.store().read_stream(stream, 1, usize::MAX).await? {
+            version = event.stream_version;
+            if EventKind::of(&event.event_type) == EventKind::IdentifierBlocked {
+                let blocked: IdentifierBlocked =
+                    event.decode().map_err(|e| StoreError::Corrupt {
+                        position: event.position,
+                        reason: format!("an {IDENTIFIER_BLOCKED} event does not read: {e}"),
+                    })?;
+                list.apply(BlocklistEvent::Blocked(blocked));
+            }
+        }
+        Ok((list, version))
+    }
+
     /// Blocks an identifier value (kind, raw value): it is unlinked from whoever holds it and
     /// never links a customer again.
     #[tracing::instrument(name = "correction.block", skip(self, raw, request), fields(actor = %request.actor))]
@@ -775,28 +798,27 @@ impl Corrector {
         self.run(request, || {
             let identifier = identifier.clone();
             async move {
-                if self.store().is_blocked(&identifier).await? {
-                    return Ok(Err(Outcome::unchanged(
-                        "the identifier is blocked already",
-                        vec![],
-                    )));
-                }
-                let holder = self.store().holder(&identifier).await?;
                 let blocklist =
                     StreamId::new(BLOCKLIST_STREAM).map_err(|e| StoreError::Abandoned {
                         reason: format!("the blocklist stream: {e}"),
                     })?;
-                let blocked = NewEvent::new(
-                    IDENTIFIER_BLOCKED,
-                    &IdentifierBlocked {
-                        identifier: identifier.clone(),
-                    },
-                )
-                .map_err(|e| StoreError::Abandoned {
-                    reason: format!("cannot encode {IDENTIFIER_BLOCKED}: {e}"),
+                let (list, version) = self.blocklist(&blocklist).await?;
+                let decided = list.decide(BlocklistCommand::Block {
+                    identifier: identifier.clone(),
+                });
+                let Some(BlocklistEvent::Blocked(blocked)) = decided.into_iter().next() else {
+                    return Ok(Err(Outcome::unchanged(
+                        "the identifier is blocked already",
+                        vec![],
+                    )));
+                };
+                let holder = self.store().holder(&identifier).await?;
+                let blocked = NewEvent::new(IDENTIFIER_BLOCKED, &blocked).map_err(|e| {
+                    StoreError::Abandoned {
+                        reason: format!("cannot encode {IDENTIFIER_BLOCKED}: {e}"),
+                    }
                 })?;
                 let metadata = metadata(request, blocked.event_id());
-                let version = self.store().stream_version(&blocklist).await?;
                 let mut appends = vec![StreamAppend::new(
                     blocklist,
                     ExpectedVersion::Exact(version),
@@ -914,7 +936,7 @@ impl Corrector {
                 break;
             }
             let merged = history.iter().rev().find(|e| {
-                e.event_type == CUSTOMER_MERGED_INTO
+                EventKind::of(&e.event_type) == EventKind::MergedInto
                     && CustomerId::from_stream(&e.stream_id) == Some(at)
             });
             let Some(head) = merged.and_then(|m| serde_json::from_str::<Head>(&m.payload).ok())
@@ -1364,8 +1386,10 @@ impl Division {
 /// The pseudonyms an opened identity event gave its stream's customer by hand (links and
 /// the identifiers of a restoration or a split).
 fn hand_given(event: &RecordedEvent) -> Vec<Identifier> {
-    match event.event_type.as_str() {
-        IDENTIFIER_LINKED | CUSTOMER_RESTORED | CUSTOMER_SPLIT_OFF => hand_given_members(event),
+    match EventKind::of(&event.event_type) {
+        EventKind::IdentifierLinked | EventKind::Restored | EventKind::SplitOff => {
+            hand_given_members(event)
+        }
         _ => vec![],
     }
 }
@@ -1387,8 +1411,10 @@ fn hand_given_members(event: &RecordedEvent) -> Vec<Identifier> {
 /// The pseudonyms an opened identity event took from its stream's customer by hand (unlinks,
 /// and the identifiers given up by an undone merge or a split).
 fn taken_away(event: &RecordedEvent) -> Vec<Identifier> {
-    match event.event_type.as_str() {
-        IDENTIFIER_UNLINKED | MERGE_UNDONE | CUSTOMER_SPLIT => hand_given_members(event),
+    match EventKind::of(&event.event_type) {
+        EventKind::IdentifierUnlinked | EventKind::MergeUndone | EventKind::Split => {
+            hand_given_members(event)
+        }
         _ => vec![],
     }
 }

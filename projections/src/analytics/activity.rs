@@ -16,10 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use patron_domain::customer::CustomerId;
-use patron_domain::events::{
-    is_separation, is_touchpoint, Separation, CUSTOMER_ERASED, CUSTOMER_MERGED_INTO,
-    CUSTOMER_RESTORED, CUSTOMER_SPLIT_OFF,
-};
+use patron_domain::events::{EventKind, Separation};
 use patron_domain::RecordedEvent;
 use serde::Deserialize;
 
@@ -326,8 +323,8 @@ impl Activity {
             return Ok(());
         };
         let n = self.number(id);
-        match event.event_type.as_str() {
-            CUSTOMER_MERGED_INTO => {
+        match EventKind::of(&event.event_type) {
+            EventKind::MergedInto => {
                 let head: MergedIntoHead =
                     serde_json::from_str(&event.payload).map_err(|e| payload_error(event, e))?;
                 let survivor = self.number(head.survivor);
@@ -355,14 +352,14 @@ impl Activity {
                 into.touches = merge_sorted(std::mem::take(&mut into.touches), touches, |t| t.at);
                 into.orders = merge_sorted(std::mem::take(&mut into.orders), orders, |o| o.at);
             }
-            CUSTOMER_ERASED => {
+            EventKind::Erased => {
                 let n = self.live_number(n);
                 let c = &mut self.customers[n as usize];
                 c.standing = Standing::Erased;
                 c.touches = Vec::new();
                 c.orders = Vec::new();
             }
-            CUSTOMER_RESTORED | CUSTOMER_SPLIT_OFF => {
+            EventKind::Restored | EventKind::SplitOff => {
                 let separation: Separation =
                     serde_json::from_str(&event.payload).map_err(|e| payload_error(event, e))?;
                 self.customers[n as usize].standing = Standing::Live;
@@ -374,15 +371,19 @@ impl Activity {
                 }
                 self.refolds.insert(n);
             }
-            kind if is_separation(kind) => {
+            EventKind::MergeUndone | EventKind::Split => {
                 let separation: Separation =
                     serde_json::from_str(&event.payload).map_err(|e| payload_error(event, e))?;
                 let n = self.live_number(n);
                 self.holdings.entry(n).or_default().give(&separation);
                 self.refolds.insert(n);
             }
-            kind if !is_touchpoint(kind) => {}
-            _ => {
+            // The survivor's side of a merge is applied from the absorbed one's stream.
+            EventKind::Merged
+            | EventKind::IdentifierLinked
+            | EventKind::IdentifierUnlinked
+            | EventKind::IdentifierBlocked => {}
+            EventKind::Touchpoint => {
                 let n = self.live_number(n);
                 self.add_touch(n, event)?;
             }
@@ -502,6 +503,7 @@ pub fn time_of(seconds: i64) -> DateTime<Utc> {
 pub(crate) mod tests {
     use super::*;
     use patron_domain::event_log::{EventId, Metadata};
+    use patron_domain::events::{CUSTOMER_ERASED, CUSTOMER_MERGED_INTO};
     use serde_json::{json, Value};
 
     /// A log built by hand for the analyses' tests: customers are numbered 0, 1, ... in the
