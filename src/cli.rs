@@ -613,9 +613,12 @@ impl Cli {
             } => {
                 let ingestor = self.ingestor().await?.with_actor("http");
                 spawn_quarantine_expiry(ingestor.store().clone(), self.quarantine_retention_days);
-                spawn_scoring(ingestor.store().clone(), self.scoring_rules()?);
+                let scoring = self.scoring_rules()?;
+                let currency = scoring.tiers.currency.clone();
+                spawn_scoring(ingestor.store().clone(), scoring);
                 let store = ingestor.store().clone();
                 let options = ServerOptions {
+                    currency,
                     write_keys: write_keys.clone(),
                     ready_lag_seconds,
                     analytics: crate::analytics::AnalyticsLimits {

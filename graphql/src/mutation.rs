@@ -5,6 +5,7 @@ use async_graphql::{Context, Json, Object, Result, SimpleObject, ID};
 use serde_json::Value;
 
 use crate::access::{api_error, codes, require, ApiKey, Role};
+use crate::analytics::POPULATION_COMPLEXITY;
 use crate::backend::{CorrectionAsk, ErasureRecord, IngestAnswer, PersonAsk, Purpose};
 use crate::backend_error;
 use crate::correction::{self, customer_arg, CorrectionResult, IdentifierInput};
@@ -94,6 +95,7 @@ impl Mutation {
     /// Saves a new segment and computes its members (analyst role). With a `purpose`, only
     /// customers who consent to it are members. `CONFLICT` if the name is taken;
     /// `INVALID_RULE` with the bad part pointed at.
+    #[graphql(complexity = "POPULATION_COMPLEXITY.saturating_add(child_complexity)")]
     async fn create_segment(
         &self,
         ctx: &Context<'_>,
@@ -125,6 +127,7 @@ impl Mutation {
     }
 
     /// Changes a segment's rule and purpose and recomputes its members (analyst role).
+    #[graphql(complexity = "POPULATION_COMPLEXITY.saturating_add(child_complexity)")]
     async fn update_segment(
         &self,
         ctx: &Context<'_>,

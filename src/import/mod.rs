@@ -16,7 +16,10 @@ use serde_json::Value;
 use thiserror::Error;
 
 use self::mapping::{Format, Mapping, Row};
-use crate::ingest::{CommitPipeline, Incoming, IngestError, IngestReport, Ingestor, RecordOutcome};
+use crate::ingest::{
+    check_record_bounds, CommitPipeline, Incoming, IngestError, IngestReport, Ingestor,
+    RecordOutcome,
+};
 
 /// Rejections listed in an import's summary (all of them are in the quarantine).
 const LISTED_REJECTIONS: usize = 20;
@@ -282,7 +285,7 @@ pub async fn import_file(
             let mut group = Group::default();
             let mut lines = Lines::new(file);
             while let Some((number, text)) = lines.next(&bar).map_err(read_err)? {
-                match row_of_json(&text) {
+                match check_record_bounds(&text).and_then(|()| row_of_json(&text)) {
                     Ok(row) => group.add(mapping, &mut batcher, number, row, text).await?,
                     Err(rejection) => {
                         group.flush(mapping, &mut batcher).await?;

@@ -491,6 +491,8 @@ impl Backend for StoreBackend {
             .save_segment_for(name, parsed.text(), purpose, now)
             .await
             .map_err(store_error)?;
+        // Judging every customer takes an analytics turn, like a preview.
+        let _turn = self.gate.enter().await.map_err(analytics_error)?;
         let population = self.population.read().await.map_err(projection_error)?;
         segmentation::refresh_one(&self.store, &population, name, &judged, &self.currency, now)
             .await

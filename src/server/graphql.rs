@@ -117,6 +117,10 @@ pub(crate) async fn authenticate(
 /// 40 values for the `ingest` mutation).
 pub const MAX_REQUEST_VALUES: usize = 200_000;
 
+/// The longest GraphQL document accepted, in bytes: parsing builds a node per token, so the
+/// document is bounded before it is parsed (the same as a socket message).
+pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+
 /// `POST /graphql`: a JSON body of at most [`super::MAX_BODY_BYTES`] (413 beyond).
 #[tracing::instrument(name = "http.graphql", skip_all, fields(key, operation, bytes))]
 pub(crate) async fn post(
@@ -162,6 +166,17 @@ pub(crate) async fn post(
             }))
         }
     };
+    if request.query.len() > MAX_QUERY_BYTES {
+        return HttpResponse::PayloadTooLarge().json(json!({
+            "errors": [{
+                "message": format!(
+                    "the query is {} bytes; a query may have at most {MAX_QUERY_BYTES}",
+                    request.query.len()
+                ),
+                "extensions": {"code": "QUERY_TOO_LARGE"}
+            }]
+        }));
+    }
     if let Some(operation) = &request.operation_name {
         span.record("operation", operation.as_str());
     }
@@ -179,6 +194,9 @@ pub(crate) async fn post(
                         "code",
                         if before_any_field {
                             INVALID_QUERY
+                        } else if error.message.starts_with("Failed to parse") {
+                            // An argument's value that only its resolver could check.
+                            codes::INVALID_ARGUMENT
                         } else {
                             "INTERNAL"
                         },
@@ -219,6 +237,8 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Close code: no `connection_init` with a valid key in time (graphql-transport-ws's own).
 const CLOSE_INIT_TIMEOUT: u16 = 4408;
+/// Close code: a message that is not a JSON object (graphql-transport-ws's own).
+const CLOSE_INVALID_MESSAGE: u16 = 4400;
 /// Close code: the key has as many open sockets as it may.
 const CLOSE_TOO_MANY: u16 = 4429;
 
@@ -356,6 +376,8 @@ struct Handshake {
     slot: Option<SocketSlot>,
     /// Why the socket is closed, when the reason is this server's rather than the protocol's.
     refusal: Option<CloseReason>,
+    /// Whether a `connection_init` was accepted.
+    initialized: bool,
 }
 
 fn lock(handshake: &Mutex<Handshake>) -> std::sync::MutexGuard<'_, Handshake> {
@@ -457,6 +479,7 @@ pub(crate) async fn websocket(
                 })?;
             if lock(&handshake).slot.is_some() {
                 // Counted against the header's key at the upgrade.
+                lock(&handshake).initialized = true;
                 return Ok(socket_data(key, backend));
             }
             let Some(slot) = sockets.admit_key(key.id) else {
@@ -470,7 +493,10 @@ pub(crate) async fn websocket(
                     message,
                 ));
             };
-            lock(&handshake).slot = Some(slot);
+            let mut handshake = lock(&handshake);
+            handshake.slot = Some(slot);
+            handshake.initialized = true;
+            drop(handshake);
             Ok(socket_data(key, backend))
         }
     };
@@ -534,6 +560,8 @@ impl Operations {
     /// error message to answer instead of passing the message on, when it would start one
     /// operation more than the socket may run.
     fn on_client_message(&self, message: &[u8]) -> Option<String> {
+        // Only an object is read as a message here; the protocol refuses anything else (an
+        // array would read as one to it too, uncounted: it is closed before it gets there).
         let envelope: Envelope = serde_json::from_slice(message).ok()?;
         let id = envelope.id?;
         match envelope.kind.as_str() {
@@ -637,6 +665,13 @@ fn incoming(
                         return None;
                     }
                 };
+                if last.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                    lock(&handshake).refusal = Some(close_reason(
+                        CLOSE_INVALID_MESSAGE,
+                        "INVALID_MESSAGE: a message is a JSON object".into(),
+                    ));
+                    return None;
+                }
                 if let Some(refusal) = operations.on_client_message(&last) {
                     if session.text(refusal).await.is_err() {
                         return None;
@@ -671,6 +706,8 @@ async fn serve_socket<S: futures::Stream<Item = WsMessage>>(
     operations: Operations,
 ) {
     let mut graphql = std::pin::pin!(graphql);
+    // Until a connection_init is accepted (whether the key came in the header or in it).
+    let mut waiting = true;
     let init_deadline = tokio::time::sleep(limits.init_timeout);
     let mut init_deadline = std::pin::pin!(init_deadline);
     // The first ping goes out after one interval, not at once: a client reads its ack first.
@@ -680,7 +717,7 @@ async fn serve_socket<S: futures::Stream<Item = WsMessage>>(
     );
     let reason = loop {
         tokio::select! {
-            () = &mut init_deadline, if pending.is_some() => {
+            () = &mut init_deadline, if waiting => {
                 break Some(close_reason(
                     CLOSE_INIT_TIMEOUT,
                     format!(
@@ -704,8 +741,9 @@ async fn serve_socket<S: futures::Stream<Item = WsMessage>>(
                     if session.text(text).await.is_err() {
                         return;
                     }
-                    if pending.is_some() && lock(&handshake).slot.is_some() {
-                        pending = None;
+                    if waiting && lock(&handshake).initialized {
+                        waiting = false;
+                        drop(pending.take());
                     }
                 }
                 Some(WsMessage::Close(code, message)) => {

@@ -57,6 +57,9 @@ pub struct ServerOptions {
     pub analytics: AnalyticsLimits,
     /// Identifier lookups each key may make per hour, by role (counted in this process).
     pub lookup_budget: patron_graphql::loader::LookupAllowance,
+    /// The currency revenue and value-tier rules are judged in: the scoring rules' (the same
+    /// one the hourly segment refresh judges with, so memberships do not flip between the two).
+    pub currency: String,
 }
 
 impl Default for ServerOptions {
@@ -68,6 +71,7 @@ impl Default for ServerOptions {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             analytics: AnalyticsLimits::default(),
             lookup_budget: patron_graphql::loader::LookupAllowance::default(),
+            currency: TierRules::default().currency,
         }
     }
 }
@@ -141,32 +145,91 @@ pub(crate) async fn read_body(
         actix_web::HttpResponse::build(status)
             .json(serde_json::json!({"error": {"code": code, "message": message}}))
     };
-    // A body sent compressed (`Content-Encoding: gzip`) is bounded once decompressed.
-    let stream = actix_web::dev::Decompress::from_headers(payload.into_inner(), request.headers());
-    let stream = actix_web::body::BodyStream::new(stream);
-    match tokio::time::timeout(
-        timeout,
-        actix_web::body::to_bytes_limited(stream, MAX_BODY_BYTES),
-    )
-    .await
-    {
-        Ok(Ok(Ok(body))) => Ok(body),
-        Ok(Ok(Err(e))) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "MALFORMED_BODY",
-            format!("the body could not be read: {e}"),
-        )),
-        Ok(Err(_)) => Err(error(
+    let too_large = || {
+        error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "BODY_TOO_LARGE",
             format!("the body is over {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let encoding = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let compression = match encoding.as_str() {
+        "" | "identity" => None,
+        "gzip" | "x-gzip" => Some(Compression::Gzip),
+        "deflate" => Some(Compression::Deflate),
+        other => {
+            return Err(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_ENCODING",
+                format!("the body's Content-Encoding {other:?} is not gzip, deflate or identity"),
+            ))
+        }
+    };
+    // The body as sent (compressed or not) is bounded while it arrives; the server's own
+    // decompression (actix-web's would inflate a whole network chunk at once, unbounded) is
+    // not used.
+    let body = match tokio::time::timeout(timeout, payload.to_bytes_limited(MAX_BODY_BYTES)).await {
+        Ok(Ok(Ok(body))) => body,
+        Ok(Ok(Err(e))) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "MALFORMED_BODY",
+                format!("the body could not be read: {e}"),
+            ))
+        }
+        Ok(Err(_)) => return Err(too_large()),
+        Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "BODY_TIMEOUT",
+                format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+            ))
+        }
+    };
+    let Some(compression) = compression else {
+        return Ok(body);
+    };
+    // Decompressed a block at a time, never past the bound, on a blocking thread.
+    let inflated = tokio::task::spawn_blocking(move || inflate(&body, compression)).await;
+    match inflated {
+        Ok(Ok(Some(body))) => Ok(body.into()),
+        Ok(Ok(None)) => Err(too_large()),
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_BODY",
+            format!("the body does not decompress: {e}"),
         )),
-        Err(_) => Err(error(
-            StatusCode::REQUEST_TIMEOUT,
-            "BODY_TIMEOUT",
-            format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            format!("the body could not be decompressed: {e}"),
         )),
     }
+}
+
+/// How a body is compressed.
+#[derive(Clone, Copy, Debug)]
+enum Compression {
+    Gzip,
+    Deflate,
+}
+
+/// `body` decompressed, or `None` once it passes [`MAX_BODY_BYTES`] (reading stops there).
+fn inflate(body: &[u8], compression: Compression) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let reader: Box<dyn Read + '_> = match compression {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
+        Compression::Deflate => Box::new(flate2::read::ZlibDecoder::new(body)),
+    };
+    let limit = u64::try_from(MAX_BODY_BYTES).unwrap_or(u64::MAX);
+    let mut out = Vec::new();
+    reader.take(limit + 1).read_to_end(&mut out)?;
+    Ok((out.len() <= MAX_BODY_BYTES).then_some(out))
 }
 
 impl AppState {
@@ -214,7 +277,7 @@ impl Application {
         }
         let listener = TcpListener::bind(address)?;
         let port = listener.local_addr()?.port();
-        let currency = TierRules::default().currency;
+        let currency = options.currency.clone();
         let (announcements, _) = broadcast::channel(ANNOUNCEMENT_BUFFER);
         let population = Arc::new(ResidentPopulation::new(ingestor.store().clone()));
         let live = ProfileProjection::new(ingestor.store().clone(), PROJECTION_BATCH)

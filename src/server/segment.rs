@@ -315,13 +315,14 @@ pub(crate) async fn handle(
         }
         batch.elements.into_iter().map(RawValue::get).collect()
     } else {
+        let json = serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
         match std::str::from_utf8(&body) {
-            Ok(text) => vec![text],
-            Err(_) => {
+            Ok(text) if json => vec![text],
+            _ => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "MALFORMED_BODY",
-                    "the body is not UTF-8",
+                    "the body is not JSON",
                 )
             }
         }

@@ -465,6 +465,14 @@ async fn operations_on_one_socket_are_capped(t: &TestStore) {
         heard.insert(message["id"].as_str().unwrap_or_default().to_owned());
     }
     assert_eq!(heard, ["2".to_owned(), "4".to_owned()].into());
+    // A message as a JSON array (which the protocol would read too, uncounted) closes the
+    // socket.
+    let array =
+        json!(["subscribe", "9", {"query": "subscription { customerUpdated { customer } }"}]);
+    send(&mut socket, array).await;
+    let (code, reason) = closed(next(&mut socket, Duration::from_secs(10)).await);
+    assert_eq!(code, 4400, "{reason}");
+    assert!(reason.contains("INVALID_MESSAGE"), "{reason}");
 }
 
 async fn a_key_in_the_header_does_not_wait_among_the_unauthenticated(t: &TestStore) {
@@ -473,6 +481,7 @@ async fn a_key_in_the_header_does_not_wait_among_the_unauthenticated(t: &TestSto
         SocketLimits {
             unauthenticated: 3,
             unauthenticated_per_address: 1,
+            init_timeout: Duration::from_secs(2),
             ..SocketLimits::default()
         },
     )
@@ -497,6 +506,12 @@ async fn a_key_in_the_header_does_not_wait_among_the_unauthenticated(t: &TestSto
         .await
         .expect("an answer");
     assert!(ack.to_string().contains("connection_ack"), "{ack}");
+    // With its key in the header, a socket still owes a connection_init within the deadline.
+    let (mut silent, _) = tokio_tungstenite::connect_async(request.clone())
+        .await
+        .expect("served with a key in the header");
+    let (code, reason) = closed(next(&mut silent, Duration::from_secs(10)).await);
+    assert_eq!(code, 4408, "{reason}");
     // A wrong key in the header is refused before the upgrade.
     request.headers_mut().insert(
         "Authorization",
@@ -504,6 +519,23 @@ async fn a_key_in_the_header_does_not_wait_among_the_unauthenticated(t: &TestSto
     );
     let (status, _) = refused_upgrade(tokio_tungstenite::connect_async(request).await);
     assert_eq!(status, 401);
+}
+
+/// `POST /v1/events` of an NDJSON `body` sent with `Content-Encoding: encoding`.
+async fn encoded_events(
+    app: &TestApp,
+    encoding: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    app.client
+        .post(format!("{}/v1/events", app.address))
+        .bearer_auth(&app.ingest_key)
+        .header("content-type", "application/x-ndjson")
+        .header("content-encoding", encoding)
+        .body(body)
+        .send()
+        .await
+        .expect("events")
 }
 
 /// `data` compressed with gzip.
@@ -537,35 +569,31 @@ async fn compressed_bodies_are_read_and_bounded_once_decompressed(t: &TestStore)
     let record = json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": "store_visited",
         "channel": "store", "source": "edge", "occurred_at": "2026-03-08T09:30:15+08:00",
         "identifiers": {"phone": "13912340078"}, "store_id": "SH-1"});
-    let r = app
-        .client
-        .post(format!("{}/v1/events", app.address))
-        .bearer_auth(&app.ingest_key)
-        .header("content-type", "application/x-ndjson")
-        .header("content-encoding", "gzip")
-        .body(gzip(format!("{record}\n").as_bytes()))
-        .send()
-        .await
-        .expect("events");
+    let r = encoded_events(&app, "gzip", gzip(format!("{record}\n").as_bytes())).await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["accepted"], 1, "{body}");
     // 20 MiB of spaces compress to about 20 KiB: refused once 10 MiB are decompressed.
     let bomb = gzip(&vec![b' '; 20 * 1024 * 1024]);
     assert!(bomb.len() < 100_000);
-    let r = app
-        .client
-        .post(format!("{}/v1/events", app.address))
-        .bearer_auth(&app.ingest_key)
-        .header("content-type", "application/x-ndjson")
-        .header("content-encoding", "gzip")
-        .body(bomb)
-        .send()
-        .await
-        .expect("events");
+    let r = encoded_events(&app, "gzip", bomb).await;
     assert_eq!(r.status(), 413);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["error"]["code"], "BODY_TOO_LARGE");
+    // An encoding the server does not read is refused, naming it.
+    let r = encoded_events(&app, "br", "x").await;
+    assert_eq!(r.status(), 415);
+    // A single Segment message that is not JSON is refused whole, as before.
+    let r = app
+        .client
+        .post(format!("{}/v1/track", app.address))
+        .basic_auth("wk_gzip", Some(""))
+        .header("content-type", "application/json")
+        .body("not json")
+        .send()
+        .await
+        .expect("track");
+    assert_eq!(r.status(), 400);
 }
 
 async fn a_graphql_body_of_many_tiny_values_is_refused_before_it_is_parsed(t: &TestStore) {
@@ -589,6 +617,36 @@ async fn a_graphql_body_of_many_tiny_values_is_refused_before_it_is_parsed(t: &T
     assert!(
         message.contains(&patron::server::MAX_REQUEST_VALUES.to_string()),
         "{message}"
+    );
+    // Millions of tokens in the document itself: refused before it is parsed.
+    let fields = "a ".repeat(500_000);
+    let r = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .bearer_auth(&viewer)
+        .json(&json!({"query": format!("{{ me {{ name }} }} query q {{ {fields} }}")}))
+        .send()
+        .await
+        .expect("graphql");
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "QUERY_TOO_LARGE");
+    // An argument only its field can read is the caller's error, not the server's.
+    let r = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .bearer_auth(&viewer)
+        .json(&json!({"query": format!(
+            "{{ customerAsOf(id: \"{}\", at: \"yesterday\") {{ id }} }}",
+            uuid::Uuid::new_v4()
+        )}))
+        .send()
+        .await
+        .expect("graphql");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "INVALID_ARGUMENT",
+        "{body}"
     );
 }
 

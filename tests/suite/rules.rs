@@ -193,7 +193,62 @@ async fn a_rule_at_the_bounds_is_saved_for_a_purpose_and_judged(t: &TestStore) {
     assert_eq!(saved["segments"], json!([{"name": "widest"}]));
 }
 
+async fn a_server_judges_segments_in_the_configured_currency(t: &TestStore) {
+    let options = patron::server::ServerOptions {
+        currency: "USD".into(),
+        ..patron::server::ServerOptions::default()
+    };
+    let app = crate::http::spawn_app_with(t, crate::http::test_ingestor(t), options).await;
+    let analyst = key(t, "analyst").await;
+    let viewer = key(t, "viewer").await;
+    let data = app
+        .graphql(
+            &analyst,
+            "mutation { createSegment(name: \"big_usd\", rule: \"revenue >= 1000\") { size } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["createSegment"]["size"], 0);
+    // An order of 50.00 USD: the live projection judges it in USD, as the hourly refresh does
+    // (it judged in the default currency before, so the customer was not a member until then).
+    let order = record(
+        "order_placed",
+        "web",
+        "2026-01-05T10:00:00+08:00",
+        json!({"phone": "13700000077"}),
+        json!({"order_id": "usd-1", "currency": "USD",
+               "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_minor": 5000}]}),
+    );
+    let r = app
+        .post_events(format!("{order}\n"), "application/x-ndjson")
+        .await;
+    let answer: Value = r.json().await.expect("json");
+    let customer = answer["records"][0]["customer"]
+        .as_str()
+        .expect("accepted")
+        .to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let data = app
+            .graphql(
+                &viewer,
+                "query($id: ID!) { customer(id: $id) { segments } }",
+                json!({"id": customer}),
+            )
+            .await;
+        if data["customer"]["segments"] == json!(["big_usd"]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not judged a member in USD: {data}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 crate::on_both_stores!(
+    a_server_judges_segments_in_the_configured_currency,
     a_rule_at_the_bounds_is_saved_for_a_purpose_and_judged,
     rules_past_the_bounds_are_refused_and_the_server_stays_up,
     chinese_values_read_quoted_and_are_explained_unquoted,
