@@ -798,10 +798,7 @@ impl Corrector {
         self.run(request, || {
             let identifier = identifier.clone();
             async move {
-                let blocklist =
-                    StreamId::new(BLOCKLIST_STREAM).map_err(|e| StoreError::Abandoned {
-                        reason: format!("the blocklist stream: {e}"),
-                    })?;
+                let blocklist = blocklist_stream()?;
                 let (list, version) = self.blocklist(&blocklist).await?;
                 let decided = list.decide(BlocklistCommand::Block {
                     identifier: identifier.clone(),
@@ -995,12 +992,10 @@ impl Corrector {
                 .commit_identity(&[], &keys, &[], move |snapshot| {
                     if let Some((id, holder)) = &guard {
                         if snapshot.graph.owner(id) != *holder {
-                            // The identifier changed hands since the decision.
-                            return Err(StoreError::Conflict {
-                                stream_id: holder
-                                    .map_or_else(blocklist_stream, |h| Ok(h.stream_id()))?,
-                                expected: ExpectedVersion::Any,
-                                actual: 0,
+                            // The identifier changed hands since the decision: not a version
+                            // the operator named, so never VERSION_CONFLICT; decided again.
+                            return Err(StoreError::Stale {
+                                reason: format!("{} changed hands", id.kind),
                             });
                         }
                     }
@@ -1041,6 +1036,12 @@ impl Corrector {
                         });
                     }
                     tracing::debug!(attempt, "a correction lost a race: deciding again");
+                }
+                Err(StoreError::Stale { reason }) => {
+                    if attempt >= ATTEMPTS {
+                        return Err(CorrectionError::Busy { customer: named });
+                    }
+                    tracing::debug!(attempt, %reason, "a correction's decision went stale: deciding again");
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -61,6 +61,13 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// What a decision read changed before its commit (an identifier changed hands); nothing
+    /// was written: decide again.
+    #[error("the decision is stale: {reason}; nothing was written, decide again")]
+    Stale {
+        /// What changed.
+        reason: String,
+    },
     /// The caller of an identity commit abandoned it; nothing was written.
     #[error("the commit was abandoned: {reason}")]
     Abandoned {
@@ -89,6 +96,7 @@ impl StoreError {
             Self::UnsupportedUrl { .. } => "UNSUPPORTED_DATABASE_URL",
             Self::WriteRace { .. } => "WRITE_RACE",
             Self::Corrupt { .. } => "CORRUPT_EVENT",
+            Self::Stale { .. } => "STALE_DECISION",
             Self::Abandoned { .. } => "COMMIT_ABANDONED",
             Self::Upcast(_) => "UPCAST_FAILED",
             Self::Database(_) => "DATABASE_ERROR",
