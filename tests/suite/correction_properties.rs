@@ -1,5 +1,6 @@
-//! Properties of identity corrections over random sequences of ingestion, merges, splits and
-//! undone merges, on real stores: every touchpoint belongs to exactly one live customer at
+//! Properties of identity corrections over random sequences of ingestion, merges, splits,
+//! undone merges, and identifiers linked, unlinked and blocked by hand, on real stores: a blocked
+//! value is held by no one; every touchpoint belongs to exactly one live customer at
 //! every step; undoing a merge right after it restores both profiles and the identity index
 //! exactly; a full rebuild gives the same profiles (an undone merge never comes back); the
 //! analytics activity agrees with the profiles.
@@ -34,6 +35,12 @@ enum Op {
     Undo(usize),
     /// Split the k-th identifier the i-th live customer holds off it.
     Split(usize, usize),
+    /// Link the k-th identifier of [`identifiers`] to the i-th live customer by hand.
+    Link(usize, usize),
+    /// Unlink the k-th identifier from whoever holds it.
+    Unlink(usize),
+    /// Block the k-th identifier's value.
+    Block(usize),
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
@@ -50,6 +57,9 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
         1 => (0..6usize, 0..6usize).prop_map(|(i, j)| Op::MergeThenUndo(i, j)),
         1 => (0..6usize).prop_map(Op::Undo),
         1 => (0..6usize, 0..4usize).prop_map(|(i, k)| Op::Split(i, k)),
+        1 => (0..6usize, 0..11usize).prop_map(|(i, k)| Op::Link(i, k)),
+        1 => (0..11usize).prop_map(Op::Unlink),
+        1 => (0..11usize).prop_map(Op::Block),
     ];
     prop::collection::vec(op, 1..16)
 }
@@ -200,6 +210,9 @@ async fn check(backend: Backend, ops: Vec<Op>) -> Fallible<()> {
         reason: "property".into(),
         expected_version: None,
     };
+    // The identifiers blocked so far (by their place in `identifiers()`).
+    let mut blocked: BTreeSet<usize> = BTreeSet::new();
+    let all = identifiers();
     for op in ops {
         let live: Vec<CustomerId> = live_profiles(&t).await?.into_keys().collect();
         let pick = |i: usize| live.get(i % live.len().max(1)).copied();
@@ -280,8 +293,52 @@ async fn check(backend: Backend, ops: Vec<Op>) -> Fallible<()> {
                     );
                 }
             }
+            Op::Link(i, k) => {
+                let Some(customer) = pick(i) else { continue };
+                let (kind, raw) = &all[k % all.len()];
+                match corrector.link(customer, kind, raw, &request).await {
+                    Ok(_) => prop_assert_eq!(
+                        ing.customer_by_identifier(kind, raw).await.map_err(fail)?,
+                        Some(customer)
+                    ),
+                    Err(patron::correction::CorrectionError::Blocked { .. }) => {
+                        prop_assert!(blocked.contains(&(k % all.len())), "{} {}", kind, raw);
+                    }
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+            Op::Unlink(k) => {
+                let (kind, raw) = &all[k % all.len()];
+                if let Some(holder) = ing.customer_by_identifier(kind, raw).await.map_err(fail)? {
+                    let outcome = corrector
+                        .unlink(holder, kind, raw, &request)
+                        .await
+                        .map_err(fail)?;
+                    prop_assert!(outcome.applied);
+                    prop_assert_eq!(
+                        ing.customer_by_identifier(kind, raw).await.map_err(fail)?,
+                        None
+                    );
+                }
+            }
+            Op::Block(k) => {
+                let (kind, raw) = &all[k % all.len()];
+                corrector.block(kind, raw, &request).await.map_err(fail)?;
+                blocked.insert(k % all.len());
+            }
         }
         every_touchpoint_has_one_owner(&t).await?;
+        // A blocked value is held by no one, whatever came after its block.
+        for k in &blocked {
+            let (kind, raw) = &all[*k];
+            prop_assert_eq!(
+                ing.customer_by_identifier(kind, raw).await.map_err(fail)?,
+                None,
+                "{} {} is blocked",
+                kind,
+                raw
+            );
+        }
     }
     // The analytics activity agrees with the profiles.
     let activity = load_activity(&t.store, |_, _| {}).await.map_err(fail)?;
