@@ -477,8 +477,9 @@ pub enum BenchCommand {
     },
     /// The server's peak memory while it reads large and hostile bodies (`POST /v1/events`:
     /// 5.2M NDJSON lines of `0`, a JSON array of 5M zeros, 10,000 real records, two hostile
-    /// bodies at once, one record of 4.5M values; `POST /graphql` with 4.5M values in its
-    /// variables; 20 Segment requests without a write key that stall before their body's end),
+    /// bodies at once, one record of 4.5M values, 1 GiB of spaces gzipped into 1 MiB;
+    /// `POST /graphql` with 4.5M values in its variables; 20 Segment requests without a write
+    /// key that stall before their body's end),
     /// each case against a fresh `patron serve` on a scratch SQLite store.
     Body {
         /// The `patron` binary to serve with (default: this one), to compare builds.

@@ -89,6 +89,8 @@ enum Sending {
         content_type: &'static str,
         copies: usize,
     },
+    /// One `POST /v1/events` of `body`, sent with `Content-Encoding: gzip`.
+    Gzipped { body: Vec<u8> },
     /// Connections that send a `/v1/batch` head declaring [`MAX_BODY_BYTES`] without a write
     /// key, then all of the body but its last byte, and wait.
     StalledSegment,
@@ -166,6 +168,12 @@ pub async fn run_body_bench(server: Option<PathBuf>) -> anyhow::Result<BodyBench
                 copies: 1,
             },
         ),
+        (
+            "gzip: 1 GiB of spaces (1 MiB sent)",
+            Sending::Gzipped {
+                body: gzip_of_spaces(1 << 30)?,
+            },
+        ),
         ("segment: 20 stalled, no write key", Sending::StalledSegment),
     ];
     let mut measured = Vec::new();
@@ -187,6 +195,17 @@ pub async fn run_body_bench(server: Option<PathBuf>) -> anyhow::Result<BodyBench
 
 /// Values in the one-record and GraphQL cases (about 9 MiB of `0,`).
 const VALUES: usize = 4_500_000;
+
+/// `n` spaces compressed with gzip (about a thousandth of `n`).
+fn gzip_of_spaces(n: usize) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let block = vec![b' '; 1 << 20];
+    for _ in 0..n / block.len() {
+        encoder.write_all(&block).context("cannot compress")?;
+    }
+    encoder.finish().context("cannot compress")
+}
 
 /// `n` zeros separated by commas.
 fn zeros(n: usize) -> String {
@@ -377,6 +396,18 @@ async fn run_case(server: &Path, name: &str, sending: &Sending) -> anyhow::Resul
                 .map(|a| a.map_or(0, |r| r.status().as_u16()))
                 .collect();
             (body.len(), statuses)
+        }
+        Sending::Gzipped { body } => {
+            let status = client
+                .post(format!("{base}/v1/events"))
+                .bearer_auth(&key)
+                .header("content-type", "application/x-ndjson")
+                .header("content-encoding", "gzip")
+                .body(body.clone())
+                .send()
+                .await
+                .map_or(0, |r| r.status().as_u16());
+            (body.len(), vec![status])
         }
         Sending::StalledSegment => {
             let port = process.port;
