@@ -13,6 +13,7 @@ use crate::analytics::{
     command::{AnalyticsCommand, Output},
 };
 use crate::bench::{run_http_bench, run_read_bench, run_store_bench, Spread, StoreBenchConfig};
+use crate::correction;
 use crate::demo::{generate_people, run_demo, DemoConfig};
 use crate::import::import_file;
 use crate::import::mapping::Mapping;
@@ -114,7 +115,8 @@ pub enum Command {
     /// Rebuild a read model from position 0 (with a progress bar), into a table of its own that
     /// replaces the live one when it has caught up: a running server keeps serving meanwhile.
     Rebuild {
-        /// The read model: `profiles` (the only one so far).
+        /// The read model: `profiles`, or `identity` (the identity index, written in one
+        /// transaction that fails if the log moves meanwhile).
         #[arg(default_value = "profiles")]
         projection: String,
         /// Events per batch: larger batches write each profile fewer times (100,000 events
@@ -530,6 +532,24 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Identity corrections through GraphQL on the store named by --database-url (a demo
+    /// store: the corrections stay in its log): the pairs of customers with the most orders
+    /// merged one request at a time, then each merge undone; reports the latencies.
+    Corrections {
+        /// Pairs of customers.
+        #[arg(long, default_value_t = 40)]
+        pairs: usize,
+        /// Send the corrections to this running server's GraphQL address instead of serving
+        /// the store in-process (it must serve the store --database-url names).
+        #[arg(long, requires = "key")]
+        url: Option<String>,
+        /// An operator key's secret for --url.
+        #[arg(long, env = "PATRON_BENCH_KEY", hide_env_values = true)]
+        key: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Mixed load against one `patron serve` on the store named by --database-url (a demo
     /// store: the run writes into it): ingestion, Segment batches, reads, previews, analytics,
     /// websocket subscribers and hostile input at fixed rates, each class first alone; reports
@@ -602,8 +622,12 @@ impl Cli {
             Command::Rebuild {
                 ref projection,
                 batch,
+            } if projection == IDENTITY => rebuild_identity(&self.ingestor().await?, batch).await,
+            Command::Rebuild {
+                ref projection,
+                batch,
             } => rebuild(&self.database_url, projection, batch).await,
-            Command::Verify { batch, json } => verify(&self.database_url, batch, json).await,
+            Command::Verify { batch, json } => verify(&self.ingestor().await?, batch, json).await,
             Command::Serve {
                 ref address,
                 ref write_keys,
@@ -1048,6 +1072,29 @@ impl Cli {
                 }
                 Ok(())
             }
+            Command::Bench(BenchCommand::Corrections {
+                pairs,
+                ref url,
+                ref key,
+                json,
+            }) => {
+                let ingestor = self.ingestor().await?;
+                let store = ingestor.store().clone();
+                let target = url
+                    .clone()
+                    .zip(key.clone())
+                    .map(|(url, key)| crate::bench::Target { url, key });
+                let report = crate::bench::run_corrections_bench(ingestor, pairs, target)
+                    .await
+                    .context("the corrections benchmark failed")?;
+                store.close().await;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{report}");
+                }
+                Ok(())
+            }
             Command::Bench(BenchCommand::Soak {
                 seconds,
                 idle_seconds,
@@ -1447,10 +1494,51 @@ async fn erase(
     Ok(())
 }
 
+/// The identity index, as `patron rebuild` names it.
+const IDENTITY: &str = "identity";
+
+/// A progress bar over the log for `what`.
+fn log_bar(what: &str, head: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(head);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Rebuilds the identity index from the log.
+async fn rebuild_identity(ingestor: &Ingestor, batch: usize) -> Result<()> {
+    let bar = log_bar("rebuilding the identity index", 0);
+    let started = std::time::Instant::now();
+    let folded = correction::index::rebuild(ingestor, batch, |at, head| {
+        bar.set_length(head);
+        bar.set_position(at);
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))
+    .context("cannot rebuild the identity index")?;
+    bar.finish_and_clear();
+    println!(
+        "rebuilt the identity index up to position {} in {:.1} s: {} identifiers held, {} \
+         merged customers, {} blocked values",
+        folded.position,
+        started.elapsed().as_secs_f64(),
+        folded.index.holders.len(),
+        folded.index.aliases.len(),
+        folded.index.blocked.len()
+    );
+    ingestor.store().close().await;
+    Ok(())
+}
+
 async fn rebuild(url: &str, projection: &str, batch: usize) -> Result<()> {
     anyhow::ensure!(
         projection == PROFILES,
-        "no read model named {projection:?}; the read models are: {PROFILES}"
+        "no read model named {projection:?}; the read models are: {PROFILES}, {IDENTITY}"
     );
     let store = open(url).await?;
     let head = store.head().await.context("cannot read the log's head")?;
@@ -1480,15 +1568,12 @@ async fn rebuild(url: &str, projection: &str, batch: usize) -> Result<()> {
     Ok(())
 }
 
-async fn verify(url: &str, batch: usize, json: bool) -> Result<()> {
-    let store = open(url).await?;
-    let head = store.head().await.context("cannot read the log's head")?;
-    let bar = indicatif::ProgressBar::new(head);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} verifying profiles [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+/// Folds the log again and compares it with the live profiles and the identity index.
+async fn verify(ingestor: &Ingestor, batch: usize, json: bool) -> Result<()> {
+    let store = ingestor.store();
+    let bar = log_bar(
+        "verifying profiles",
+        store.head().await.context("cannot read the log's head")?,
     );
     let started = std::time::Instant::now();
     let found = ProfileProjection::new(store.clone(), batch)
@@ -1499,15 +1584,28 @@ async fn verify(url: &str, batch: usize, json: bool) -> Result<()> {
         .await
         .context("cannot verify the profiles")?;
     bar.finish_and_clear();
+    let profiles_seconds = started.elapsed().as_secs_f64();
+    let bar = log_bar("verifying the identity index", 0);
+    let started = std::time::Instant::now();
+    let identity = correction::index::verify(ingestor, batch, |at, head| {
+        bar.set_length(head);
+        bar.set_position(at);
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))
+    .context("cannot verify the identity index")?;
+    bar.finish_and_clear();
     store.close().await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&found)?);
+        let mut value = serde_json::to_value(&found)?;
+        if let Some(report) = value.as_object_mut() {
+            report.insert("identity".into(), serde_json::to_value(&identity)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!(
-            "verified {} profiles at position {} in {:.1} s",
-            found.profiles,
-            found.position,
-            started.elapsed().as_secs_f64()
+            "verified {} profiles at position {} in {profiles_seconds:.1} s",
+            found.profiles, found.position,
         );
         println!("different: {}", found.different);
         println!("missing:   {}", found.missing);
@@ -1515,10 +1613,33 @@ async fn verify(url: &str, batch: usize, json: bool) -> Result<()> {
         for d in &found.examples {
             println!("  {} {} {}", d.kind, d.customer, d.fields.join(", "));
         }
+        println!(
+            "verified the identity index at position {} in {:.1} s: {} identifiers held, {} \
+             merged customers, {} blocked values",
+            identity.position,
+            started.elapsed().as_secs_f64(),
+            identity.identifiers,
+            identity.aliases,
+            identity.blocked
+        );
+        println!("different: {}", identity.different);
+        for d in &identity.examples {
+            println!(
+                "  {} {}: stored {}, log {}",
+                d.table,
+                d.key,
+                d.stored.as_deref().unwrap_or("nothing"),
+                d.folded.as_deref().unwrap_or("nothing")
+            );
+        }
     }
     anyhow::ensure!(
         found.is_clean(),
         "the live profiles differ from a fold of the log: `patron rebuild profiles` replaces them"
+    );
+    anyhow::ensure!(
+        identity.is_clean(),
+        "the identity index differs from a fold of the log: `patron rebuild identity` replaces it"
     );
     Ok(())
 }

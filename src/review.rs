@@ -26,6 +26,7 @@ use crate::ingest::Ingestor;
 use crate::privacy::{Opener, PrivacyFailure};
 use crate::store::review::{FoundPair, StoredSuggestion};
 use crate::store::{EventStore, StoreError};
+use patron_domain::customer::Correction;
 
 /// The prior log-odds, in bits, that two customers a signal links are one person (1 in 10).
 pub const PRIOR_BITS: f64 = -std::f64::consts::LOG2_10;
@@ -432,9 +433,8 @@ impl Reviewer {
         }
         let merged = self
             .corrector
-            .merge(
-                survivor,
-                absorbed,
+            .correct(
+                Correction::Merge { survivor, absorbed },
                 &Request {
                     actor: actor.to_owned(),
                     reason: format!("duplicate suggestion {id} accepted: {reason}"),

@@ -795,6 +795,26 @@ fn write_small_shop(file: &std::path::Path) {
     std::fs::write(file, lines.join("\n")).expect("write the records");
 }
 
+/// Runs one SQL statement on the SQLite store at `url` (to damage it on purpose); returns the
+/// rows changed.
+fn sqlite_execute(url: &str, sql: &str) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let pool = sqlx::SqlitePool::connect(url)
+            .await
+            .expect("the store opens");
+        let done = sqlx::query(sql)
+            .execute(&pool)
+            .await
+            .expect("the statement runs");
+        pool.close().await;
+        done.rows_affected()
+    })
+}
+
 /// Runs patron and returns its standard output, failing the test if it failed.
 fn patron_ok(args: &[&str], url: &str) -> String {
     let out = patron(args, url);
@@ -1056,6 +1076,37 @@ fn a_wrong_merge_is_explained_and_undone_from_the_command_line() {
     assert!(again.starts_with("unchanged:"), "{again}");
     let verified = patron_ok(&["verify"], &url);
     assert!(verified.contains("different: 0"), "{verified}");
+    assert!(!verified.contains("different: 1"), "{verified}");
+
+    // The identity index is checked against the log: holders lost from it are found, and
+    // `patron rebuild identity` writes them back from the log.
+    let lost = sqlite_execute(&url, "DELETE FROM identity_index WHERE kind = 'phone'");
+    assert!(lost >= 2, "{lost} phones held");
+    let out = patron(&["verify"], &url);
+    assert!(!out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains(&format!("different: {lost}")), "{report}");
+    assert!(
+        report.contains("holder phone: stored nothing, log "),
+        "{report}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("patron rebuild identity"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        holder("+8613900000202")["customer"],
+        serde_json::Value::Null
+    );
+    let rebuilt = patron_ok(&["rebuild", "identity"], &url);
+    assert!(rebuilt.contains("rebuilt the identity index"), "{rebuilt}");
+    assert_eq!(holder("+8613900000202")["customer"], b.as_str());
+    assert_eq!(holder("139 0000 0201")["customer"], a.as_str());
+    let verified = patron_ok(&["verify", "--json"], &url);
+    let verified: serde_json::Value = serde_json::from_str(&verified).expect("JSON");
+    assert_eq!(verified["identity"]["different"], 0, "{verified}");
+    assert_eq!(verified["different"], 0, "{verified}");
 
     let bad = patron_fails(
         &[

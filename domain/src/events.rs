@@ -502,6 +502,7 @@ pub struct CustomerMerged {
     /// The customer closed by the merge.
     pub absorbed: CustomerId,
     /// The identifiers that showed they are one person.
+    #[serde(default)]
     pub evidence: Vec<Identifier>,
     /// The touchpoint (or correction) that caused the merge.
     pub cause: EventId,
@@ -515,6 +516,7 @@ pub struct CustomerMergedInto {
     /// The customer that goes on.
     pub survivor: CustomerId,
     /// The identifiers that showed they are one person.
+    #[serde(default)]
     pub evidence: Vec<Identifier>,
     /// The touchpoint (or correction) that caused the merge.
     pub cause: EventId,

@@ -241,54 +241,8 @@ pub enum PersonAsk {
     },
 }
 
-/// An identity correction an operator asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CorrectionAsk {
-    /// Merge `absorbed` into `survivor`.
-    Merge {
-        /// The customer that goes on.
-        survivor: Uuid,
-        /// The customer closed.
-        absorbed: Uuid,
-    },
-    /// Undo the merge that closed `customer`.
-    UndoMerge {
-        /// The absorbed customer to restore.
-        customer: Uuid,
-    },
-    /// Split identifiers (kind, raw value) off `customer` into a new customer.
-    Split {
-        /// The customer to split.
-        customer: Uuid,
-        /// The identifiers to move, as kind and value.
-        identifiers: Vec<(String, String)>,
-    },
-    /// Link an identifier to `customer`.
-    Link {
-        /// The customer.
-        customer: Uuid,
-        /// The identifier's kind.
-        kind: String,
-        /// Its value, as at ingestion.
-        value: String,
-    },
-    /// Unlink an identifier from `customer`.
-    Unlink {
-        /// The customer.
-        customer: Uuid,
-        /// The identifier's kind.
-        kind: String,
-        /// Its value, as at ingestion.
-        value: String,
-    },
-    /// Block an identifier value from ever linking again.
-    Block {
-        /// The identifier's kind.
-        kind: String,
-        /// Its value, as at ingestion.
-        value: String,
-    },
-}
+/// An identity correction an operator asks for: the one command type every door shares.
+pub use patron_domain::customer::Correction;
 
 /// What a correction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -442,7 +396,7 @@ pub trait Backend: Send + Sync + 'static {
     /// version of its first customer the operator saw, if given.
     async fn correct(
         &self,
-        ask: CorrectionAsk,
+        ask: Correction,
         actor: &str,
         reason: &str,
         expected_version: Option<u64>,

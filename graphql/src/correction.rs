@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::access::{api_error, codes, require, Role};
-use crate::backend::{CorrectionAsk, CorrectionRecord, ExplanationRecord, ExplanationStepRecord};
+use crate::backend::{Correction, CorrectionRecord, ExplanationRecord, ExplanationStepRecord};
 use crate::backend_error;
 use crate::customer::Customer;
 use crate::query::backend;
@@ -149,7 +149,7 @@ impl From<ExplanationStepRecord> for ExplanationStep {
 /// Applies a correction for the calling operator.
 pub(crate) async fn correct(
     ctx: &Context<'_>,
-    ask: CorrectionAsk,
+    ask: Correction,
     reason: &str,
     expected_version: Option<u64>,
 ) -> Result<CorrectionResult> {

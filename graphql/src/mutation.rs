@@ -6,10 +6,11 @@ use serde_json::Value;
 
 use crate::access::{api_error, codes, require, ApiKey, Role};
 use crate::analytics::POPULATION_COMPLEXITY;
-use crate::backend::{CorrectionAsk, ErasureRecord, IngestAnswer, PersonAsk, Purpose};
+use crate::backend::{Correction, ErasureRecord, IngestAnswer, PersonAsk, Purpose};
 use crate::backend_error;
 use crate::correction::{self, customer_arg, CorrectionResult, IdentifierInput};
 use crate::query::{backend, parse_id, Segment};
+use patron_domain::customer::CustomerId;
 
 /// The most records one `ingest` mutation takes.
 pub const MAX_INGEST_RECORDS: usize = 5_000;
@@ -204,9 +205,9 @@ impl Mutation {
         reason: String,
         expected_version: Option<u64>,
     ) -> Result<CorrectionResult> {
-        let ask = CorrectionAsk::Merge {
-            survivor: customer_arg("survivor", &survivor)?,
-            absorbed: customer_arg("absorbed", &absorbed)?,
+        let ask = Correction::Merge {
+            survivor: CustomerId::from_uuid(customer_arg("survivor", &survivor)?),
+            absorbed: CustomerId::from_uuid(customer_arg("absorbed", &absorbed)?),
         };
         correction::correct(ctx, ask, &reason, expected_version).await
     }
@@ -222,8 +223,8 @@ impl Mutation {
         reason: String,
         expected_version: Option<u64>,
     ) -> Result<CorrectionResult> {
-        let ask = CorrectionAsk::UndoMerge {
-            customer: customer_arg("customer", &customer)?,
+        let ask = Correction::UndoMerge {
+            customer: CustomerId::from_uuid(customer_arg("customer", &customer)?),
         };
         correction::correct(ctx, ask, &reason, expected_version).await
     }
@@ -238,8 +239,8 @@ impl Mutation {
         reason: String,
         expected_version: Option<u64>,
     ) -> Result<CorrectionResult> {
-        let ask = CorrectionAsk::Split {
-            customer: customer_arg("customer", &customer)?,
+        let ask = Correction::Split {
+            customer: CustomerId::from_uuid(customer_arg("customer", &customer)?),
             identifiers: identifiers.into_iter().map(|i| (i.kind, i.value)).collect(),
         };
         correction::correct(ctx, ask, &reason, expected_version).await
@@ -255,8 +256,8 @@ impl Mutation {
         reason: String,
         expected_version: Option<u64>,
     ) -> Result<CorrectionResult> {
-        let ask = CorrectionAsk::Link {
-            customer: customer_arg("customer", &customer)?,
+        let ask = Correction::Link {
+            customer: CustomerId::from_uuid(customer_arg("customer", &customer)?),
             kind: identifier.kind,
             value: identifier.value,
         };
@@ -272,8 +273,8 @@ impl Mutation {
         reason: String,
         expected_version: Option<u64>,
     ) -> Result<CorrectionResult> {
-        let ask = CorrectionAsk::Unlink {
-            customer: customer_arg("customer", &customer)?,
+        let ask = Correction::Unlink {
+            customer: CustomerId::from_uuid(customer_arg("customer", &customer)?),
             kind: identifier.kind,
             value: identifier.value,
         };
@@ -288,7 +289,7 @@ impl Mutation {
         identifier: IdentifierInput,
         reason: String,
     ) -> Result<CorrectionResult> {
-        let ask = CorrectionAsk::Block {
+        let ask = Correction::Block {
             kind: identifier.kind,
             value: identifier.value,
         };

@@ -247,22 +247,33 @@ async fn paced_with(
     }
     while tasks.join_next().await.is_some() {}
     progress.finish();
-    let mut latencies = latencies
+    let latencies = latencies
         .lock()
         .map_err(|_| anyhow::anyhow!("a request task panicked"))?
         .clone();
-    latencies.sort();
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .map_or(0.0, |d| d.as_secs_f64() * 1_000.0)
-    };
-    Ok(Latencies {
-        requests: total,
-        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
-        p50_ms: percentile(0.5),
-        p95_ms: percentile(0.95),
-        p99_ms: percentile(0.99),
-        max_ms: percentile(1.0),
-    })
+    Ok(Latencies::of(
+        total,
+        errors.load(std::sync::atomic::Ordering::Relaxed),
+        latencies,
+    ))
+}
+
+impl Latencies {
+    /// The percentiles of `latencies`, of `requests` requests of which `errors` failed.
+    pub(super) fn of(requests: u64, errors: u64, mut latencies: Vec<Duration>) -> Self {
+        latencies.sort();
+        let percentile = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
+                .map_or(0.0, |d| d.as_secs_f64() * 1_000.0)
+        };
+        Self {
+            requests,
+            errors,
+            p50_ms: percentile(0.5),
+            p95_ms: percentile(0.95),
+            p99_ms: percentile(0.99),
+            max_ms: percentile(1.0),
+        }
+    }
 }

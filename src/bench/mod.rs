@@ -5,6 +5,7 @@
 
 mod analytics;
 mod body;
+mod corrections;
 mod flood;
 mod graphql;
 mod lag;
@@ -12,6 +13,7 @@ pub mod soak;
 
 pub use analytics::{run_analytics_bench, AnalyticsBench, Timing};
 pub use body::{measure_events, run_body_bench, BodyBenchReport, BodyCase};
+pub use corrections::{run_corrections_bench, CorrectionsBenchReport, Target};
 pub use flood::{run_flood_bench, FloodConfig, FloodReport, FloodScenario, FLOOD_QUERY};
 pub use graphql::{run_graphql_bench, GraphqlBenchReport, Latencies, Scenario};
 pub use lag::{run_lag_bench, LagBenchReport};

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use patron_domain::customer::CustomerId;
+use patron_domain::customer::{Correction, CustomerId};
 
 use super::{Corrector, Explanation, Outcome, Request};
 use crate::ingest::Ingestor;
@@ -108,47 +108,51 @@ pub async fn correct(ingestor: &Ingestor, currency: &str, command: &CorrectComma
     let projection =
         ProfileProjection::new(ingestor.store().clone(), 20_000).with_segments(currency);
     let corrector = Corrector::new(ingestor.clone(), projection);
-    let (outcome, args) = match command {
+    let (correction, args) = match command {
         CorrectCommand::Merge {
             survivor,
             absorbed,
             request,
         } => (
-            corrector
-                .merge(*survivor, *absorbed, &request.to_request())
-                .await,
+            Correction::Merge {
+                survivor: *survivor,
+                absorbed: *absorbed,
+            },
             request,
         ),
         CorrectCommand::UndoMerge { customer, request } => (
-            corrector.undo_merge(*customer, &request.to_request()).await,
+            Correction::UndoMerge {
+                customer: *customer,
+            },
             request,
         ),
         CorrectCommand::Split {
             customer,
             identifiers,
             request,
-        } => {
-            let identifiers = identifiers
-                .iter()
-                .map(|i| kind_value(i))
-                .collect::<Result<Vec<_>>>()?;
-            (
-                corrector
-                    .split(*customer, &identifiers, &request.to_request())
-                    .await,
-                request,
-            )
-        }
+        } => (
+            Correction::Split {
+                customer: *customer,
+                identifiers: identifiers
+                    .iter()
+                    .map(|i| kind_value(i))
+                    .collect::<Result<Vec<_>>>()?,
+            },
+            request,
+        ),
         CorrectCommand::Link {
             customer,
             identifier,
             request,
         } => {
             let (kind, value) = kind_value(identifier)?;
+            let customer = *customer;
             (
-                corrector
-                    .link(*customer, &kind, &value, &request.to_request())
-                    .await,
+                Correction::Link {
+                    customer,
+                    kind,
+                    value,
+                },
                 request,
             )
         }
@@ -158,10 +162,13 @@ pub async fn correct(ingestor: &Ingestor, currency: &str, command: &CorrectComma
             request,
         } => {
             let (kind, value) = kind_value(identifier)?;
+            let customer = *customer;
             (
-                corrector
-                    .unlink(*customer, &kind, &value, &request.to_request())
-                    .await,
+                Correction::Unlink {
+                    customer,
+                    kind,
+                    value,
+                },
                 request,
             )
         }
@@ -170,12 +177,10 @@ pub async fn correct(ingestor: &Ingestor, currency: &str, command: &CorrectComma
             request,
         } => {
             let (kind, value) = kind_value(identifier)?;
-            (
-                corrector.block(&kind, &value, &request.to_request()).await,
-                request,
-            )
+            (Correction::Block { kind, value }, request)
         }
     };
+    let outcome = corrector.correct(correction, &args.to_request()).await;
     let outcome = outcome.map_err(|e| anyhow::anyhow!("{} ({})", e, e.code()))?;
     print_outcome(&outcome, args.json)
 }

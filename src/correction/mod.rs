@@ -12,29 +12,31 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
 use patron_domain::blocklist::{Blocklist, BlocklistCommand, BlocklistEvent};
-use patron_domain::customer::CustomerId;
-use patron_domain::events::{
-    is_touchpoint, CustomerMerged, CustomerMergedInto, EventKind, IdentifierBlocked,
-    IdentifierLinked, IdentifierUnlinked, ResolutionRecord, Separation, BLOCKLIST_STREAM,
-    CUSTOMER_MERGED, CUSTOMER_MERGED_INTO, CUSTOMER_RESTORED, CUSTOMER_SPLIT, CUSTOMER_SPLIT_OFF,
-    IDENTIFIER_BLOCKED, IDENTIFIER_LINKED, IDENTIFIER_UNLINKED, MERGE_UNDONE,
+use patron_domain::customer::{
+    Claim, Correction, Customer, CustomerCommand, CustomerFact, CustomerId, Holdings, IndexChange,
+    OwnedTouchpoint, PartRecord, Refusal,
 };
-use patron_domain::identifier::Identifier;
+use patron_domain::events::{
+    is_touchpoint, EventKind, IdentifierBlocked, ResolutionRecord, Separation, BLOCKLIST_STREAM,
+    IDENTIFIER_BLOCKED,
+};
+use patron_domain::identifier::{Identifier, IdentifierKind};
 use patron_domain::identity::IdentityView;
 use patron_domain::privacy::CustomerKey;
 use patron_domain::{
     EventId, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent, StreamAppend, StreamId,
     StreamVersion,
 };
-use patron_projections::holdings::Holdings;
 use patron_projections::profile::Profile;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub mod command;
 pub mod dry_run;
+pub mod index;
 
 use crate::ingest::{sealed, Ingestor};
 use crate::privacy::{Opener, PrivacyFailure};
@@ -51,12 +53,10 @@ const BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
 /// Why a correction was refused.
 #[derive(Debug, Error)]
 pub enum CorrectionError {
-    /// No customer has this id.
-    #[error("no customer {0}")]
-    UnknownCustomer(CustomerId),
-    /// The customer was erased; there is nothing left to correct.
-    #[error("customer {0} was erased")]
-    Erased(CustomerId),
+    /// The customer refused the correction (unknown, erased, an identifier held by another
+    /// customer or by nobody, a blocked value).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The customer changed since the version the operator saw.
     #[error(
         "customer {customer} changed meanwhile: expected version {expected}, it is at {actual}; \
@@ -77,30 +77,6 @@ pub enum CorrectionError {
         kind: String,
         /// Why.
         reason: String,
-    },
-    /// An identifier given is held by another customer than the one named.
-    #[error("the {kind} identifier given is held by customer {holder}, not by {customer}")]
-    HeldByOther {
-        /// Its kind.
-        kind: String,
-        /// Who holds it.
-        holder: CustomerId,
-        /// The customer named.
-        customer: CustomerId,
-    },
-    /// An identifier given is held by nobody.
-    #[error("the {kind} identifier given is held by nobody, not by {customer}")]
-    NotHeld {
-        /// Its kind.
-        kind: String,
-        /// The customer named.
-        customer: CustomerId,
-    },
-    /// The identifier is blocked and cannot be linked.
-    #[error("the {kind} identifier given is blocked: it links no customer")]
-    Blocked {
-        /// Its kind.
-        kind: String,
     },
     /// The customers changed again and again while the correction was decided.
     #[error("{} kept changing while the correction was decided; try again", .customer.map_or_else(|| "the identity graph".to_owned(), |c| format!("customer {c}")))]
@@ -129,13 +105,9 @@ impl CorrectionError {
     /// A stable, machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::UnknownCustomer(_) => "UNKNOWN_CUSTOMER",
-            Self::Erased(_) => "CUSTOMER_ERASED",
+            Self::Refused(refusal) => refusal.code(),
             Self::Conflict { .. } => "VERSION_CONFLICT",
             Self::InvalidIdentifier { .. } => "INVALID_IDENTIFIER",
-            Self::HeldByOther { .. } => "IDENTIFIER_HELD_BY_OTHER",
-            Self::NotHeld { .. } => "IDENTIFIER_NOT_HELD",
-            Self::Blocked { .. } => "IDENTIFIER_BLOCKED",
             Self::MissingReason => "REASON_REQUIRED",
             Self::Busy { .. } => "BUSY",
             Self::NothingToSplit => "EMPTY_SPLIT",
@@ -203,12 +175,92 @@ struct Plan {
     guard: Option<(Identifier, Option<CustomerId>)>,
 }
 
-/// A touchpoint a customer owns, with the pseudonyms it carried and linked.
-struct Owned {
-    position: Position,
-    stream: CustomerId,
-    carried: BTreeSet<Identifier>,
-    linked: BTreeSet<Identifier>,
+impl Plan {
+    /// The plan with the outcome it gives, deciding for `customer` (whose version the operator
+    /// may have named).
+    fn named(mut self, customer: CustomerId, outcome: Outcome) -> Self {
+        self.named = Some(customer);
+        self.outcome = outcome;
+        self
+    }
+
+    /// The plan, checking again under the write lock that `holder` holds `identifier`.
+    fn guarded(mut self, identifier: Identifier, holder: Option<CustomerId>) -> Self {
+        self.guard = Some((identifier, holder));
+        self
+    }
+}
+
+/// How much of a customer a decision reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Depth {
+    /// Its holdings and whether it was erased: enough to merge, link and unlink.
+    Head,
+    /// Also the identifiers it holds and the touchpoints it owns: to split and undo merges.
+    Full,
+}
+
+/// The facts `command` gives `customer`, handled as a cqrs-es aggregate.
+async fn decided(customer: &mut Customer, command: CustomerCommand) -> Result<Vec<CustomerFact>> {
+    let sink = EventSink::default();
+    customer.handle(command, &(), &sink).await?;
+    Ok(sink.collect().await)
+}
+
+/// The separation a fact appends on another customer's stream.
+fn elsewhere(fact: &CustomerFact) -> Option<&Separation> {
+    match fact {
+        CustomerFact::Elsewhere { fact, .. } => match fact.as_ref() {
+            CustomerFact::Restored(separation) | CustomerFact::SplitOff(separation) => {
+                Some(separation)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The outcome of a separation moving `moved` touchpoints.
+fn moved_outcome(
+    note: String,
+    customers: Vec<CustomerId>,
+    separation: &Separation,
+    moved: usize,
+) -> Outcome {
+    Outcome {
+        applied: true,
+        note,
+        customers,
+        touchpoints_moved: moved,
+        identifiers_moved: separation.identifiers.len(),
+        kept: separation.kept.clone(),
+        position: None,
+    }
+}
+
+/// A decided fact as the event stored for it, its personal members sealed with `key`.
+fn seal(fact: &CustomerFact, key: &CustomerKey) -> Result<NewEvent> {
+    let event_type = fact.event_type();
+    Ok(match fact {
+        CustomerFact::Merged(merged) => {
+            sealed(&event_type, merged, &["evidence"], key)?.with_id(merged.cause)
+        }
+        CustomerFact::MergedInto(merged) => sealed(&event_type, merged, &["evidence"], key)?,
+        CustomerFact::MergeUndone(separation)
+        | CustomerFact::Restored(separation)
+        | CustomerFact::Split(separation)
+        | CustomerFact::SplitOff(separation) => {
+            sealed(&event_type, separation, &["identifiers"], key)?
+        }
+        CustomerFact::Linked(linked) => sealed(&event_type, linked, &["identifier"], key)?,
+        CustomerFact::Unlinked(unlinked) => sealed(&event_type, unlinked, &["identifier"], key)?,
+        CustomerFact::Touchpoint(_) | CustomerFact::Erased(_) | CustomerFact::Elsewhere { .. } => {
+            return Err(StoreError::Abandoned {
+                reason: format!("a correction does not write {event_type} events"),
+            }
+            .into())
+        }
+    })
 }
 
 /// The identifiers of an opened touchpoint.
@@ -250,6 +302,32 @@ impl Corrector {
         self.ingestor.store()
     }
 
+    /// Applies `correction` for `request`'s operator: the one entry every door (the GraphQL
+    /// API, `patron correct`, the review queue's accept) goes through.
+    pub async fn correct(&self, correction: Correction, request: &Request) -> Result<Outcome> {
+        match correction {
+            Correction::Merge { survivor, absorbed } => {
+                self.merge(survivor, absorbed, request).await
+            }
+            Correction::UndoMerge { customer } => self.undo_merge(customer, request).await,
+            Correction::Split {
+                customer,
+                identifiers,
+            } => self.split(customer, &identifiers, request).await,
+            Correction::Link {
+                customer,
+                kind,
+                value,
+            } => self.link(customer, &kind, &value, request).await,
+            Correction::Unlink {
+                customer,
+                kind,
+                value,
+            } => self.unlink(customer, &kind, &value, request).await,
+            Correction::Block { kind, value } => self.block(&kind, &value, request).await,
+        }
+    }
+
     /// Merges `absorbed` into `survivor` by hand.
     #[tracing::instrument(name = "correction.merge", skip(self, request), fields(actor = %request.actor))]
     pub async fn merge(
@@ -261,60 +339,35 @@ impl Corrector {
         self.run(request, || async move {
             let survivor = self.live(survivor).await?;
             let absorbed = self.live(absorbed).await?;
-            if survivor == absorbed {
-                return Ok(Err(Outcome::unchanged(
+            let unchanged = || {
+                Ok(Err(Outcome::unchanged(
                     format!("{survivor} and {absorbed} are one customer already"),
                     vec![survivor],
-                )));
+                )))
+            };
+            if survivor == absorbed {
+                return unchanged();
             }
-            let versions = self
-                .versions(&[survivor, absorbed], request.expected_version)
-                .await?;
-            let keys = self.keys(&[survivor, absorbed]).await?;
-            let cause = EventId::new();
-            let rules_version = self.ingestor.rules().version();
-            let on_survivor = sealed(
-                CUSTOMER_MERGED,
-                &CustomerMerged {
-                    absorbed,
-                    evidence: vec![],
-                    cause,
-                    rules_version,
-                },
-                &["evidence"],
-                &keys[&survivor],
-            )?
-            .with_id(cause);
-            let on_absorbed = sealed(
-                CUSTOMER_MERGED_INTO,
-                &CustomerMergedInto {
-                    survivor,
-                    evidence: vec![],
-                    cause,
-                    rules_version,
-                },
-                &["evidence"],
-                &keys[&absorbed],
-            )?;
-            let metadata = metadata(request, cause);
-            Ok(Ok(Plan {
-                named: Some(survivor),
-                guard: None,
-                appends: vec![
-                    append(survivor, versions[0], on_survivor, &metadata),
-                    append(absorbed, versions[1], on_absorbed, &metadata),
-                ],
-                changes: IdentityChanges {
-                    merges: vec![(absorbed, survivor)],
-                    ..IdentityChanges::default()
-                },
-                outcome: Outcome {
-                    applied: true,
-                    note: format!("{absorbed} merged into {survivor}"),
-                    customers: vec![survivor],
-                    ..Outcome::default()
-                },
-            }))
+            let versions = self.versions(&[survivor, absorbed]).await?;
+            let mut customer = self.load(survivor, Depth::Head).await?;
+            let command = CustomerCommand::Merge {
+                survivor,
+                absorbed,
+                cause: EventId::new(),
+                rules_version: self.ingestor.rules().version(),
+            };
+            let facts = decided(&mut customer, command).await?;
+            if facts.is_empty() {
+                return unchanged();
+            }
+            let outcome = Outcome {
+                applied: true,
+                note: format!("{absorbed} merged into {survivor}"),
+                customers: vec![survivor],
+                ..Outcome::default()
+            };
+            let plan = self.plan(survivor, facts, versions, None, request).await?;
+            Ok(Ok(plan.named(survivor, outcome)))
         })
         .await
     }
@@ -326,141 +379,104 @@ impl Corrector {
     pub async fn undo_merge(&self, absorbed: CustomerId, request: &Request) -> Result<Outcome> {
         self.run(request, || async move {
             let live = self.live(absorbed).await?;
-            if live == absorbed {
-                return Ok(Err(Outcome::unchanged(
+            let unchanged = || {
+                Ok(Err(Outcome::unchanged(
                     format!("{absorbed} is not merged into another customer: nothing to undo"),
                     vec![absorbed],
-                )));
-            }
-            let versions = self
-                .versions(&[live, absorbed], request.expected_version)
-                .await?;
-            let profiles = self.profiles(&[live, absorbed]).await?;
-            let giver = profiles.get(&live).cloned().unwrap_or_default();
-            let theirs = profiles.get(&absorbed).cloned().unwrap_or_default();
-            // The part takes its own stream and those merged into it before that still live on
-            // in the giver.
-            let mut streams = vec![absorbed];
-            for member in &theirs.holdings.streams {
-                if giver.holdings.streams.contains(member) && self.live(*member).await? == live {
-                    streams.push(*member);
-                }
-            }
-            let owned = self.owned(live, &giver.holdings).await?;
-            let held: BTreeSet<Identifier> =
-                self.store().held_by(live).await?.into_iter().collect();
-            let owned_positions: BTreeSet<Position> = owned.iter().map(|o| o.position).collect();
-            let mut on_streams = BTreeSet::new();
-            // What gave the part identifiers and took them away, in log order.
-            let mut changes: Vec<(Position, bool, Vec<Identifier>)> = Vec::new();
-            for stream in &streams {
-                let events = self
-                    .store()
-                    .read_stream(&stream.stream_id(), 1, usize::MAX)
-                    .await?;
-                on_streams.extend(
-                    events
-                        .iter()
-                        .filter(|e| is_touchpoint(&e.event_type))
-                        .map(|e| e.position),
-                );
-                for event in self.opener.open(events).await? {
-                    let given = if is_touchpoint(&event.event_type) {
-                        self.linked_by(&event)
-                    } else {
-                        hand_given(&event)
-                    };
-                    changes.push((event.position, true, given));
-                    changes.push((event.position, false, taken_away(&event)));
-                }
-            }
-            // What the part owned when it was merged, and the giver still owns.
-            let part: BTreeSet<Position> = owned
-                .iter()
-                .filter(|o| {
-                    (streams.contains(&o.stream) && theirs.holdings.keeps(o.position))
-                        || theirs.holdings.moved_in.contains(&o.position)
-                })
-                .map(|o| o.position)
-                .collect();
-            for o in owned
-                .iter()
-                .filter(|o| part.contains(&o.position) && !streams.contains(&o.stream))
-            {
-                changes.push((o.position, true, o.linked.iter().cloned().collect()));
-            }
-            changes.sort_by_key(|(position, _, _)| *position);
-            let mut theirs_claimed: BTreeSet<Identifier> = BTreeSet::new();
-            for (_, given, identifiers) in changes {
-                for identifier in identifiers {
-                    if given {
-                        theirs_claimed.insert(identifier);
-                    } else {
-                        theirs_claimed.remove(&identifier);
-                    }
-                }
-            }
-            let identifiers: BTreeSet<Identifier> =
-                theirs_claimed.intersection(&held).cloned().collect();
-            let decision = self.divide(&owned, &held, identifiers, part, |o| {
-                !streams.contains(&o.stream)
-            });
-            // Touchpoints on the part's streams that do not go with it: the giver keeps those
-            // it owns; others belong to third customers already.
-            let excluded: Vec<Position> = on_streams.difference(&decision.going).copied().collect();
-            let giver_keeps: Vec<Position> = excluded
-                .iter()
-                .copied()
-                .filter(|p| owned_positions.contains(p))
-                .collect();
-            let released: Vec<Position> = on_streams
-                .intersection(&decision.going)
-                .copied()
-                .filter(|p| giver.holdings.moved_in.contains(p))
-                .collect();
-            let keys = self.keys(&[live, absorbed]).await?;
-            let separation = Separation {
-                other: absorbed,
-                streams: streams.clone(),
-                touchpoints: decision.moved_elsewhere.clone(),
-                excluded: giver_keeps,
-                released,
-                kept: decision.kept.clone(),
-                identifiers: decision.identifiers.iter().cloned().collect(),
+                )))
             };
-            let on_giver = sealed(MERGE_UNDONE, &separation, &["identifiers"], &keys[&live])?;
-            let on_part = sealed(
-                CUSTOMER_RESTORED,
-                &Separation {
-                    other: live,
-                    excluded,
-                    released: vec![],
-                    ..separation.clone()
-                },
-                &["identifiers"],
-                &keys[&absorbed],
-            )?;
-            let metadata = metadata(request, on_giver.event_id());
-            let members: Vec<CustomerId> = streams[1..].to_vec();
-            Ok(Ok(Plan {
-                named: Some(live),
-                guard: None,
-                appends: vec![
-                    append(live, versions[0], on_giver, &metadata),
-                    append(absorbed, versions[1], on_part, &metadata),
-                ],
-                changes: IdentityChanges {
-                    restored: vec![(absorbed, members)],
-                    holders: decision.holders(absorbed),
-                    ..IdentityChanges::default()
-                },
-                outcome: decision.outcome(
-                    format!("the merge of {absorbed} into {live} is undone"),
-                    vec![live, absorbed],
-                ),
-            }))
+            if live == absorbed {
+                return unchanged();
+            }
+            let versions = self.versions(&[live, absorbed]).await?;
+            let mut giver = self.load(live, Depth::Full).await?;
+            let part = self.part_record(live, absorbed, &giver).await?;
+            let on_streams = part.on_streams.len();
+            let command = CustomerCommand::UndoMerge {
+                giver: live,
+                part,
+                core: self.core_kinds(),
+            };
+            let facts = decided(&mut giver, command).await?;
+            let (Some(CustomerFact::MergeUndone(separation)), Some(restored)) =
+                (facts.first(), facts.get(1).and_then(elsewhere))
+            else {
+                return unchanged();
+            };
+            // The touchpoints that go: those it takes from outside its streams, and those on
+            // its streams it does not leave out.
+            let moved = separation.touchpoints.len() + on_streams - restored.excluded.len();
+            let outcome = moved_outcome(
+                format!("the merge of {absorbed} into {live} is undone"),
+                vec![live, absorbed],
+                separation,
+                moved,
+            );
+            let plan = self.plan(live, facts, versions, None, request).await?;
+            Ok(Ok(plan.named(live, outcome)))
         })
         .await
+    }
+
+    /// The customer `absorbed`, merged into `live`, as its streams record it: what an undone
+    /// merge gives back.
+    async fn part_record(
+        &self,
+        live: CustomerId,
+        absorbed: CustomerId,
+        giver: &Customer,
+    ) -> Result<PartRecord> {
+        let profiles = self.profiles(&[absorbed]).await?;
+        let theirs = profiles
+            .get(&absorbed)
+            .map(|p| p.holdings.clone())
+            .unwrap_or_default();
+        // The part takes its own stream and those merged into it before that still live on in
+        // the giver.
+        let mut streams = vec![absorbed];
+        for member in &theirs.streams {
+            if giver.holdings().streams.contains(member) && self.live(*member).await? == live {
+                streams.push(*member);
+            }
+        }
+        let mut on_streams = BTreeSet::new();
+        let mut claims = Vec::new();
+        for stream in &streams {
+            let events = self
+                .store()
+                .read_stream(&stream.stream_id(), 1, usize::MAX)
+                .await?;
+            on_streams.extend(
+                events
+                    .iter()
+                    .filter(|e| is_touchpoint(&e.event_type))
+                    .map(|e| e.position),
+            );
+            for event in self.opener.open(events).await? {
+                let given = if is_touchpoint(&event.event_type) {
+                    self.linked_by(&event)
+                } else {
+                    hand_given(&event)
+                };
+                claims.push(Claim {
+                    position: event.position,
+                    given: true,
+                    identifiers: given,
+                });
+                claims.push(Claim {
+                    position: event.position,
+                    given: false,
+                    identifiers: taken_away(&event),
+                });
+            }
+        }
+        Ok(PartRecord {
+            absorbed,
+            streams,
+            holdings: theirs,
+            on_streams,
+            claims,
+        })
     }
 
     /// Splits `identifiers` (kind, raw value) off `customer` into a new customer, with the
@@ -513,102 +529,52 @@ impl Corrector {
             let exact = exact.clone();
             async move {
                 let live = self.live(customer).await?;
+                let versions = self.versions(&[live]).await?;
+                let mut giver = self.load(live, Depth::Full).await?;
+                let mut holders = Vec::with_capacity(chosen.len());
+                for identifier in chosen {
+                    let holder = if giver.held().contains(&identifier) {
+                        Some(live)
+                    } else {
+                        self.store().holder(&identifier).await?
+                    };
+                    holders.push((identifier, holder));
+                }
                 let part = CustomerId::new();
-                let held: BTreeSet<Identifier> =
-                    self.store().held_by(live).await?.into_iter().collect();
-                let taken: BTreeSet<Identifier> = chosen
-                    .iter()
-                    .filter(|i| held.contains(*i))
-                    .cloned()
-                    .collect();
-                if taken.is_empty() && exact.is_none() {
-                    // Split already, or never held: either way there is nothing to move.
-                    return Ok(Err(Outcome::unchanged(
-                        format!("{live} holds none of the identifiers given: nothing to split"),
-                        vec![live],
-                    )));
-                }
-                if let Some(id) = chosen.iter().find(|i| !held.contains(*i)) {
-                    return Err(match self.store().holder(id).await? {
-                        Some(holder) => CorrectionError::HeldByOther {
-                            kind: id.kind.to_string(),
-                            holder,
-                            customer: live,
-                        },
-                        None => CorrectionError::NotHeld {
-                            kind: id.kind.to_string(),
-                            customer: live,
-                        },
-                    });
-                }
-                let versions = self.versions(&[live], request.expected_version).await?;
-                let profiles = self.profiles(&[live]).await?;
-                let giver = profiles.get(&live).cloned().unwrap_or_default();
-                let owned = self.owned(live, &giver.holdings).await?;
-                let decision = match exact {
-                    None => self.divide(&owned, &held, taken, BTreeSet::new(), |_| true),
-                    Some(positions) => {
-                        let going: BTreeSet<Position> = owned
-                            .iter()
-                            .map(|o| o.position)
-                            .filter(|p| positions.contains(p))
-                            .collect();
-                        if going.is_empty() {
-                            return Ok(Err(Outcome::unchanged(
-                                format!(
-                                    "{live} owns none of the touchpoints given: nothing to split"
-                                ),
-                                vec![live],
-                            )));
-                        }
-                        Division {
-                            moved: going.len(),
-                            moved_elsewhere: going.iter().copied().collect(),
-                            going,
-                            kept: vec![],
-                            identifiers: taken,
-                        }
-                    }
+                let note = if exact.is_some() {
+                    format!("{live} owns none of the touchpoints given: nothing to split")
+                } else {
+                    format!("{live} holds none of the identifiers given: nothing to split")
                 };
-                let keys = self.keys(&[live]).await?;
-                let (part_key, wrapped) = self.ingestor.master_key().new_customer_key();
-                let separation = Separation {
-                    other: part,
-                    streams: vec![],
-                    touchpoints: decision.moved_elsewhere.clone(),
-                    excluded: vec![],
-                    released: vec![],
-                    kept: decision.kept.clone(),
-                    identifiers: decision.identifiers.iter().cloned().collect(),
+                let command = match exact {
+                    None => CustomerCommand::Split {
+                        customer: live,
+                        part,
+                        identifiers: holders,
+                        core: self.core_kinds(),
+                    },
+                    Some(positions) => CustomerCommand::SplitExactly {
+                        customer: live,
+                        part,
+                        positions,
+                        identifiers: holders,
+                    },
                 };
-                let on_giver = sealed(CUSTOMER_SPLIT, &separation, &["identifiers"], &keys[&live])?;
-                let on_part = sealed(
-                    CUSTOMER_SPLIT_OFF,
-                    &Separation {
-                        other: live,
-                        ..separation.clone()
-                    },
-                    &["identifiers"],
-                    &part_key,
-                )?;
-                let metadata = metadata(request, on_giver.event_id());
-                Ok(Ok(Plan {
-                    named: Some(live),
-                    guard: None,
-                    appends: vec![
-                        append(live, versions[0], on_giver, &metadata),
-                        append(part, 0, on_part, &metadata),
-                    ],
-                    changes: IdentityChanges {
-                        holders: decision.holders(part),
-                        new_keys: vec![(part, wrapped)],
-                        ..IdentityChanges::default()
-                    },
-                    outcome: decision.outcome(
-                        format!("split off {live} into the new customer {part}"),
-                        vec![live, part],
-                    ),
-                }))
+                let facts = decided(&mut giver, command).await?;
+                let Some(CustomerFact::Split(separation)) = facts.first() else {
+                    return Ok(Err(Outcome::unchanged(note, vec![live])));
+                };
+                let outcome = moved_outcome(
+                    format!("split off {live} into the new customer {part}"),
+                    vec![live, part],
+                    separation,
+                    separation.touchpoints.len(),
+                );
+                let made = self.ingestor.master_key().new_customer_key();
+                let plan = self
+                    .plan(live, facts, versions, Some((part, made)), request)
+                    .await?;
+                Ok(Ok(plan.named(live, outcome)))
             }
         })
         .await
@@ -625,69 +591,41 @@ impl Corrector {
         request: &Request,
     ) -> Result<Outcome> {
         let identifier = self.pseudonym(kind, raw)?;
-        if self.store().is_blocked(&identifier).await? {
-            return Err(CorrectionError::Blocked {
-                kind: kind.to_owned(),
-            });
-        }
+        let blocked = self.store().is_blocked(&identifier).await?;
         self.run(request, || {
             let identifier = identifier.clone();
             async move {
                 let live = self.live(customer).await?;
                 let holder = self.store().holder(&identifier).await?;
-                if holder == Some(live) {
+                let mut customers = vec![live];
+                customers.extend(holder.filter(|h| *h != live));
+                let versions = self.versions(&customers).await?;
+                let mut linking = self.load(live, Depth::Head).await?;
+                let command = CustomerCommand::Link {
+                    customer: live,
+                    identifier: identifier.clone(),
+                    holder,
+                    blocked,
+                };
+                let facts = decided(&mut linking, command).await?;
+                if facts.is_empty() {
                     return Ok(Err(Outcome::unchanged(
                         format!("{live} holds the identifier already"),
                         vec![live],
                     )));
                 }
-                let mut customers = vec![live];
-                customers.extend(holder);
-                let versions = self.versions(&customers, request.expected_version).await?;
-                let keys = self.keys(&customers).await?;
-                let linked = sealed(
-                    IDENTIFIER_LINKED,
-                    &IdentifierLinked {
-                        identifier: identifier.clone(),
-                        from: holder,
+                let outcome = Outcome {
+                    applied: true,
+                    note: match holder {
+                        Some(holder) => format!("identifier moved from {holder} to {live}"),
+                        None => format!("identifier linked to {live}"),
                     },
-                    &["identifier"],
-                    &keys[&live],
-                )?;
-                let metadata = metadata(request, linked.event_id());
-                let mut appends = vec![append(live, versions[0], linked, &metadata)];
-                if let Some(holder) = holder {
-                    let unlinked = sealed(
-                        IDENTIFIER_UNLINKED,
-                        &IdentifierUnlinked {
-                            identifier: identifier.clone(),
-                            to: Some(live),
-                            blocked: false,
-                        },
-                        &["identifier"],
-                        &keys[&holder],
-                    )?;
-                    appends.push(append(holder, versions[1], unlinked, &metadata));
-                }
-                Ok(Ok(Plan {
-                    named: Some(live),
-                    guard: Some((identifier.clone(), holder)),
-                    appends,
-                    changes: IdentityChanges {
-                        holders: vec![(identifier, Some(live))],
-                        ..IdentityChanges::default()
-                    },
-                    outcome: Outcome {
-                        applied: true,
-                        note: match holder {
-                            Some(holder) => format!("identifier moved from {holder} to {live}"),
-                            None => format!("identifier linked to {live}"),
-                        },
-                        customers,
-                        identifiers_moved: 1,
-                        ..Outcome::default()
-                    },
-                }))
+                    customers,
+                    identifiers_moved: 1,
+                    ..Outcome::default()
+                };
+                let plan = self.plan(live, facts, versions, None, request).await?;
+                Ok(Ok(plan.named(live, outcome).guarded(identifier, holder)))
             }
         })
         .await
@@ -708,51 +646,31 @@ impl Corrector {
             let identifier = identifier.clone();
             async move {
                 let live = self.live(customer).await?;
-                match self.store().holder(&identifier).await? {
-                    None => {
-                        return Ok(Err(Outcome::unchanged(
-                            "nobody holds the identifier: nothing to unlink",
-                            vec![live],
-                        )))
-                    }
-                    Some(holder) if holder != live => {
-                        return Err(CorrectionError::HeldByOther {
-                            kind: kind.to_owned(),
-                            holder,
-                            customer: live,
-                        })
-                    }
-                    Some(_) => {}
+                let holder = self.store().holder(&identifier).await?;
+                let versions = self.versions(&[live]).await?;
+                let mut unlinking = self.load(live, Depth::Head).await?;
+                let command = CustomerCommand::Unlink {
+                    customer: live,
+                    identifier: identifier.clone(),
+                    holder,
+                    blocked: false,
+                };
+                let facts = decided(&mut unlinking, command).await?;
+                if facts.is_empty() {
+                    return Ok(Err(Outcome::unchanged(
+                        "nobody holds the identifier: nothing to unlink",
+                        vec![live],
+                    )));
                 }
-                let versions = self.versions(&[live], request.expected_version).await?;
-                let keys = self.keys(&[live]).await?;
-                let unlinked = sealed(
-                    IDENTIFIER_UNLINKED,
-                    &IdentifierUnlinked {
-                        identifier: identifier.clone(),
-                        to: None,
-                        blocked: false,
-                    },
-                    &["identifier"],
-                    &keys[&live],
-                )?;
-                let metadata = metadata(request, unlinked.event_id());
-                Ok(Ok(Plan {
-                    named: Some(live),
-                    guard: Some((identifier.clone(), Some(live))),
-                    appends: vec![append(live, versions[0], unlinked, &metadata)],
-                    changes: IdentityChanges {
-                        holders: vec![(identifier, None)],
-                        ..IdentityChanges::default()
-                    },
-                    outcome: Outcome {
-                        applied: true,
-                        note: format!("identifier unlinked from {live}"),
-                        customers: vec![live],
-                        identifiers_moved: 1,
-                        ..Outcome::default()
-                    },
-                }))
+                let outcome = Outcome {
+                    applied: true,
+                    note: format!("identifier unlinked from {live}"),
+                    customers: vec![live],
+                    identifiers_moved: 1,
+                    ..Outcome::default()
+                };
+                let plan = self.plan(live, facts, versions, None, request).await?;
+                Ok(Ok(plan.named(live, outcome).guarded(identifier, holder)))
             }
         })
         .await
@@ -787,7 +705,7 @@ impl Corrector {
             return Err(CorrectionError::MissingReason);
         }
         let identifier = match self.pseudonym(kind, raw) {
-            Err(CorrectionError::Blocked { .. }) => {
+            Err(CorrectionError::Refused(Refusal::Blocked { .. })) => {
                 return Ok(Outcome::unchanged(
                     "the identity rules block the value already",
                     vec![],
@@ -799,69 +717,196 @@ impl Corrector {
             let identifier = identifier.clone();
             async move {
                 let blocklist = blocklist_stream()?;
-                let (list, version) = self.blocklist(&blocklist).await?;
-                let decided = list.decide(BlocklistCommand::Block {
+                let (mut list, version) = self.blocklist(&blocklist).await?;
+                let sink = EventSink::default();
+                let command = BlocklistCommand::Block {
                     identifier: identifier.clone(),
-                });
-                let Some(BlocklistEvent::Blocked(blocked)) = decided.into_iter().next() else {
+                };
+                list.handle(command, &(), &sink)
+                    .await
+                    .unwrap_or_else(|never| match never {});
+                let Some(BlocklistEvent::Blocked(blocked)) = sink.collect().await.pop() else {
                     return Ok(Err(Outcome::unchanged(
                         "the identifier is blocked already",
                         vec![],
                     )));
                 };
-                let holder = self.store().holder(&identifier).await?;
                 let blocked = NewEvent::new(IDENTIFIER_BLOCKED, &blocked).map_err(|e| {
                     StoreError::Abandoned {
                         reason: format!("cannot encode {IDENTIFIER_BLOCKED}: {e}"),
                     }
                 })?;
-                let metadata = metadata(request, blocked.event_id());
-                let mut appends = vec![StreamAppend::new(
+                let correlation = blocked.event_id();
+                let on_blocklist = StreamAppend::new(
                     blocklist,
                     ExpectedVersion::Exact(version),
-                    vec![blocked.with_metadata(metadata.clone())],
-                )];
-                let mut changes = IdentityChanges {
-                    blocks: vec![identifier.clone()],
-                    ..IdentityChanges::default()
-                };
-                if let Some(holder) = holder {
-                    let versions = self.versions(&[holder], request.expected_version).await?;
-                    let keys = self.keys(&[holder]).await?;
-                    let unlinked = sealed(
-                        IDENTIFIER_UNLINKED,
-                        &IdentifierUnlinked {
+                    vec![blocked.with_metadata(metadata(request, correlation))],
+                );
+                let holder = self.store().holder(&identifier).await?;
+                let mut plan = match holder {
+                    Some(holder) => {
+                        let versions = self.versions(&[holder]).await?;
+                        let mut holding = self.load(holder, Depth::Head).await?;
+                        let command = CustomerCommand::Unlink {
+                            customer: holder,
                             identifier: identifier.clone(),
-                            to: None,
+                            holder: Some(holder),
                             blocked: true,
-                        },
-                        &["identifier"],
-                        &keys[&holder],
-                    )?;
-                    appends.push(append(holder, versions[0], unlinked, &metadata));
-                    changes.holders.push((identifier.clone(), None));
-                }
-                Ok(Ok(Plan {
-                    named: holder,
-                    guard: Some((identifier.clone(), holder)),
-                    appends,
-                    changes,
-                    outcome: Outcome {
-                        applied: true,
-                        note: match holder {
-                            Some(holder) => {
-                                format!("identifier blocked and unlinked from {holder}")
-                            }
-                            None => "identifier blocked".into(),
-                        },
-                        customers: holder.into_iter().collect(),
-                        identifiers_moved: usize::from(holder.is_some()),
-                        ..Outcome::default()
+                        };
+                        let facts = decided(&mut holding, command).await?;
+                        self.written(holder, facts, versions, None, request, Some(correlation))
+                            .await?
+                    }
+                    None => Plan::default(),
+                };
+                plan.appends.insert(0, on_blocklist);
+                plan.changes.blocks.push(identifier.clone());
+                plan.outcome = Outcome {
+                    applied: true,
+                    note: match holder {
+                        Some(holder) => format!("identifier blocked and unlinked from {holder}"),
+                        None => "identifier blocked".into(),
                     },
-                }))
+                    customers: holder.into_iter().collect(),
+                    identifiers_moved: usize::from(holder.is_some()),
+                    ..Outcome::default()
+                };
+                plan.named = holder;
+                Ok(Ok(plan.guarded(identifier, holder)))
             }
         })
         .await
+    }
+
+    /// What a decision of `customer` is made over: its holdings and whether it was erased,
+    /// and for [`Depth::Full`] the identifiers it holds and the touchpoints it owns.
+    async fn load(&self, customer: CustomerId, depth: Depth) -> Result<Customer> {
+        let profile = self
+            .profiles(&[customer])
+            .await?
+            .remove(&customer)
+            .unwrap_or_default();
+        let (held, owned) = match depth {
+            Depth::Head => (BTreeSet::new(), Vec::new()),
+            Depth::Full => (
+                self.store().held_by(customer).await?.into_iter().collect(),
+                self.owned(customer, &profile.holdings).await?,
+            ),
+        };
+        Ok(Customer::loaded(
+            held,
+            owned,
+            profile.holdings,
+            profile.erased,
+        ))
+    }
+
+    /// The identity rules' core kinds.
+    fn core_kinds(&self) -> BTreeSet<IdentifierKind> {
+        let rules = self.ingestor.rules();
+        rules
+            .kinds()
+            .map(|(kind, _)| kind)
+            .filter(|kind| rules.is_core(kind))
+            .cloned()
+            .collect()
+    }
+
+    /// The plan writing `facts`, decided by `decider`, with the identity index changes they
+    /// imply; `made` is a customer the decision makes, with its new key.
+    async fn plan(
+        &self,
+        decider: CustomerId,
+        facts: Vec<CustomerFact>,
+        versions: HashMap<CustomerId, StreamVersion>,
+        made: Option<(CustomerId, (CustomerKey, Vec<u8>))>,
+        request: &Request,
+    ) -> Result<Plan> {
+        self.written(decider, facts, versions, made, request, None)
+            .await
+    }
+
+    /// Each fact sealed with its customer's key, on its customer's stream at the version in
+    /// `versions` (0 for the customer `made`), under one correlation id (the first event's,
+    /// unless given); and the index changes the facts imply.
+    async fn written(
+        &self,
+        decider: CustomerId,
+        facts: Vec<CustomerFact>,
+        mut versions: HashMap<CustomerId, StreamVersion>,
+        made: Option<(CustomerId, (CustomerKey, Vec<u8>))>,
+        request: &Request,
+        correlation: Option<EventId>,
+    ) -> Result<Plan> {
+        let placed: Vec<(CustomerId, CustomerFact)> = facts
+            .into_iter()
+            .map(|fact| match fact {
+                CustomerFact::Elsewhere { customer, fact } => (customer, *fact),
+                fact => (decider, fact),
+            })
+            .collect();
+        let mut changes = IdentityChanges::default();
+        for (customer, fact) in &placed {
+            for change in fact.index_changes(*customer) {
+                match change {
+                    IndexChange::Merge { absorbed, survivor } => {
+                        changes.merges.push((absorbed, survivor));
+                    }
+                    IndexChange::Restore { customer, members } => {
+                        changes.restored.push((customer, members));
+                    }
+                    IndexChange::Hold { identifier, holder } => {
+                        changes.holders.push((identifier, holder));
+                    }
+                }
+            }
+        }
+        if let (Some(expected), Some(&actual)) = (request.expected_version, versions.get(&decider))
+        {
+            if expected != actual {
+                return Err(CorrectionError::Conflict {
+                    customer: decider,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        let existing: Vec<CustomerId> = versions.keys().copied().collect();
+        let mut keys = self.keys(&existing).await?;
+        if let Some((part, (key, wrapped))) = made {
+            keys.insert(part, key);
+            versions.insert(part, 0);
+            changes.new_keys.push((part, wrapped));
+        }
+        let mut events = Vec::with_capacity(placed.len());
+        for (customer, fact) in &placed {
+            let (Some(key), Some(version)) = (keys.get(customer), versions.get(customer)) else {
+                return Err(StoreError::Abandoned {
+                    reason: format!("a correction decided an event for {customer}, not loaded"),
+                }
+                .into());
+            };
+            events.push((*customer, *version, seal(fact, key)?));
+        }
+        let correlation = correlation
+            .or_else(|| events.first().map(|(_, _, e)| e.event_id()))
+            .unwrap_or_default();
+        let metadata = metadata(request, correlation);
+        let appends = events
+            .into_iter()
+            .map(|(customer, version, event)| {
+                StreamAppend::new(
+                    customer.stream_id(),
+                    ExpectedVersion::Exact(version),
+                    vec![event.with_metadata(metadata.clone())],
+                )
+            })
+            .collect();
+        Ok(Plan {
+            appends,
+            changes,
+            ..Plan::default()
+        })
     }
 
     /// Why an identifier (kind, raw value) belongs to the customer holding it: the event that
@@ -872,7 +917,7 @@ impl Corrector {
     pub async fn explain(&self, kind: &str, raw: &str) -> Result<Explanation> {
         let identifier = match self.pseudonym(kind, raw) {
             Ok(identifier) => identifier,
-            Err(CorrectionError::Blocked { .. }) => {
+            Err(CorrectionError::Refused(Refusal::Blocked { .. })) => {
                 return Ok(Explanation {
                     blocked: true,
                     ..Explanation::default()
@@ -1052,38 +1097,29 @@ impl Corrector {
     async fn live(&self, customer: CustomerId) -> Result<CustomerId> {
         let live = self.store().live_customer(customer).await?;
         if self.store().stream_version(&live.stream_id()).await? == 0 {
-            return Err(CorrectionError::UnknownCustomer(customer));
+            return Err(CorrectionError::Refused(Refusal::Unknown(customer)));
         }
         let profiles = self.profiles(&[live]).await?;
         if profiles.get(&live).is_some_and(|p| p.erased) {
-            return Err(CorrectionError::Erased(customer));
+            return Err(CorrectionError::Refused(Refusal::Erased(customer)));
         }
         Ok(live)
     }
 
-    /// The stream versions of `customers`; the first must be at `expected`, when given.
+    /// The stream versions of `customers`, once the profiles have seen every event of them.
     async fn versions(
         &self,
         customers: &[CustomerId],
-        expected: Option<StreamVersion>,
-    ) -> Result<Vec<StreamVersion>> {
-        let mut versions = Vec::with_capacity(customers.len());
+    ) -> Result<HashMap<CustomerId, StreamVersion>> {
+        let mut versions = HashMap::with_capacity(customers.len());
         for customer in customers {
-            versions.push(self.store().stream_version(&customer.stream_id()).await?);
-        }
-        if let (Some(expected), Some(&actual)) = (expected, versions.first()) {
-            if expected != actual {
-                return Err(CorrectionError::Conflict {
-                    customer: customers[0],
-                    expected,
-                    actual,
-                });
-            }
+            let version = self.store().stream_version(&customer.stream_id()).await?;
+            versions.insert(*customer, version);
         }
         // The decision reads the profiles' holdings: they must have seen every event of these
         // streams, or another correction committed in between and the decision is made again.
         let checkpoint = self.store().checkpoint(PROFILES).await?;
-        for (customer, version) in customers.iter().zip(&versions) {
+        for (customer, version) in &versions {
             if *version == 0 {
                 continue;
             }
@@ -1124,7 +1160,7 @@ impl Corrector {
         for customer in customers {
             let wrapped = wrapped
                 .get(customer)
-                .ok_or(CorrectionError::Erased(*customer))?;
+                .ok_or(CorrectionError::Refused(Refusal::Erased(*customer)))?;
             let key = self
                 .ingestor
                 .master_key()
@@ -1159,15 +1195,20 @@ impl Corrector {
             }
         })?;
         if self.ingestor.rules().is_blocked(&identifier) {
-            return Err(CorrectionError::Blocked {
+            return Err(Refusal::Blocked {
                 kind: kind.to_owned(),
-            });
+            }
+            .into());
         }
         Ok(self.ingestor.pseudonym(&identifier))
     }
 
     /// The touchpoints `customer` owns, with the pseudonyms each carried and linked.
-    async fn owned(&self, customer: CustomerId, holdings: &Holdings) -> Result<Vec<Owned>> {
+    async fn owned(
+        &self,
+        customer: CustomerId,
+        holdings: &Holdings,
+    ) -> Result<Vec<OwnedTouchpoint>> {
         let events = self
             .store()
             .owned_touchpoints(customer, holdings, Position::MAX)
@@ -1197,7 +1238,7 @@ impl Corrector {
                     }
                     None => (BTreeSet::new(), BTreeSet::new()),
                 };
-                Owned {
+                OwnedTouchpoint {
                     position: event.position,
                     stream: CustomerId::from_stream(&event.stream_id).unwrap_or(customer),
                     carried,
@@ -1209,77 +1250,23 @@ impl Corrector {
 
     /// The pseudonyms an opened touchpoint linked to its customer.
     fn linked_by(&self, event: &RecordedEvent) -> Vec<Identifier> {
-        let Ok(carried) = serde_json::from_str::<Carried>(&event.payload) else {
-            return vec![];
-        };
-        carried
-            .resolution
-            .map(|r| r.linked)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|i| carried.identifiers.get(i))
-            .map(|i| self.ingestor.pseudonym(i))
-            .collect()
+        linked_by(&self.ingestor, event)
     }
+}
 
-    /// Divides a customer's touchpoints and identifiers between it and a part taking
-    /// `identifiers` and the touchpoints in `part`: a touchpoint that carried a taken
-    /// identifier goes too, unless it also carried a core identifier that stays (then it
-    /// stays, and is reported as kept); an identifier such a touchpoint linked goes with it
-    /// unless a touchpoint that stays carried it too. The touchpoints in `part` go whatever
-    /// they carried, and take no identifiers along. `outside` says which moved
-    /// touchpoints the part does not get through its streams.
-    fn divide(
-        &self,
-        owned: &[Owned],
-        held: &BTreeSet<Identifier>,
-        mut identifiers: BTreeSet<Identifier>,
-        part: BTreeSet<Position>,
-        outside: impl Fn(&Owned) -> bool,
-    ) -> Division {
-        let rules = self.ingestor.rules();
-        let core_staying: BTreeSet<&Identifier> = held
-            .iter()
-            .filter(|i| !identifiers.contains(*i) && rules.is_core(&i.kind))
-            .collect();
-        let mut kept = Vec::new();
-        let mut going: BTreeSet<Position> = part.clone();
-        for o in owned {
-            if going.contains(&o.position) || !o.carried.iter().any(|i| identifiers.contains(i)) {
-                continue;
-            }
-            if o.carried.iter().any(|i| core_staying.contains(i)) {
-                kept.push(o.position);
-            } else {
-                going.insert(o.position);
-            }
-        }
-        let staying_carried: BTreeSet<&Identifier> = owned
-            .iter()
-            .filter(|o| !going.contains(&o.position))
-            .flat_map(|o| o.carried.iter())
-            .collect();
-        let followers: Vec<Identifier> = owned
-            .iter()
-            .filter(|o| going.contains(&o.position) && !part.contains(&o.position))
-            .flat_map(|o| o.linked.iter())
-            .filter(|i| held.contains(*i) && !staying_carried.contains(*i))
-            .cloned()
-            .collect();
-        identifiers.extend(followers);
-        let moved_elsewhere: Vec<Position> = owned
-            .iter()
-            .filter(|o| going.contains(&o.position) && outside(o))
-            .map(|o| o.position)
-            .collect();
-        Division {
-            moved: going.len(),
-            going,
-            moved_elsewhere,
-            kept,
-            identifiers,
-        }
-    }
+/// The pseudonyms an opened touchpoint linked to its customer.
+fn linked_by(ingestor: &Ingestor, event: &RecordedEvent) -> Vec<Identifier> {
+    let Ok(carried) = serde_json::from_str::<Carried>(&event.payload) else {
+        return vec![];
+    };
+    carried
+        .resolution
+        .map(|r| r.linked)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| carried.identifiers.get(i))
+        .map(|i| ingestor.pseudonym(i))
+        .collect()
 }
 
 /// Why an identifier belongs to a customer.
@@ -1347,43 +1334,6 @@ impl Step {
     }
 }
 
-/// How [`Corrector::divide`] divided a customer.
-struct Division {
-    /// Touchpoints going to the part.
-    moved: usize,
-    /// Their positions.
-    going: BTreeSet<Position>,
-    /// Those of them not on the part's streams.
-    moved_elsewhere: Vec<Position>,
-    /// Touchpoints that carried identifiers of both sides and stay.
-    kept: Vec<Position>,
-    /// The pseudonyms going to the part.
-    identifiers: BTreeSet<Identifier>,
-}
-
-impl Division {
-    /// The identity index changes that give the part its identifiers.
-    fn holders(&self, part: CustomerId) -> Vec<(Identifier, Option<CustomerId>)> {
-        self.identifiers
-            .iter()
-            .map(|i| (i.clone(), Some(part)))
-            .collect()
-    }
-
-    /// The outcome of writing this division.
-    fn outcome(&self, note: String, customers: Vec<CustomerId>) -> Outcome {
-        Outcome {
-            applied: true,
-            note,
-            customers,
-            touchpoints_moved: self.moved,
-            identifiers_moved: self.identifiers.len(),
-            kept: self.kept.clone(),
-            position: None,
-        }
-    }
-}
-
 /// The pseudonyms an opened identity event gave its stream's customer by hand (links and
 /// the identifiers of a restoration or a split).
 fn hand_given(event: &RecordedEvent) -> Vec<Identifier> {
@@ -1428,20 +1378,6 @@ fn metadata(request: &Request, correlation: EventId) -> Metadata {
         correlation_id: Some(correlation.as_uuid()),
         ..Metadata::default()
     }
-}
-
-/// One event for a customer's stream, which must be at `version`.
-fn append(
-    customer: CustomerId,
-    version: StreamVersion,
-    event: NewEvent,
-    metadata: &Metadata,
-) -> StreamAppend {
-    StreamAppend::new(
-        customer.stream_id(),
-        ExpectedVersion::Exact(version),
-        vec![event.with_metadata(metadata.clone())],
-    )
 }
 
 /// Two customers in id order: the key of a pair.

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use patron_domain::customer::CustomerId;
 use patron_graphql::backend::{
-    Bucket, Change, CorrectionAsk, CorrectionRecord, CustomerPage, CustomerRecord, CustomerSort,
+    Bucket, Change, Correction, CorrectionRecord, CustomerPage, CustomerRecord, CustomerSort,
     Dimension, ErasureRecord, ExplanationRecord, ExplanationStepRecord, HistoryEvent, IngestAnswer,
     MembershipChange, NewApiKey, PersonAsk, Purpose, QuarantineRecord, ScanRecord, Scores,
     SegmentRecord, SuggestionRecord,
@@ -696,7 +696,7 @@ impl Backend for StoreBackend {
     #[tracing::instrument(name = "api.correct", skip(self, ask, reason))]
     async fn correct(
         &self,
-        ask: CorrectionAsk,
+        ask: Correction,
         actor: &str,
         reason: &str,
         expected_version: Option<u64>,
@@ -706,30 +706,11 @@ impl Backend for StoreBackend {
             reason: reason.to_owned(),
             expected_version,
         };
-        let c = &self.corrector;
-        let id = CustomerId::from_uuid;
-        let outcome = match ask {
-            CorrectionAsk::Merge { survivor, absorbed } => {
-                c.merge(id(survivor), id(absorbed), &request).await
-            }
-            CorrectionAsk::UndoMerge { customer } => c.undo_merge(id(customer), &request).await,
-            CorrectionAsk::Split {
-                customer,
-                identifiers,
-            } => c.split(id(customer), &identifiers, &request).await,
-            CorrectionAsk::Link {
-                customer,
-                kind,
-                value,
-            } => c.link(id(customer), &kind, &value, &request).await,
-            CorrectionAsk::Unlink {
-                customer,
-                kind,
-                value,
-            } => c.unlink(id(customer), &kind, &value, &request).await,
-            CorrectionAsk::Block { kind, value } => c.block(&kind, &value, &request).await,
-        }
-        .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
+        let outcome = self
+            .corrector
+            .correct(ask, &request)
+            .await
+            .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
         Ok(correction_record(outcome))
     }
 

@@ -25,6 +25,20 @@ pub struct IdentitySnapshot {
     pub customer_keys: HashMap<CustomerId, Vec<u8>>,
 }
 
+/// The tables of the identity index, emptied when it is rebuilt from the log.
+pub(crate) const IDENTITY_TABLES: [&str; 3] =
+    ["identity_index", "customer_aliases", "blocked_identifiers"];
+
+/// The error of a rebuild whose fold the log moved past.
+pub(crate) fn moved_on(at: u64, now: u64) -> StoreError {
+    StoreError::Stale {
+        reason: format!(
+            "the log moved from position {at} to {now} while the identity index was folded; \
+             fold again"
+        ),
+    }
+}
+
 /// Changes to the identity index.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IdentityChanges {

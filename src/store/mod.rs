@@ -63,7 +63,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
-use patron_domain::customer::CustomerId;
+use patron_domain::customer::{CustomerId, IndexFold};
 use patron_domain::events::is_touchpoint;
 use patron_domain::identifier::{Identifier, IdentifierKind};
 use patron_domain::{
@@ -443,15 +443,7 @@ impl EventStore {
             Backend::Postgres(b) => b.held_by(customer).await?,
         };
         rows.into_iter()
-            .map(|(kind, value)| {
-                Ok(Identifier {
-                    kind: IdentifierKind::new(kind).map_err(|e| StoreError::Corrupt {
-                        position: 0,
-                        reason: format!("identity index: {e}"),
-                    })?,
-                    value,
-                })
-            })
+            .map(|(kind, value)| indexed(kind, value))
             .collect()
     }
 
@@ -501,6 +493,52 @@ impl EventStore {
             .into_iter()
             .map(|(a, s)| (CustomerId::from_uuid(a), CustomerId::from_uuid(s)))
             .collect())
+    }
+
+    /// Every pseudonym the identity index holds, with its holder.
+    pub async fn identity_index(&self) -> Result<Vec<(Identifier, CustomerId)>> {
+        let sql = "SELECT kind, pseudonym, customer_id FROM identity_index";
+        let rows: Vec<(String, String, Uuid)> = match &self.backend {
+            Backend::Sqlite(b) => sqlx::query_as(sql).fetch_all(b.reader()).await?,
+            Backend::Postgres(b) => sqlx::query_as(sql).fetch_all(b.pool()).await?,
+        };
+        rows.into_iter()
+            .map(|(kind, value, customer)| {
+                Ok((indexed(kind, value)?, CustomerId::from_uuid(customer)))
+            })
+            .collect()
+    }
+
+    /// Every pseudonym an operator blocked.
+    pub async fn blocked_identifiers(&self) -> Result<Vec<Identifier>> {
+        let sql = "SELECT kind, pseudonym FROM blocked_identifiers";
+        let rows: Vec<(String, String)> = match &self.backend {
+            Backend::Sqlite(b) => sqlx::query_as(sql).fetch_all(b.reader()).await?,
+            Backend::Postgres(b) => sqlx::query_as(sql).fetch_all(b.pool()).await?,
+        };
+        rows.into_iter()
+            .map(|(kind, value)| indexed(kind, value))
+            .collect()
+    }
+
+    /// Replaces the identity index (holders, aliases, blocked values) with `index`, folded from
+    /// the log up to position `at`; fails with [`StoreError::Stale`] if the log moved on since,
+    /// and writes nothing.
+    pub async fn replace_identity_index(&self, at: Position, index: &IndexFold) -> Result<()> {
+        let changes = IdentityChanges {
+            merges: index.aliases.iter().map(|(a, s)| (*a, *s)).collect(),
+            links: index
+                .holders
+                .iter()
+                .map(|(identifier, holder)| (identifier.clone(), *holder))
+                .collect(),
+            blocks: index.blocked.iter().cloned().collect(),
+            ..IdentityChanges::default()
+        };
+        match &self.backend {
+            Backend::Sqlite(b) => b.replace_identity_index(at, &changes).await,
+            Backend::Postgres(b) => b.replace_identity_index(at, &changes).await,
+        }
     }
 
     /// Counts of the identity tables: live customers holding an identifier, merged customers,
@@ -706,6 +744,17 @@ fn to_u64(value: i64, position: i64, what: &str) -> Result<u64> {
 /// Converts a position or version to the database's integer type.
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A pseudonym as the identity tables hold it: its kind's name and its value.
+fn indexed(kind: String, value: String) -> Result<Identifier> {
+    Ok(Identifier {
+        kind: IdentifierKind::new(kind).map_err(|e| StoreError::Corrupt {
+            position: 0,
+            reason: format!("identity index: {e}"),
+        })?,
+        value,
+    })
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use uuid::Uuid;
 
 use super::error::{Result, StoreError};
 use super::identity::{
-    graph_of, shredded_payload, Erasure, IdentityChanges, IdentityCommit, IdentitySnapshot,
-    QuarantinedRecord,
+    graph_of, moved_on, shredded_payload, Erasure, IdentityChanges, IdentityCommit,
+    IdentitySnapshot, QuarantinedRecord, IDENTITY_TABLES,
 };
 use super::plan::{self, StreamState};
 use super::{to_i64, to_u64, AppendOutcome, EventRef};
@@ -929,6 +929,26 @@ impl PostgresLog {
             .fetch_one(&self.pool)
             .await?;
         Ok(value)
+    }
+
+    pub(crate) async fn replace_identity_index(
+        &self,
+        at: Position,
+        changes: &IdentityChanges,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let now = lock_head(&mut tx).await?;
+        if now != at {
+            return Err(moved_on(at, now));
+        }
+        for table in IDENTITY_TABLES {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        write_identity_changes(&mut tx, changes).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub(crate) async fn aliases(&self) -> Result<Vec<(Uuid, Uuid)>> {

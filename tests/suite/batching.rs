@@ -16,7 +16,7 @@ use patron::projection::ProfileProjection;
 use patron::server::{Metrics, StoreBackend};
 use patron_domain::identity::IdentityRules;
 use patron_graphql::backend::{
-    Bucket, Change, CorrectionAsk, CorrectionRecord, CustomerPage, CustomerRecord, CustomerSort,
+    Bucket, Change, Correction, CorrectionRecord, CustomerPage, CustomerRecord, CustomerSort,
     Dimension, ErasureRecord, ExplanationRecord, HistoryEvent, IngestAnswer, NewApiKey, PersonAsk,
     Purpose, QuarantineRecord, SegmentRecord,
 };
@@ -81,7 +81,7 @@ impl Backend for Counting {
     }
     async fn correct(
         &self,
-        ask: CorrectionAsk,
+        ask: Correction,
         actor: &str,
         reason: &str,
         expected_version: Option<u64>,

@@ -306,6 +306,13 @@ async fn an_erased_customer_is_gone_from_every_table_and_the_file(t: &TestStore)
         .unwrap();
     let newcomer = customer_of(&again.records[0]);
     assert_ne!(newcomer, li);
+    // The identity index is still the fold of the log: the erased customer's events no
+    // longer open, and the erasure took back what they gave.
+    let report = patron::correction::index::verify(&ing, 3, |_, _| {})
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.identifiers > 0, "{report:?}");
     assert!(matches!(
         erase(&ing, CustomerId::new(), "dpo", "no such person")
             .await

@@ -62,8 +62,8 @@ pub(crate) const STANDING_SQL: &str = "SELECT s.recency_days, s.frequency, s.mon
      FROM (SELECT 1) LEFT JOIN customer_scores s ON s.customer_id = ?1";
 use super::error::{Result, StoreError};
 use super::identity::{
-    graph_of, shredded_payload, Erasure, IdentityChanges, IdentityCommit, IdentitySnapshot,
-    QuarantinedRecord,
+    graph_of, moved_on, shredded_payload, Erasure, IdentityChanges, IdentityCommit,
+    IdentitySnapshot, QuarantinedRecord, IDENTITY_TABLES,
 };
 use super::plan::{self, StreamState};
 use super::{to_i64, to_u64, AppendOutcome, EventRef};
@@ -1366,6 +1366,30 @@ impl SqliteLog {
             self.empty_wal().await;
         }
         Ok(done.rows_affected())
+    }
+
+    pub(crate) async fn replace_identity_index(
+        &self,
+        at: Position,
+        changes: &IdentityChanges,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        {
+            let mut handle = tx.lock_handle().await?;
+            let db = RawDb::new(&mut handle);
+            blocking(|| -> Result<()> {
+                let now = head(&db)?;
+                if now != at {
+                    return Err(moved_on(at, now));
+                }
+                for table in IDENTITY_TABLES {
+                    db.prepare(&format!("DELETE FROM {table}"))?.step()?;
+                }
+                write_identity_changes(&db, changes)
+            })?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub(crate) async fn aliases(&self) -> Result<Vec<(Uuid, Uuid)>> {

@@ -1,4 +1,6 @@
-//! The customer: one person, known by the identifiers resolved to them.
+//! The customer: one person, known by the identifiers resolved to them. Its id, what it is
+//! made of ([`holdings`]), and the customer aggregate ([`Customer`]) that decides identity
+//! corrections by pure code over what it holds.
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,6 +9,22 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event_log::StreamId;
+
+mod aggregate;
+mod correction;
+mod division;
+pub mod holdings;
+mod index;
+#[cfg(test)]
+mod tests;
+
+pub use aggregate::{
+    Claim, Customer, CustomerCommand, CustomerFact, IndexChange, OwnedTouchpoint, PartRecord,
+    Refusal,
+};
+pub use correction::Correction;
+pub use holdings::Holdings;
+pub use index::IndexFold;
 
 /// A customer's id. Time-ordered (UUIDv7): of two customers, the one with the smaller id was
 /// created first, which decides who survives a merge.
