@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, OwnedRwLockReadGuard, RwLock};
 
-use crate::projection::{live_profiles, ProjectionError, PROFILES};
+use crate::projection::{
+    live_profiles, Announcer, ProfileObserver, ProfileProjection, ProjectionError, PROFILES,
+};
 use crate::store::projection::ProfileTable;
 use crate::store::scores::ScoreRow;
 use crate::store::EventStore;
@@ -263,22 +265,32 @@ impl ResidentPopulation {
                 .filter(|e| e.position <= checkpoint)
                 .collect();
             let customers: Vec<CustomerId> = touched(&events)?.into_iter().collect();
-            let mut profiles = HashMap::with_capacity(customers.len());
-            for (customer, state) in self
+            let profiles = self
                 .store
-                .load_profiles(ProfileTable::Live, &customers)
-                .await?
-            {
-                let profile: Profile =
-                    serde_json::from_str(&state).map_err(|e| ProjectionError::Row {
-                        customer,
-                        reason: e.to_string(),
-                    })?;
-                profiles.insert(customer, profile);
-            }
+                .profiles_of(ProfileTable::Live, &customers)
+                .await?;
             at = last.min(checkpoint);
             population.apply(&profiles, at);
         }
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ProfileObserver for ResidentPopulation {
+    async fn committed(
+        &self,
+        profiles: &HashMap<CustomerId, Profile>,
+        position: Position,
+        _: &Announcer<'_>,
+    ) {
+        self.apply(profiles, position).await;
+    }
+}
+
+impl ProfileProjection {
+    /// Keeps `population` current with each committed batch of live profiles.
+    pub fn with_population(self, population: Arc<ResidentPopulation>) -> Self {
+        self.observed_by(population)
     }
 }

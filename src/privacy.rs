@@ -14,12 +14,10 @@ use patron_domain::identifier::Identifier;
 use patron_domain::privacy::{open_payload, CustomerKey, MasterKey, PrivacyError};
 use patron_domain::{Metadata, NewEvent, Position, RecordedEvent};
 use patron_projections::holdings::Holdings;
-use patron_projections::profile::Profile;
 use serde_json::Value;
 use thiserror::Error;
 
 use crate::ingest::Ingestor;
-use crate::store::projection::ProfileTable;
 use crate::store::{Erasure, EventStore, StoreError};
 
 /// What went wrong opening events or erasing a customer.
@@ -120,14 +118,13 @@ impl Opener {
     /// What a live customer holds besides its own stream, as its profile knows it: the
     /// streams merged into it and the touchpoints corrections moved in or out.
     async fn holdings(&self, live: CustomerId) -> Result<Holdings, PrivacyFailure> {
-        Ok(self
-            .store
-            .load_profiles(ProfileTable::Live, &[live])
-            .await?
-            .remove(&live)
-            .and_then(|state| serde_json::from_str::<Profile>(&state).ok())
-            .map(|p| p.holdings)
-            .unwrap_or_default())
+        match self.store.live_profile(live).await {
+            Ok(profile) => Ok(profile.map(|p| p.holdings).unwrap_or_default()),
+            // A profile that does not read holds nothing known; a store that does not answer
+            // is an error.
+            Err(StoreError::UnreadableProfile { .. }) => Ok(Holdings::default()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The opened events of a live customer with `holdings`, in log order.

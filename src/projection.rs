@@ -19,7 +19,6 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::broadcast;
 
-use crate::population::ResidentPopulation;
 use crate::store::projection::{ProfileRow, ProfileTable};
 
 use crate::store::{EventStore, StoreError};
@@ -153,14 +152,6 @@ pub enum ProjectionError {
     /// An event does not read as the projection expects.
     #[error(transparent)]
     Fold(#[from] FoldError),
-    /// A stored row does not read as a profile.
-    #[error("the stored profile of {customer} is unreadable: {reason}")]
-    Row {
-        /// Whose.
-        customer: CustomerId,
-        /// Why.
-        reason: String,
-    },
     /// Another rebuild moved the rebuild checkpoint.
     #[error("another rebuild of {0} is running")]
     ConcurrentRebuild(&'static str),
@@ -183,7 +174,6 @@ impl ProjectionError {
         match self {
             Self::Store(e) => e.code(),
             Self::Fold(_) => "UNREADABLE_EVENT",
-            Self::Row { .. } => "UNREADABLE_ROW",
             Self::ConcurrentRebuild(_) => "REBUILD_RUNNING",
             Self::NewerFold { .. } => "NEWER_FOLD",
         }
@@ -210,13 +200,49 @@ pub struct Lag {
 pub struct ProfileProjection {
     store: EventStore,
     batch: usize,
-    /// When set, the saved segments' memberships of the customers each batch touches are kept
-    /// current, counting spend in this currency.
-    segments: Option<String>,
     /// Where profile updates and membership changes are announced, if anywhere.
     announce: Option<broadcast::Sender<Announcement>>,
-    /// A resident population kept current with the live profiles, if any.
-    population: Option<Arc<ResidentPopulation>>,
+    /// Told after each committed batch of live profiles, in the order they were added.
+    observers: Vec<Arc<dyn ProfileObserver>>,
+}
+
+/// What keeps itself current with the live profiles (the resident population, segment
+/// judging): told after each batch of live profiles is committed. The projection knows
+/// observers only by this trait.
+#[async_trait::async_trait]
+pub trait ProfileObserver: Send + Sync + std::fmt::Debug {
+    /// `profiles` (every customer the batch touched, merged-away ones included) were committed
+    /// up to `position`; `announce` reaches the subscribers. The rows are committed whatever
+    /// happens here: an observer that fails logs it and catches up later.
+    async fn committed(
+        &self,
+        profiles: &HashMap<CustomerId, Profile>,
+        position: Position,
+        announce: &Announcer<'_>,
+    );
+
+    /// Brings what this observer keeps up to date with `profiles` as they are now, for a
+    /// caller that answers with it (a correction answers with memberships): another instance
+    /// of the projection may have committed the batch and not yet told its own observers. By
+    /// default nothing.
+    async fn settle(&self, profiles: &HashMap<CustomerId, Profile>, announce: &Announcer<'_>) {
+        let _ = (profiles, announce);
+    }
+}
+
+/// Sends announcements to the subscribers, if any listen.
+pub struct Announcer<'a>(Option<&'a broadcast::Sender<Announcement>>);
+
+impl Announcer<'_> {
+    /// Sends `announcements` if anyone listens.
+    pub fn send(&self, announcements: impl IntoIterator<Item = Announcement>) {
+        if let Some(sender) = self.0.filter(|s| s.receiver_count() > 0) {
+            for announcement in announcements {
+                // No receiver left: nothing to do.
+                let _ = sender.send(announcement);
+            }
+        }
+    }
 }
 
 /// What the live projection announces after each committed batch (subscriptions read it).
@@ -248,15 +274,36 @@ impl ProfileProjection {
         Self {
             store,
             batch: batch.max(1),
-            segments: None,
             announce: None,
-            population: None,
+            observers: Vec::new(),
         }
     }
 
-    /// Keeps `population` current with each committed batch of live profiles.
-    pub fn with_population(mut self, population: Arc<ResidentPopulation>) -> Self {
-        self.population = Some(population);
+    /// Has the observers settle `customers` as their live profiles are now
+    /// ([`ProfileObserver::settle`]).
+    pub async fn settle(&self, customers: &[CustomerId]) -> Result<(), ProjectionError> {
+        if self.observers.is_empty() || customers.is_empty() {
+            return Ok(());
+        }
+        let profiles = self
+            .store
+            .profiles_of(ProfileTable::Live, customers)
+            .await?;
+        let announcer = self.announcer();
+        for observer in &self.observers {
+            observer.settle(&profiles, &announcer).await;
+        }
+        Ok(())
+    }
+
+    /// The store it reads and writes.
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// Tells `observer` of each committed batch of live profiles, after those added before.
+    pub fn observed_by(mut self, observer: Arc<dyn ProfileObserver>) -> Self {
+        self.observers.push(observer);
         self
     }
 
@@ -266,21 +313,9 @@ impl ProfileProjection {
         self
     }
 
-    /// Sends `announcements` if anyone listens.
-    fn announce(&self, announcements: impl IntoIterator<Item = Announcement>) {
-        if let Some(sender) = self.announce.as_ref().filter(|s| s.receiver_count() > 0) {
-            for announcement in announcements {
-                // No receiver left: nothing to do.
-                let _ = sender.send(announcement);
-            }
-        }
-    }
-
-    /// Also keeps the saved segments' memberships of the customers each batch touches current
-    /// (spend counted in `currency`), as the server does.
-    pub fn with_segments(mut self, currency: impl Into<String>) -> Self {
-        self.segments = Some(currency.into());
-        self
+    /// The announcer of this projection's subscribers.
+    fn announcer(&self) -> Announcer<'_> {
+        Announcer(self.announce.as_ref())
     }
 
     /// Applies one batch after the checkpoint `name` to `table`; returns the position reached,
@@ -299,15 +334,8 @@ impl ProfileProjection {
             };
             tracing::Span::current().record("events", events.len());
             let touched: Vec<CustomerId> = profile::touched(&events)?.into_iter().collect();
-            let stored = self.store.load_profiles(table, &touched).await?;
-            let mut profiles: HashMap<CustomerId, Profile> = HashMap::with_capacity(touched.len());
-            for (customer, state) in stored {
-                let profile = serde_json::from_str(&state).map_err(|e| ProjectionError::Row {
-                    customer,
-                    reason: e.to_string(),
-                })?;
-                profiles.insert(customer, profile);
-            }
+            let mut profiles: HashMap<CustomerId, Profile> =
+                self.store.profiles_of(table, &touched).await?;
             let refolds = profile::fold(&mut profiles, &events)?;
             for customer in refolds {
                 if let Some(profile) = profiles.get_mut(&customer) {
@@ -325,7 +353,7 @@ impl ProfileProjection {
                         customer: *customer,
                         merged_into: profile.merged_into,
                         state: serde_json::to_string(profile).map_err(|e| {
-                            ProjectionError::Row {
+                            StoreError::UnreadableProfile {
                                 customer: *customer,
                                 reason: e.to_string(),
                             }
@@ -338,11 +366,14 @@ impl ProfileProjection {
                 .commit_rows(name, table, from, last, &rows)
                 .await?
             {
-                if let (ProfileTable::Live, Some(population)) = (table, &self.population) {
-                    population.apply(&profiles, last).await;
-                }
                 if table == ProfileTable::Live {
-                    self.announce(
+                    // The observers first: a subscriber told of an update reads a resident
+                    // population and memberships that have it.
+                    let announcer = self.announcer();
+                    for observer in &self.observers {
+                        observer.committed(&profiles, last, &announcer).await;
+                    }
+                    announcer.send(
                         profiles
                             .iter()
                             .filter(|(_, p)| p.merged_into.is_none())
@@ -351,26 +382,6 @@ impl ProfileProjection {
                                 position: last,
                             }),
                     );
-                }
-                if let (ProfileTable::Live, Some(currency)) = (table, &self.segments) {
-                    // The rows are committed; a membership update that fails is made good by
-                    // the next refresh.
-                    let at = Utc::now();
-                    match crate::segmentation::follow_changes(&self.store, &profiles, currency, at)
-                        .await
-                    {
-                        Ok(changes) => {
-                            self.announce(changes.into_iter().map(|c| Announcement::Membership {
-                                segment: c.segment,
-                                customer: c.customer,
-                                entered: c.entered,
-                                at,
-                            }))
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "segment memberships not updated for a batch")
-                        }
-                    }
                 }
                 return Ok(Some(last));
             }
@@ -563,19 +574,7 @@ impl ProfileProjection {
     /// The live profile of a customer (a merged id reads its survivor's), if it has one.
     pub async fn profile(&self, customer: CustomerId) -> Result<Option<Profile>, ProjectionError> {
         let live = self.store.live_customer(customer).await?;
-        let stored = self
-            .store
-            .load_profiles(ProfileTable::Live, &[live])
-            .await?;
-        stored
-            .get(&live)
-            .map(|state| {
-                serde_json::from_str(state).map_err(|e| ProjectionError::Row {
-                    customer: live,
-                    reason: e.to_string(),
-                })
-            })
-            .transpose()
+        Ok(self.store.live_profile(live).await?)
     }
 }
 
@@ -584,17 +583,9 @@ pub async fn live_profiles(
     store: &EventStore,
 ) -> Result<Vec<(CustomerId, Profile)>, ProjectionError> {
     let mut profiles = Vec::new();
-    for row in store.all_profiles(ProfileTable::Live).await? {
-        if row.merged_into.is_some() {
-            continue;
-        }
-        let profile: Profile =
-            serde_json::from_str(&row.state).map_err(|e| ProjectionError::Row {
-                customer: row.customer,
-                reason: e.to_string(),
-            })?;
-        if !profile.erased {
-            profiles.push((row.customer, profile));
+    for (customer, merged_into, profile) in store.read_all_profiles(ProfileTable::Live).await? {
+        if merged_into.is_none() && !profile.erased {
+            profiles.push((customer, profile));
         }
     }
     Ok(profiles)

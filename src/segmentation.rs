@@ -13,7 +13,9 @@ use patron_projections::segment::{Rule, RuleError, Subject};
 use serde::Serialize;
 
 use crate::population::Population;
-use crate::projection::ProjectionError;
+use crate::projection::{
+    Announcement, Announcer, ProfileObserver, ProfileProjection, ProjectionError,
+};
 use crate::store::segments::MembershipChange;
 use crate::store::EventStore;
 
@@ -192,4 +194,53 @@ pub async fn follow_changes(
             changes
         };
     Ok(store.judge_memberships(&customers, as_of, judge).await?)
+}
+
+/// Keeps the saved segments' memberships of the customers each batch of live profiles touches
+/// current, judging spend in its currency, and announces who entered and left.
+#[derive(Debug)]
+struct SegmentJudge {
+    store: EventStore,
+    currency: String,
+}
+
+#[async_trait::async_trait]
+impl ProfileObserver for SegmentJudge {
+    async fn committed(
+        &self,
+        profiles: &HashMap<CustomerId, Profile>,
+        _: patron_domain::Position,
+        announce: &Announcer<'_>,
+    ) {
+        self.settle(profiles, announce).await;
+    }
+
+    async fn settle(&self, profiles: &HashMap<CustomerId, Profile>, announce: &Announcer<'_>) {
+        // The rows are committed; a membership update that fails is made good by the next
+        // refresh.
+        let at = Utc::now();
+        match follow_changes(&self.store, profiles, &self.currency, at).await {
+            Ok(changes) => announce.send(changes.into_iter().map(|c| Announcement::Membership {
+                segment: c.segment,
+                customer: c.customer,
+                entered: c.entered,
+                at,
+            })),
+            Err(err) => {
+                tracing::warn!(error = %err, "segment memberships not updated for a batch")
+            }
+        }
+    }
+}
+
+impl ProfileProjection {
+    /// Also keeps the saved segments' memberships of the customers each batch touches current
+    /// (spend counted in `currency`), as the server does.
+    pub fn with_segments(self, currency: impl Into<String>) -> Self {
+        let judge = SegmentJudge {
+            store: self.store().clone(),
+            currency: currency.into(),
+        };
+        self.observed_by(std::sync::Arc::new(judge))
+    }
 }

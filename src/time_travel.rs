@@ -20,8 +20,7 @@ use patron_projections::profile::{self, Profile};
 use serde::Deserialize;
 
 use crate::projection::ProjectionError;
-use crate::store::projection::ProfileTable;
-use crate::store::EventStore;
+use crate::store::{EventStore, StoreError};
 
 /// The most streams one time-travel query reads (a customer, those merged with it and those
 /// separated from it, transitively).
@@ -132,14 +131,10 @@ async fn related_streams(
     let live = store.live_customer(customer).await?;
     queue.push_back(customer);
     queue.push_back(live);
-    if let Some(state) = store
-        .load_profiles(ProfileTable::Live, &[live])
-        .await?
-        .remove(&live)
-    {
-        if let Ok(profile) = serde_json::from_str::<Profile>(&state) {
-            queue.extend(profile.holdings.streams);
-        }
+    match store.live_profile(live).await {
+        Ok(Some(profile)) => queue.extend(profile.holdings.streams),
+        Ok(None) | Err(StoreError::UnreadableProfile { .. }) => {}
+        Err(e) => return Err(e.into()),
     }
     while let Some(next) = queue.pop_front() {
         if seen.len() >= MAX_STREAMS || !seen.insert(next) {

@@ -460,8 +460,6 @@ pub trait Backend: Send + Sync + 'static {
         person: PersonAsk,
         reason: &str,
     ) -> BackendResult<Value>;
-    /// The key a secret belongs to, unless unknown or revoked.
-    async fn authenticate(&self, secret: &str) -> BackendResult<Option<ApiKey>>;
     /// Creates an API key.
     async fn create_key(&self, name: &str, role: Role) -> BackendResult<NewApiKey>;
     /// Whether the key `id` exists and is not revoked.

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use patron_domain::customer::CustomerId;
-use patron_projections::profile::Profile;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -77,18 +76,13 @@ pub async fn run_corrections_bench(
         .await
         .context("cannot count the customers")?;
     let mut by_orders: Vec<(u64, CustomerId)> = Vec::new();
-    for row in store
-        .all_profiles(ProfileTable::Live)
+    for (customer, merged_into, profile) in store
+        .read_all_profiles(ProfileTable::Live)
         .await
         .context("cannot read the profiles")?
     {
-        if row.merged_into.is_some() {
-            continue;
-        }
-        let profile: Profile = serde_json::from_str(&row.state)
-            .with_context(|| format!("the profile of {} does not read", row.customer))?;
-        if !profile.erased {
-            by_orders.push((profile.orders, row.customer));
+        if merged_into.is_none() && !profile.erased {
+            by_orders.push((profile.orders, customer));
         }
     }
     by_orders.sort_by(|a, b| b.cmp(a));

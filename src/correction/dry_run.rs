@@ -30,7 +30,7 @@ use crate::privacy::Opener;
 use crate::projection::ProjectionError;
 use crate::store::projection::ProfileTable;
 use crate::store::segments::consented;
-use crate::store::EventStore;
+use crate::store::{EventStore, StoreError};
 
 /// Events read at a time.
 const BATCH: usize = 5_000;
@@ -558,11 +558,12 @@ pub(crate) async fn moved_touchpoints(
 ) -> Result<HashMap<Position, CustomerId>, ProjectionError> {
     let mut moved = HashMap::new();
     for row in store.all_profiles(ProfileTable::Live).await? {
+        // Only profiles holding moved touchpoints are read.
         if row.merged_into.is_some() || !row.state.contains("\"moved_in\"") {
             continue;
         }
         let profile: Profile =
-            serde_json::from_str(&row.state).map_err(|e| ProjectionError::Row {
+            serde_json::from_str(&row.state).map_err(|e| StoreError::UnreadableProfile {
                 customer: row.customer,
                 reason: e.to_string(),
             })?;

@@ -5,8 +5,9 @@
 //! commit), an erasure, a blocked value. [`fold`] reads the whole log in order, opens each
 //! event and folds it into an [`IndexFold`]; [`verify`] compares the fold with the index the
 //! store holds (`patron verify`), [`rebuild`] writes it in the index's place (`patron rebuild
-//! identity`). Events of erased customers no longer open: they give nothing, and their
-//! customer's erasure took from the index whatever they gave.
+//! identity`). Events of erased customers no longer open: what they gave their own customer,
+//! the erasure took back; what they gave another customer, the giving side's fact says too
+//! ([`CustomerFact::replayed_index_changes`]).
 
 use std::collections::BTreeMap;
 
@@ -95,23 +96,32 @@ fn fold_event(
             index.erase(live);
         }
         _ => {
-            let payload =
+            let payload: serde_json::Value =
                 serde_json::from_str(&event.payload).map_err(|e| StoreError::Corrupt {
                     position: event.position,
                     reason: format!("an {} event is not JSON: {e}", event.event_type),
                 })?;
+            let erased = payload.get("erased").and_then(|v| v.as_bool()) == Some(true);
             match CustomerEvent::decode(&event.event_type, payload) {
                 Ok(decoded) => {
                     for change in CustomerFact::of_event(decoded)
-                        .map(|fact| fact.index_changes(stream))
+                        .map(|fact| fact.replayed_index_changes(stream))
                         .unwrap_or_default()
                     {
                         index.apply(change);
                     }
                 }
-                // A sealed identifier of an erased customer: whatever it gave, the erasure
-                // took back.
-                Err(_) => folded.unreadable += 1,
+                // An identifier sealed with an erased customer's key: what it gave this
+                // customer, the erasure took back; what another customer received, that
+                // customer's own event says.
+                Err(_) if erased => folded.unreadable += 1,
+                Err(e) => {
+                    return Err(StoreError::Corrupt {
+                        position: event.position,
+                        reason: e.to_string(),
+                    }
+                    .into())
+                }
             }
         }
     }
@@ -177,6 +187,19 @@ pub async fn verify(
         .into_iter()
         .map(|i| (i, "blocked"))
         .collect();
+    // The tables must be those of the position folded: a write in between would show as a
+    // difference that is not one.
+    let head = store.head().await?;
+    if head != folded.position {
+        return Err(StoreError::Stale {
+            reason: format!(
+                "the log moved from position {} to {head} during the check; run it again, or \
+                 on a store nothing writes to",
+                folded.position
+            ),
+        }
+        .into());
+    }
     let index = &folded.index;
     let mut report = IndexReport {
         position: folded.position,

@@ -591,12 +591,20 @@ impl Corrector {
         request: &Request,
     ) -> Result<Outcome> {
         let identifier = self.pseudonym(kind, raw)?;
-        let blocked = self.store().is_blocked(&identifier).await?;
+        // A blocked value is refused before anything else is looked at.
+        if self.store().is_blocked(&identifier).await? {
+            return Err(Refusal::Blocked {
+                kind: kind.to_owned(),
+            }
+            .into());
+        }
         self.run(request, || {
             let identifier = identifier.clone();
             async move {
                 let live = self.live(customer).await?;
                 let holder = self.store().holder(&identifier).await?;
+                // Read again on every attempt: a block may have committed since.
+                let blocked = self.store().is_blocked(&identifier).await?;
                 let mut customers = vec![live];
                 customers.extend(holder.filter(|h| *h != live));
                 let versions = self.versions(&customers).await?;
@@ -1036,6 +1044,12 @@ impl Corrector {
                 .store()
                 .commit_identity(&[], &keys, &[], move |snapshot| {
                     if let Some((id, holder)) = &guard {
+                        if snapshot.graph.is_blocked(id) {
+                            // Blocked since the decision: decided again, and refused.
+                            return Err(StoreError::Stale {
+                                reason: format!("{} was blocked", id.kind),
+                            });
+                        }
                         if snapshot.graph.owner(id) != *holder {
                             // The identifier changed hands since the decision: not a version
                             // the operator named, so never VERSION_CONFLICT; decided again.
@@ -1057,7 +1071,14 @@ impl Corrector {
                     outcome.position = appended.events().map(|e| e.event_ref().position).max();
                     // Written: if the profiles cannot follow now, the projection catches up
                     // later; the correction stands either way.
-                    if let Err(e) = self.projection.catch_up().await {
+                    // Segment memberships are judged after a batch commits, by whichever
+                    // instance of the projection committed it: settled here, so the answer
+                    // has them.
+                    let caught_up = match self.projection.catch_up().await {
+                        Ok(_) => self.projection.settle(&outcome.customers).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = caught_up {
                         tracing::warn!(error = %e, "profiles not brought up to date after a correction");
                     }
                     return Ok(outcome);
@@ -1138,19 +1159,10 @@ impl Corrector {
 
     /// The live profiles of `customers` that have one.
     async fn profiles(&self, customers: &[CustomerId]) -> Result<HashMap<CustomerId, Profile>> {
-        let rows = self
+        Ok(self
             .store()
-            .load_profiles(ProfileTable::Live, customers)
-            .await?;
-        rows.into_iter()
-            .map(|(customer, state)| {
-                let profile = serde_json::from_str(&state).map_err(|e| ProjectionError::Row {
-                    customer,
-                    reason: e.to_string(),
-                })?;
-                Ok((customer, profile))
-            })
-            .collect()
+            .profiles_of(ProfileTable::Live, customers)
+            .await?)
     }
 
     /// The customer keys of `customers`, opened.

@@ -96,9 +96,9 @@ impl StoreBackend {
         let activity = ResidentActivity::new(long_reads);
         let currency = currency.into();
         let projection = ProfileProjection::new(store.clone(), CORRECTION_BATCH)
-            .with_segments(&currency)
             .with_announcements(announcements.clone())
-            .with_population(population.clone());
+            .with_population(population.clone())
+            .with_segments(&currency);
         let corrector = Corrector::new(commits.ingestor().clone(), projection.clone());
         let exporter = Exporter::new(commits.ingestor().clone(), projection);
         let reviewer = Reviewer::new(commits.ingestor().clone(), corrector.clone());
@@ -281,20 +281,14 @@ impl Backend for StoreBackend {
     async fn customers(&self, customers: &[Uuid]) -> BackendResult<HashMap<Uuid, CustomerRecord>> {
         let wanted = ids(customers);
         let (states, mut scores_of, mut tags, mut segments) = tokio::try_join!(
-            self.store.load_profiles(ProfileTable::Live, &wanted),
+            self.store.profiles_of(ProfileTable::Live, &wanted),
             self.store.scores_of(&wanted),
             self.store.tags_of_many(&wanted),
             self.store.memberships_of(&wanted),
         )
         .map_err(store_error)?;
         let mut found = HashMap::with_capacity(states.len());
-        for (customer, state) in states {
-            let profile: Profile = serde_json::from_str(&state).map_err(|e| {
-                BackendError::new(
-                    "CORRUPT_PROFILE",
-                    format!("customer {customer}: a stored profile does not read: {e}"),
-                )
-            })?;
+        for (customer, profile) in states {
             if profile.merged_into.is_some() {
                 continue;
             }
@@ -872,18 +866,6 @@ impl Backend for StoreBackend {
             .map_err(|e| BackendError::new(e.code(), e.to_string()))?;
         serde_json::to_value(&document)
             .map_err(|e| BackendError::new("INTERNAL", format!("the export does not encode: {e}")))
-    }
-
-    async fn authenticate(&self, secret: &str) -> BackendResult<Option<ApiKey>> {
-        match self
-            .store
-            .api_key_by_hash(&secret_hash(secret))
-            .await
-            .map_err(store_error)?
-        {
-            Some(stored) if stored.revoked_at.is_none() => Ok(Some(api_key(stored)?)),
-            _ => Ok(None),
-        }
     }
 
     async fn create_key(&self, name: &str, role: Role) -> BackendResult<NewApiKey> {

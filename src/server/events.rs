@@ -6,9 +6,9 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::web::Data;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
-use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::edge::{ApiError, Caller, Rest};
 use super::AppState;
 use crate::ingest::RecordOutcome;
 
@@ -31,7 +31,7 @@ pub struct EventsResponse {
 }
 
 fn error(status: actix_web::http::StatusCode, code: &str, message: String) -> HttpResponse {
-    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
+    ApiError::new(status, code, message).rest()
 }
 
 /// Why a body could not be split into records.
@@ -113,21 +113,17 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for RecordArrayVisitor<'a> {
 /// `POST /v1/events`.
 #[tracing::instrument(name = "http.post_events", skip_all, fields(bytes, key))]
 pub(crate) async fn post_events(
+    Caller(key, _): Caller<Rest>,
     state: Data<AppState>,
     request: HttpRequest,
     payload: actix_web::web::Payload,
 ) -> HttpResponse {
     use actix_web::http::StatusCode;
-    let secret = request
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(super::graphql::bearer);
-    match super::graphql::authenticate(&state.backend, secret).await {
-        Ok(key) if key.role.may_ingest() => {
+    match key {
+        key if key.role.may_ingest() => {
             tracing::Span::current().record("key", key.name.as_str());
         }
-        Ok(key) => {
+        key => {
             return error(
                 StatusCode::FORBIDDEN,
                 patron_graphql::codes::FORBIDDEN,
@@ -137,7 +133,6 @@ pub(crate) async fn post_events(
                 ),
             )
         }
-        Err(refusal) => return refusal.rest_response(),
     }
     let body = match super::read_body(payload, &request, state.body_timeout).await {
         Ok(body) => body,

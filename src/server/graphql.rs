@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::AUTHORIZATION;
+use actix_web::http::StatusCode;
 use actix_web::web::{Bytes, BytesMut, Data, Payload};
 use actix_web::{HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Item, Message, ProtocolError};
@@ -20,6 +21,7 @@ use patron_graphql::{codes, prepare, ApiKey, Backend, Loaders};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::edge::{authenticate, bearer, ApiError, Caller, Graphql};
 use super::AppState;
 
 /// The code of a request that is not a GraphQL document the schema can run (it does not
@@ -33,86 +35,6 @@ fn spawn(future: BoxFuture<'static, ()>) {
     tokio::spawn(future);
 }
 
-pub(crate) fn unauthenticated(message: &str) -> HttpResponse {
-    HttpResponse::Unauthorized()
-        .insert_header(("WWW-Authenticate", "Bearer"))
-        .json(json!({
-            "errors": [{"message": message, "extensions": {"code": codes::UNAUTHENTICATED}}]
-        }))
-}
-
-/// The secret of an `Authorization: Bearer <secret>` value.
-pub(crate) fn bearer(value: &str) -> Option<&str> {
-    let (scheme, secret) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| secret.trim())
-        .filter(|s| !s.is_empty())
-}
-
-/// Why a request was not let in.
-pub(crate) enum Refusal {
-    /// No key, or an unknown or revoked one: 401.
-    Unauthenticated(&'static str),
-    /// The keys could not be read: 503, with the store's code (details stay in the log).
-    Unavailable(String),
-}
-
-impl Refusal {
-    /// The HTTP answer.
-    pub(crate) fn response(&self) -> HttpResponse {
-        match self {
-            Self::Unauthenticated(message) => unauthenticated(message),
-            Self::Unavailable(code) => HttpResponse::ServiceUnavailable().json(json!({
-                "errors": [{"message": "the API key could not be checked; try again",
-                            "extensions": {"code": code}}]
-            })),
-        }
-    }
-
-    /// The answer in the shape of the REST endpoints' errors (`{"error": {"code", "message"}}`).
-    pub(crate) fn rest_response(&self) -> HttpResponse {
-        let (mut response, code) = match self {
-            Self::Unauthenticated(_) => {
-                let mut r = HttpResponse::Unauthorized();
-                r.insert_header(("WWW-Authenticate", "Bearer"));
-                (r, codes::UNAUTHENTICATED.to_owned())
-            }
-            Self::Unavailable(code) => (HttpResponse::ServiceUnavailable(), code.clone()),
-        };
-        response.json(json!({"error": {"code": code, "message": self.message()}}))
-    }
-
-    fn message(&self) -> String {
-        match self {
-            Self::Unauthenticated(message) => (*message).to_owned(),
-            Self::Unavailable(_) => "the API key could not be checked; try again".to_owned(),
-        }
-    }
-}
-
-/// The key a secret stands for, or why not.
-pub(crate) async fn authenticate(
-    backend: &Arc<dyn Backend>,
-    secret: Option<&str>,
-) -> Result<ApiKey, Refusal> {
-    let Some(secret) = secret else {
-        return Err(Refusal::Unauthenticated(
-            "an API key is required: send `Authorization: Bearer <key>`",
-        ));
-    };
-    match backend.authenticate(secret).await {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(Refusal::Unauthenticated(
-            "the API key is unknown or revoked",
-        )),
-        Err(e) => {
-            tracing::error!(error = %e, code = %e.code, "API keys could not be read");
-            Err(Refusal::Unavailable(e.code))
-        }
-    }
-}
-
 /// The most JSON values a `POST /graphql` body may hold, variables included (5,000 records of
 /// 40 values for the `ingest` mutation).
 pub const MAX_REQUEST_VALUES: usize = 200_000;
@@ -124,19 +46,11 @@ pub const MAX_QUERY_BYTES: usize = 64 * 1024;
 /// `POST /graphql`: a JSON body of at most [`super::MAX_BODY_BYTES`] (413 beyond).
 #[tracing::instrument(name = "http.graphql", skip_all, fields(key, operation, bytes))]
 pub(crate) async fn post(
+    Caller(key, _): Caller<Graphql>,
     state: Data<AppState>,
     http: HttpRequest,
     payload: Payload,
 ) -> HttpResponse {
-    let secret = http
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
-    let key = match authenticate(&state.backend, secret).await {
-        Ok(key) => key,
-        Err(refusal) => return refusal.response(),
-    };
     let span = tracing::Span::current();
     span.record("key", key.name.as_str());
     let body = match super::read_body(payload, &http, state.body_timeout).await {
@@ -148,34 +62,34 @@ pub(crate) async fn post(
     if let Err(crate::json_bound::JsonBoundError::TooManyValues(max)) =
         crate::json_bound::count_json_values(&body, MAX_REQUEST_VALUES)
     {
-        return HttpResponse::PayloadTooLarge().json(json!({
-            "errors": [{
-                "message": format!("the request holds more than {max} JSON values"),
-                "extensions": {"code": "TOO_MANY_VALUES"}
-            }]
-        }));
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TOO_MANY_VALUES",
+            format!("the request holds more than {max} JSON values"),
+        )
+        .graphql();
     }
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
-            return HttpResponse::BadRequest().json(json!({
-                "errors": [{
-                    "message": format!("the body is not a GraphQL request in JSON: {e}"),
-                    "extensions": {"code": "MALFORMED_REQUEST"}
-                }]
-            }))
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "MALFORMED_REQUEST",
+                format!("the body is not a GraphQL request in JSON: {e}"),
+            )
+            .graphql()
         }
     };
     if request.query.len() > MAX_QUERY_BYTES {
-        return HttpResponse::PayloadTooLarge().json(json!({
-            "errors": [{
-                "message": format!(
-                    "the query is {} bytes; a query may have at most {MAX_QUERY_BYTES}",
-                    request.query.len()
-                ),
-                "extensions": {"code": "QUERY_TOO_LARGE"}
-            }]
-        }));
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "QUERY_TOO_LARGE",
+            format!(
+                "the query is {} bytes; a query may have at most {MAX_QUERY_BYTES}",
+                request.query.len()
+            ),
+        )
+        .graphql();
     }
     if let Some(operation) = &request.operation_name {
         span.record("operation", operation.as_str());
@@ -206,12 +120,15 @@ pub(crate) async fn post(
             let response: GraphQLResponse = response.into();
             actix_web::Responder::respond_to(response, &http).map_into_boxed_body()
         }
-        Err(_) => HttpResponse::GatewayTimeout().json(json!({
-            "errors": [{
-                "message": format!("the request ran longer than {} s", REQUEST_TIMEOUT.as_secs()),
-                "extensions": {"code": "TIMEOUT"}
-            }]
-        })),
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "TIMEOUT",
+            format!(
+                "the request ran longer than {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        )
+        .graphql(),
     }
 }
 
@@ -409,11 +326,12 @@ pub(crate) async fn websocket(
                 .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok())
         });
     let Some(protocol) = protocol else {
-        return Ok(HttpResponse::BadRequest().json(json!({"error": {
-            "code": "UNSUPPORTED_PROTOCOL",
-            "message": "ask for the graphql-transport-ws or graphql-ws subprotocol \
-                        (Sec-WebSocket-Protocol)",
-        }})));
+        return Ok(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED_PROTOCOL",
+            "ask for the graphql-transport-ws or graphql-ws subprotocol (Sec-WebSocket-Protocol)",
+        )
+        .rest());
     };
     let header_secret = http
         .headers()
@@ -422,16 +340,20 @@ pub(crate) async fn websocket(
         .and_then(bearer)
         .map(str::to_owned);
     let too_many = |message: String| {
-        Ok(HttpResponse::TooManyRequests()
-            .json(json!({"error": {"code": "TOO_MANY_CONNECTIONS", "message": message}})))
+        Ok(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_CONNECTIONS",
+            message,
+        )
+        .rest())
     };
     // A key in the header is checked before the upgrade and the socket counted against it;
     // other sockets wait for their connection_init in the places of the unauthenticated.
     let mut handshake = Handshake::default();
     let pending = if header_secret.is_some() {
-        let key = match authenticate(&state.backend, header_secret.as_deref()).await {
+        let key = match authenticate(&state.store, header_secret.as_deref()).await {
             Ok(key) => key,
-            Err(refusal) => return Ok(refusal.rest_response()),
+            Err(refusal) => return Ok(refusal.rest()),
         };
         let Some(slot) = state.sockets.admit_key(key.id) else {
             return too_many(format!(
@@ -462,6 +384,7 @@ pub(crate) async fn websocket(
     let heard = Arc::new(Mutex::new(Instant::now()));
     let init = {
         let backend = state.backend.clone();
+        let store = state.store.clone();
         let sockets = state.sockets.clone();
         let handshake = handshake.clone();
         move |init: serde_json::Value| async move {
@@ -472,10 +395,10 @@ pub(crate) async fn websocket(
                 .and_then(bearer)
                 .map(str::to_owned);
             let secret = header_secret.or(from_init);
-            let key = authenticate(&backend, secret.as_deref())
+            let key = authenticate(&store, secret.as_deref())
                 .await
                 .map_err(|refusal| {
-                    patron_graphql::access::api_error(codes::UNAUTHENTICATED, refusal.message())
+                    patron_graphql::access::api_error(&refusal.code, refusal.message)
                 })?;
             if lock(&handshake).slot.is_some() {
                 // Counted against the header's key at the upgrade.

@@ -9,9 +9,11 @@
 //! server loses no accepted event.
 
 mod api;
+mod edge;
 pub(crate) mod events;
 mod graphql;
 mod health;
+mod housekeeping;
 mod metrics;
 pub(crate) mod segment;
 
@@ -30,10 +32,12 @@ use crate::analytics::{AnalyticsGate, AnalyticsLimits};
 use crate::ingest::{CommitQueue, IngestError, IngestReport, Ingestor, PreparedBatch};
 use crate::population::ResidentPopulation;
 use crate::projection::ProfileProjection;
+use crate::store::EventStore;
 use patron_projections::value::TierRules;
 
 pub use api::{new_secret, secret_hash, StoreBackend, ANNOUNCEMENT_BUFFER};
 pub use graphql::{SocketLimits, MAX_REQUEST_VALUES, MAX_SOCKET_MESSAGE_BYTES, REQUEST_TIMEOUT};
+pub use housekeeping::Housekeeping;
 pub use metrics::Metrics;
 
 /// Events the server's profile projection applies per batch.
@@ -60,6 +64,9 @@ pub struct ServerOptions {
     /// The currency revenue and value-tier rules are judged in: the scoring rules' (the same
     /// one the hourly segment refresh judges with, so memberships do not flip between the two).
     pub currency: String,
+    /// The hourly scoring, segment refresh and quarantine expiry, if the server does them
+    /// (`patron serve` does; tests and benchmarks leave them out).
+    pub housekeeping: Option<Housekeeping>,
 }
 
 impl Default for ServerOptions {
@@ -72,6 +79,7 @@ impl Default for ServerOptions {
             analytics: AnalyticsLimits::default(),
             lookup_budget: patron_graphql::loader::LookupAllowance::default(),
             currency: TierRules::default().currency,
+            housekeeping: None,
         }
     }
 }
@@ -94,6 +102,8 @@ pub struct Application {
     /// Reads the customers' activity for analytics into memory at start, so the first
     /// analytics request does not pay for it; stopped with the server.
     warm_up: StopOnDrop,
+    /// The hourly housekeeping, stopped with the server.
+    housekeeping: Vec<StopOnDrop>,
 }
 
 /// A background task stopped when its handle is dropped.
@@ -108,6 +118,8 @@ impl Drop for StopOnDrop {
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct AppState {
+    /// The store, for the API keys callers present.
+    pub store: EventStore,
     /// Commits the requests' batches, several requests per transaction when they arrive
     /// together.
     pub commits: CommitQueue,
@@ -142,8 +154,7 @@ pub(crate) async fn read_body(
 ) -> Result<web::Bytes, actix_web::HttpResponse> {
     use actix_web::http::StatusCode;
     let error = |status: StatusCode, code: &str, message: String| {
-        actix_web::HttpResponse::build(status)
-            .json(serde_json::json!({"error": {"code": code, "message": message}}))
+        edge::ApiError::new(status, code, message).rest()
     };
     let too_large = || {
         error(
@@ -281,12 +292,21 @@ impl Application {
         let (announcements, _) = broadcast::channel(ANNOUNCEMENT_BUFFER);
         let population = Arc::new(ResidentPopulation::new(ingestor.store().clone()));
         let live = ProfileProjection::new(ingestor.store().clone(), PROJECTION_BATCH)
-            .with_segments(currency.clone())
             .with_announcements(announcements.clone())
-            .with_population(population.clone());
+            .with_population(population.clone())
+            .with_segments(currency.clone());
         let projection = StopOnDrop(tokio::spawn(live.clone().follow()));
         let gate = AnalyticsGate::new(options.analytics);
         let metrics = Metrics::new(gate.clone()).map_err(std::io::Error::other)?;
+        let key_store = ingestor.store().clone();
+        let housekeeping = options
+            .housekeeping
+            .clone()
+            .map(|h| h.start(&key_store))
+            .unwrap_or_default()
+            .into_iter()
+            .map(StopOnDrop)
+            .collect();
         let commits = CommitQueue::start(ingestor);
         let store_backend = Arc::new(
             StoreBackend::new(
@@ -303,6 +323,7 @@ impl Application {
         let warm_up = StopOnDrop(tokio::spawn(async move { warming.warm_up().await }));
         let backend: Arc<dyn Backend> = store_backend;
         let state = Data::new(AppState {
+            store: key_store,
             commits,
             write_keys: options.write_keys,
             schema: patron_graphql::schema(backend.clone()),
@@ -365,6 +386,7 @@ impl Application {
             server,
             projection,
             warm_up,
+            housekeeping,
         })
     }
 
@@ -378,6 +400,7 @@ impl Application {
         let served = self.server.await;
         drop(self.projection);
         drop(self.warm_up);
+        drop(self.housekeeping);
         served
     }
 }

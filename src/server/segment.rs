@@ -27,8 +27,7 @@ use serde_json::value::RawValue;
 const MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x2f4b_9a61_0c3d_4e8f_a1b2_c3d4_e5f6_0718);
 
 fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status)
-        .json(json!({"success": false, "error": {"code": code, "message": message}}))
+    super::edge::ApiError::new(status, code, message).segment()
 }
 
 /// The write key of a request: the user name of its basic authorization.

@@ -61,6 +61,14 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A stored profile does not read as a profile.
+    #[error("the stored profile of {customer} is unreadable: {reason}")]
+    UnreadableProfile {
+        /// Whose.
+        customer: patron_domain::customer::CustomerId,
+        /// Why.
+        reason: String,
+    },
     /// What a decision read changed before its commit (an identifier changed hands); nothing
     /// was written: decide again.
     #[error("the decision is stale: {reason}; nothing was written, decide again")]
@@ -97,6 +105,7 @@ impl StoreError {
             Self::WriteRace { .. } => "WRITE_RACE",
             Self::Corrupt { .. } => "CORRUPT_EVENT",
             Self::Stale { .. } => "STALE_DECISION",
+            Self::UnreadableProfile { .. } => "UNREADABLE_ROW",
             Self::Abandoned { .. } => "COMMIT_ABANDONED",
             Self::Upcast(_) => "UPCAST_FAILED",
             Self::Database(_) => "DATABASE_ERROR",

@@ -25,6 +25,23 @@ macro_rules! writing {
     };
 }
 
+/// Runs `$body` with `$tx` bound to a new writing transaction on either backend (on SQLite it
+/// takes the write lock at once: `BEGIN IMMEDIATE`); `$body` commits it.
+macro_rules! transaction {
+    ($self:expr, $tx:ident => $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite(b) => {
+                let mut $tx = b.writer().begin_with("BEGIN IMMEDIATE").await?;
+                $body
+            }
+            Backend::Postgres(b) => {
+                let mut $tx = b.pool().begin().await?;
+                $body
+            }
+        }
+    };
+}
+
 /// Runs `$body` with `$pool` bound to a pool that reads (the reading pool of either backend, or
 /// the long-read pool for a handle from [`EventStore::long_reads`]).
 macro_rules! reading {
@@ -430,18 +447,27 @@ impl EventStore {
 
     /// The live customer holding a pseudonymous identifier, if any.
     pub async fn holder(&self, key: &Identifier) -> Result<Option<CustomerId>> {
-        match &self.backend {
-            Backend::Sqlite(b) => b.holder(key).await,
-            Backend::Postgres(b) => b.holder(key).await,
-        }
+        let sql = "SELECT customer_id FROM identity_index WHERE kind = $1 AND pseudonym = $2";
+        let id: Option<Uuid> = reading!(self, pool => {
+            sqlx::query_scalar(sql)
+                .bind(key.kind.as_str())
+                .bind(&key.value)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(id.map(CustomerId::from_uuid))
     }
 
     /// The pseudonyms a live customer holds in the identity index.
     pub async fn held_by(&self, customer: CustomerId) -> Result<Vec<Identifier>> {
-        let rows = match &self.backend {
-            Backend::Sqlite(b) => b.held_by(customer).await?,
-            Backend::Postgres(b) => b.held_by(customer).await?,
-        };
+        let sql = "SELECT kind, pseudonym FROM identity_index WHERE customer_id = $1 \
+                   ORDER BY kind, pseudonym";
+        let rows: Vec<(String, String)> = reading!(self, pool => {
+            sqlx::query_as(sql)
+                .bind(customer.as_uuid())
+                .fetch_all(pool)
+                .await?
+        });
         rows.into_iter()
             .map(|(kind, value)| indexed(kind, value))
             .collect()
@@ -469,26 +495,34 @@ impl EventStore {
 
     /// Whether an operator blocked a pseudonymous identifier.
     pub async fn is_blocked(&self, key: &Identifier) -> Result<bool> {
-        match &self.backend {
-            Backend::Sqlite(b) => b.is_blocked(key).await,
-            Backend::Postgres(b) => b.is_blocked(key).await,
-        }
+        let sql = "SELECT 1 FROM blocked_identifiers WHERE kind = $1 AND pseudonym = $2";
+        let found: Option<i32> = reading!(self, pool => {
+            sqlx::query_scalar(sql)
+                .bind(key.kind.as_str())
+                .bind(&key.value)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(found.is_some())
     }
 
     /// The live customer an id stands for: itself, or the survivor it was merged into.
     pub async fn live_customer(&self, customer: CustomerId) -> Result<CustomerId> {
-        match &self.backend {
-            Backend::Sqlite(b) => b.live_customer(customer).await,
-            Backend::Postgres(b) => b.live_customer(customer).await,
-        }
+        let sql = "SELECT survivor FROM customer_aliases WHERE absorbed = $1";
+        let survivor: Option<Uuid> = reading!(self, pool => {
+            sqlx::query_scalar(sql)
+                .bind(customer.as_uuid())
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(survivor.map_or(customer, CustomerId::from_uuid))
     }
 
     /// Every merged customer with the live customer it resolves to.
     pub async fn aliases(&self) -> Result<HashMap<CustomerId, CustomerId>> {
-        let pairs: Vec<(Uuid, Uuid)> = match &self.backend {
-            Backend::Sqlite(b) => b.aliases().await?,
-            Backend::Postgres(b) => b.aliases().await?,
-        };
+        let sql = "SELECT absorbed, survivor FROM customer_aliases";
+        let pairs: Vec<(Uuid, Uuid)> =
+            reading!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
         Ok(pairs
             .into_iter()
             .map(|(a, s)| (CustomerId::from_uuid(a), CustomerId::from_uuid(s)))
@@ -498,10 +532,8 @@ impl EventStore {
     /// Every pseudonym the identity index holds, with its holder.
     pub async fn identity_index(&self) -> Result<Vec<(Identifier, CustomerId)>> {
         let sql = "SELECT kind, pseudonym, customer_id FROM identity_index";
-        let rows: Vec<(String, String, Uuid)> = match &self.backend {
-            Backend::Sqlite(b) => sqlx::query_as(sql).fetch_all(b.reader()).await?,
-            Backend::Postgres(b) => sqlx::query_as(sql).fetch_all(b.pool()).await?,
-        };
+        let rows: Vec<(String, String, Uuid)> =
+            reading!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
         rows.into_iter()
             .map(|(kind, value, customer)| {
                 Ok((indexed(kind, value)?, CustomerId::from_uuid(customer)))
@@ -512,10 +544,8 @@ impl EventStore {
     /// Every pseudonym an operator blocked.
     pub async fn blocked_identifiers(&self) -> Result<Vec<Identifier>> {
         let sql = "SELECT kind, pseudonym FROM blocked_identifiers";
-        let rows: Vec<(String, String)> = match &self.backend {
-            Backend::Sqlite(b) => sqlx::query_as(sql).fetch_all(b.reader()).await?,
-            Backend::Postgres(b) => sqlx::query_as(sql).fetch_all(b.pool()).await?,
-        };
+        let rows: Vec<(String, String)> =
+            reading!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
         rows.into_iter()
             .map(|(kind, value)| indexed(kind, value))
             .collect()
@@ -544,19 +574,29 @@ impl EventStore {
     /// Counts of the identity tables: live customers holding an identifier, merged customers,
     /// quarantined records.
     pub async fn identity_counts(&self) -> Result<(u64, u64, u64)> {
-        match &self.backend {
-            Backend::Sqlite(b) => b.identity_counts().await,
-            Backend::Postgres(b) => b.identity_counts().await,
-        }
+        let sql = "SELECT (SELECT count(DISTINCT customer_id) FROM identity_index), \
+                   (SELECT count(*) FROM customer_aliases), (SELECT count(*) FROM quarantine)";
+        let row: (i64, i64, i64) =
+            reading!(self, pool => sqlx::query_as(sql).fetch_one(pool).await?);
+        Ok((
+            to_u64(row.0, 0, "customer count")?,
+            to_u64(row.1, 0, "alias count")?,
+            to_u64(row.2, 0, "quarantine count")?,
+        ))
     }
 
     /// The value of a setting Patron keeps in the store, storing `default` first if there is
     /// none (so concurrent callers all get the one value that was stored first).
     pub async fn setting_or_insert(&self, name: &str, default: &str) -> Result<String> {
-        match &self.backend {
-            Backend::Sqlite(b) => b.setting_or_insert(name, default).await,
-            Backend::Postgres(b) => b.setting_or_insert(name, default).await,
-        }
+        let insert =
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+        let read = "SELECT value FROM settings WHERE name = $1";
+        // Read on the writing connection: a reader could still see the table without the row.
+        let value: String = writing!(self, pool => {
+            sqlx::query(insert).bind(name).bind(default).execute(pool).await?;
+            sqlx::query_scalar(read).bind(name).fetch_one(pool).await?
+        });
+        Ok(value)
     }
 
     /// Where the given ids are stored, for the ids that are.

@@ -9,10 +9,11 @@ use std::collections::HashMap;
 
 use patron_domain::customer::CustomerId;
 use patron_domain::Position;
+use patron_projections::profile::Profile;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::error::Result;
+use super::error::{Result, StoreError};
 use super::{to_i64, to_u64, Backend, EventStore};
 
 /// A read-model table a projection may write: the live one, or the one a rebuild fills.
@@ -141,20 +142,51 @@ impl EventStore {
         to_u64(n, 0, "count")
     }
 
+    /// The profiles of `customers` in `table` that have a row, read.
+    pub async fn profiles_of(
+        &self,
+        table: ProfileTable,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, Profile>> {
+        self.load_profiles(table, customers)
+            .await?
+            .into_iter()
+            .map(|(customer, state)| Ok((customer, read_profile(customer, &state)?)))
+            .collect()
+    }
+
+    /// The live profile of `customer`, if it has one.
+    pub async fn live_profile(&self, customer: CustomerId) -> Result<Option<Profile>> {
+        Ok(self
+            .profiles_of(ProfileTable::Live, &[customer])
+            .await?
+            .remove(&customer))
+    }
+
+    /// Every row of `table`, in customer order, read: each customer with the customer it was
+    /// merged into (if it was) and its profile.
+    pub async fn read_all_profiles(
+        &self,
+        table: ProfileTable,
+    ) -> Result<Vec<(CustomerId, Option<CustomerId>, Profile)>> {
+        self.all_profiles(table)
+            .await?
+            .into_iter()
+            .map(|row| {
+                let profile = read_profile(row.customer, &row.state)?;
+                Ok((row.customer, row.merged_into, profile))
+            })
+            .collect()
+    }
+
     /// Every row of `table`, in customer order.
     pub async fn all_profiles(&self, table: ProfileTable) -> Result<Vec<ProfileRow>> {
         let sql = format!(
             "SELECT customer_id, merged_into, state FROM {} ORDER BY customer_id",
             table.name()
         );
-        let rows = match &self.backend {
-            Backend::Sqlite(b) => {
-                let rows: Vec<(Uuid, Option<Uuid>, String)> =
-                    sqlx::query_as(&sql).fetch_all(b.reader()).await?;
-                rows
-            }
-            Backend::Postgres(b) => sqlx::query_as(&sql).fetch_all(b.pool()).await?,
-        };
+        let rows: Vec<(Uuid, Option<Uuid>, String)> =
+            reading!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await?);
         Ok(rows
             .into_iter()
             .map(|(c, m, state)| ProfileRow {
@@ -222,26 +254,12 @@ impl EventStore {
     /// Drops the table `patron verify` filled, and its checkpoint `name`.
     pub async fn drop_verify_profiles(&self, name: &str) -> Result<()> {
         let drop = "DROP TABLE IF EXISTS profiles_verify";
-        match &self.backend {
-            Backend::Sqlite(b) => {
-                let mut tx = b.writer().begin_with("BEGIN IMMEDIATE").await?;
-                sqlx::query(drop).execute(&mut *tx).await?;
-                sqlx::query("DELETE FROM projection_checkpoints WHERE name = ?")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            }
-            Backend::Postgres(b) => {
-                let mut tx = b.pool().begin().await?;
-                sqlx::query(drop).execute(&mut *tx).await?;
-                sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            }
-        }
+        let forget = "DELETE FROM projection_checkpoints WHERE name = $1";
+        transaction!(self, tx => {
+            sqlx::query(drop).execute(&mut *tx).await?;
+            sqlx::query(forget).bind(name).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -251,48 +269,23 @@ impl EventStore {
     /// rebuilds about 15% slower (`docs/benchmarks.md`).
     pub async fn reset_profile_table(&self, table: ProfileTable, name: &str) -> Result<()> {
         let table = table.name();
-        match &self.backend {
-            Backend::Sqlite(b) => {
-                let mut tx = b.writer().begin_with("BEGIN IMMEDIATE").await?;
-                sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(&format!(
-                    "CREATE TABLE {table} (customer_id BLOB PRIMARY KEY, merged_into BLOB, \
-                     state TEXT NOT NULL)",
-                ))
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO projection_checkpoints (name, position) VALUES (?, 0) \
-                     ON CONFLICT (name) DO UPDATE SET position = 0",
-                )
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-            }
-            Backend::Postgres(b) => {
-                let mut tx = b.pool().begin().await?;
-                sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(&format!(
-                    "CREATE TABLE {table} (customer_id UUID PRIMARY KEY, merged_into UUID, \
-                     state TEXT NOT NULL)",
-                ))
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) \
-                     ON CONFLICT (name) DO UPDATE SET position = 0",
-                )
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-            }
-        }
+        let id = match self.backend {
+            Backend::Sqlite(_) => "BLOB",
+            Backend::Postgres(_) => "UUID",
+        };
+        let drop = format!("DROP TABLE IF EXISTS {table}");
+        let create = format!(
+            "CREATE TABLE {table} (customer_id {id} PRIMARY KEY, merged_into {id}, \
+             state TEXT NOT NULL)"
+        );
+        let reset = "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) \
+                     ON CONFLICT (name) DO UPDATE SET position = 0";
+        transaction!(self, tx => {
+            sqlx::query(&drop).execute(&mut *tx).await?;
+            sqlx::query(&create).execute(&mut *tx).await?;
+            sqlx::query(reset).bind(name).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -429,4 +422,12 @@ async fn move_checkpoint_postgres(
         .execute(&mut *tx)
         .await?;
     Ok(true)
+}
+
+/// A stored profile row, read.
+fn read_profile(customer: CustomerId, state: &str) -> Result<Profile> {
+    serde_json::from_str(state).map_err(|e| StoreError::UnreadableProfile {
+        customer,
+        reason: e.to_string(),
+    })
 }

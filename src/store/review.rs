@@ -82,18 +82,17 @@ impl EventStore {
         at: DateTime<Utc>,
     ) -> Result<(u64, u64)> {
         let mut new = 0;
-        let withdrawn;
         let at = at.timestamp_micros();
-        match &self.backend {
-            Backend::Sqlite(b) => {
-                let mut tx = b.writer().begin().await?;
-                for f in found {
-                    let done = sqlx::query(
-                        "INSERT INTO duplicate_suggestions \
-                         (first_id, second_id, score, evidence, status, found_at, seen_at) \
-                         VALUES (?, ?, ?, ?, 'open', ?, ?) \
-                         ON CONFLICT (first_id, second_id) DO NOTHING",
-                    )
+        let insert = "INSERT INTO duplicate_suggestions \
+                      (first_id, second_id, score, evidence, status, found_at, seen_at) \
+                      VALUES ($1, $2, $3, $4, 'open', $5, $6) \
+                      ON CONFLICT (first_id, second_id) DO NOTHING";
+        let update = "UPDATE duplicate_suggestions SET score = $1, evidence = $2, seen_at = $3 \
+                      WHERE first_id = $4 AND second_id = $5 AND status = 'open'";
+        let withdraw = "DELETE FROM duplicate_suggestions WHERE status = 'open' AND seen_at < $1";
+        let withdrawn = transaction!(self, tx => {
+            for f in found {
+                let done = sqlx::query(insert)
                     .bind(f.pair.0.as_uuid())
                     .bind(f.pair.1.as_uuid())
                     .bind(f.score)
@@ -102,13 +101,10 @@ impl EventStore {
                     .bind(at)
                     .execute(&mut *tx)
                     .await?;
-                    if done.rows_affected() == 1 {
-                        new += 1;
-                    } else {
-                        sqlx::query(
-                            "UPDATE duplicate_suggestions SET score = ?, evidence = ?, seen_at = ? \
-                             WHERE first_id = ? AND second_id = ? AND status = 'open'",
-                        )
+                if done.rows_affected() == 1 {
+                    new += 1;
+                } else {
+                    sqlx::query(update)
                         .bind(f.score)
                         .bind(&f.evidence)
                         .bind(at)
@@ -116,111 +112,38 @@ impl EventStore {
                         .bind(f.pair.1.as_uuid())
                         .execute(&mut *tx)
                         .await?;
-                    }
                 }
-                withdrawn = sqlx::query(
-                    "DELETE FROM duplicate_suggestions WHERE status = 'open' AND seen_at < ?",
-                )
+            }
+            let withdrawn = sqlx::query(withdraw)
                 .bind(at)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                tx.commit().await?;
-            }
-            Backend::Postgres(b) => {
-                let mut tx = b.pool().begin().await?;
-                for f in found {
-                    let done = sqlx::query(
-                        "INSERT INTO duplicate_suggestions \
-                         (first_id, second_id, score, evidence, status, found_at, seen_at) \
-                         VALUES ($1, $2, $3, $4, 'open', $5, $6) \
-                         ON CONFLICT (first_id, second_id) DO NOTHING",
-                    )
-                    .bind(f.pair.0.as_uuid())
-                    .bind(f.pair.1.as_uuid())
-                    .bind(f.score)
-                    .bind(&f.evidence)
-                    .bind(at)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-                    if done.rows_affected() == 1 {
-                        new += 1;
-                    } else {
-                        sqlx::query(
-                            "UPDATE duplicate_suggestions SET score = $1, evidence = $2, \
-                             seen_at = $3 WHERE first_id = $4 AND second_id = $5 AND status = 'open'",
-                        )
-                        .bind(f.score)
-                        .bind(&f.evidence)
-                        .bind(at)
-                        .bind(f.pair.0.as_uuid())
-                        .bind(f.pair.1.as_uuid())
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                withdrawn = sqlx::query(
-                    "DELETE FROM duplicate_suggestions WHERE status = 'open' AND seen_at < $1",
-                )
-                .bind(at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-            }
-        }
+            tx.commit().await?;
+            withdrawn
+        });
         Ok((new, withdrawn))
     }
 
     /// Suggestions with `status`, highest score first, at most `max`.
     pub async fn suggestions(&self, status: &str, max: usize) -> Result<Vec<StoredSuggestion>> {
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows: Vec<Row> = match &self.backend {
-            Backend::Sqlite(b) => {
-                sqlx::query_as(&format!(
-                    "SELECT {COLUMNS} FROM duplicate_suggestions WHERE status = ? \
-                     ORDER BY score DESC, id LIMIT ?"
-                ))
-                .bind(status)
-                .bind(max)
-                .fetch_all(b.reader())
-                .await?
-            }
-            Backend::Postgres(b) => {
-                sqlx::query_as(&format!(
-                    "SELECT {COLUMNS} FROM duplicate_suggestions WHERE status = $1 \
-                     ORDER BY score DESC, id LIMIT $2"
-                ))
-                .bind(status)
-                .bind(max)
-                .fetch_all(b.pool())
-                .await?
-            }
-        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM duplicate_suggestions WHERE status = $1 \
+             ORDER BY score DESC, id LIMIT $2"
+        );
+        let rows: Vec<Row> = reading!(self, pool => {
+            sqlx::query_as(&sql).bind(status).bind(max).fetch_all(pool).await?
+        });
         Ok(rows.into_iter().map(suggestion).collect())
     }
 
     /// One suggestion by number.
     pub async fn suggestion(&self, id: i64) -> Result<Option<StoredSuggestion>> {
-        let row: Option<Row> = match &self.backend {
-            Backend::Sqlite(b) => {
-                sqlx::query_as(&format!(
-                    "SELECT {COLUMNS} FROM duplicate_suggestions WHERE id = ?"
-                ))
-                .bind(id)
-                .fetch_optional(b.reader())
-                .await?
-            }
-            Backend::Postgres(b) => {
-                sqlx::query_as(&format!(
-                    "SELECT {COLUMNS} FROM duplicate_suggestions WHERE id = $1"
-                ))
-                .bind(id)
-                .fetch_optional(b.pool())
-                .await?
-            }
-        };
+        let sql = format!("SELECT {COLUMNS} FROM duplicate_suggestions WHERE id = $1");
+        let row: Option<Row> = reading!(self, pool => {
+            sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?
+        });
         Ok(row.map(suggestion))
     }
 
@@ -228,14 +151,9 @@ impl EventStore {
     pub async fn reopen_suggestion(&self, id: i64) -> Result<()> {
         let sql = "UPDATE duplicate_suggestions SET status = 'open', decided_at = NULL, \
                    decided_by = NULL, reason = NULL WHERE id = $1 AND status = 'accepted'";
-        match &self.backend {
-            Backend::Sqlite(b) => {
-                sqlx::query(sql).bind(id).execute(b.writer()).await?;
-            }
-            Backend::Postgres(b) => {
-                sqlx::query(sql).bind(id).execute(b.pool()).await?;
-            }
-        }
+        writing!(self, pool => {
+            sqlx::query(sql).bind(id).execute(pool).await?;
+        });
         Ok(())
     }
 
@@ -249,32 +167,19 @@ impl EventStore {
         at: DateTime<Utc>,
     ) -> Result<bool> {
         let at = at.timestamp_micros();
-        let done = match &self.backend {
-            Backend::Sqlite(b) => sqlx::query(
-                "UPDATE duplicate_suggestions SET status = ?, decided_at = ?, decided_by = ?, \
-                     reason = ? WHERE id = ? AND status = 'open'",
-            )
-            .bind(status)
-            .bind(at)
-            .bind(actor)
-            .bind(reason)
-            .bind(id)
-            .execute(b.writer())
-            .await?
-            .rows_affected(),
-            Backend::Postgres(b) => sqlx::query(
-                "UPDATE duplicate_suggestions SET status = $1, decided_at = $2, \
-                     decided_by = $3, reason = $4 WHERE id = $5 AND status = 'open'",
-            )
-            .bind(status)
-            .bind(at)
-            .bind(actor)
-            .bind(reason)
-            .bind(id)
-            .execute(b.pool())
-            .await?
-            .rows_affected(),
-        };
+        let sql = "UPDATE duplicate_suggestions SET status = $1, decided_at = $2, \
+                   decided_by = $3, reason = $4 WHERE id = $5 AND status = 'open'";
+        let done = writing!(self, pool => {
+            sqlx::query(sql)
+                .bind(status)
+                .bind(at)
+                .bind(actor)
+                .bind(reason)
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
         Ok(done == 1)
     }
 }

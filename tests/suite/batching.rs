@@ -170,9 +170,6 @@ impl Backend for Counting {
     ) -> BackendResult<serde_json::Value> {
         self.inner.export_person(key, person, reason).await
     }
-    async fn authenticate(&self, secret: &str) -> BackendResult<Option<ApiKey>> {
-        self.inner.authenticate(secret).await
-    }
     async fn create_key(&self, name: &str, role: Role) -> BackendResult<NewApiKey> {
         self.inner.create_key(name, role).await
     }

@@ -499,48 +499,61 @@ async fn identifiers_are_linked_unlinked_and_blocked_by_hand(t: &TestStore) {
     assert_eq!(again["applied"], false);
 }
 
-async fn verify_finds_a_live_profile_that_is_not_what_the_log_folds_to(t: &TestStore) {
-    use patron::correction::{Corrector, Request};
-    use patron::ingest::Ingestor;
-    use patron::projection::{ProfileProjection, PROFILES};
-    use patron::store::projection::ProfileTable;
-    use patron_domain::identity::IdentityRules;
-
-    let ing = Ingestor::new(
+/// An ingestor over `t` that has taken `records`, a corrector with a projection folding two
+/// events at a time, and an operator's request.
+async fn corrections_over(
+    t: &TestStore,
+    records: &[Value],
+) -> (
+    patron::ingest::Ingestor,
+    patron::projection::ProfileProjection,
+    patron::correction::Corrector,
+    patron::correction::Request,
+) {
+    let ing = patron::ingest::Ingestor::new(
         t.store.clone(),
-        IdentityRules::default(),
+        patron_domain::identity::IdentityRules::default(),
         b"test identity key",
         crate::helpers::master_key(),
     );
-    let records: Vec<String> = [
-        order(
-            "2026-06-01T10:00:00Z",
-            json!({"phone": "13912340031"}),
-            1_000,
-        ),
-        order(
-            "2026-06-02T10:00:00Z",
-            json!({"phone": "13912340032"}),
-            2_000,
-        ),
-        order(
-            "2026-06-03T10:00:00Z",
-            json!({"phone": "13912340032"}),
-            3_000,
-        ),
-    ]
-    .iter()
-    .map(Value::to_string)
-    .collect();
+    let records: Vec<String> = records.iter().map(Value::to_string).collect();
     let report = ing.ingest_json(&records).await.expect("ingest");
-    assert_eq!(report.accepted, 3);
-    let projection = ProfileProjection::new(t.store.clone(), 2);
-    let corrector = Corrector::new(ing.clone(), projection.clone());
-    let request = Request {
+    assert_eq!(report.accepted, records.len());
+    let projection = patron::projection::ProfileProjection::new(t.store.clone(), 2);
+    let corrector = patron::correction::Corrector::new(ing.clone(), projection.clone());
+    let request = patron::correction::Request {
         actor: "op".into(),
         reason: "test".into(),
         expected_version: None,
     };
+    (ing, projection, corrector, request)
+}
+
+async fn verify_finds_a_live_profile_that_is_not_what_the_log_folds_to(t: &TestStore) {
+    use patron::projection::PROFILES;
+    use patron::store::projection::ProfileTable;
+
+    let (ing, projection, corrector, request) = corrections_over(
+        t,
+        &[
+            order(
+                "2026-06-01T10:00:00Z",
+                json!({"phone": "13912340031"}),
+                1_000,
+            ),
+            order(
+                "2026-06-02T10:00:00Z",
+                json!({"phone": "13912340032"}),
+                2_000,
+            ),
+            order(
+                "2026-06-03T10:00:00Z",
+                json!({"phone": "13912340032"}),
+                3_000,
+            ),
+        ],
+    )
+    .await;
     let a = ing
         .customer_by_identifier("phone", "13912340031")
         .await
@@ -1098,7 +1111,98 @@ async fn corrections_racing_ingestion_lose_nothing(t: &TestStore) {
     assert_eq!((count(a), count(b)), (21, 21));
 }
 
+/// The identity index is the fold of the log even after the customers that received
+/// identifiers by hand are erased: a value linked to a customer erased later, and values split
+/// off into a customer erased later, are held by nobody, in the store and in the fold.
+async fn the_identity_index_folds_from_the_log_after_erasing_receivers(t: &TestStore) {
+    use patron::correction::index;
+    use patron::privacy::erase;
+
+    let (ing, _, corrector, request) = corrections_over(
+        t,
+        &[
+            order(
+                "2026-06-01T10:00:00Z",
+                json!({"phone": "13912340041"}),
+                1_000,
+            ),
+            order(
+                "2026-06-02T10:00:00Z",
+                json!({"phone": "13912340042", "email": "giver@example.com"}),
+                2_000,
+            ),
+            order(
+                "2026-06-03T10:00:00Z",
+                json!({"phone": "13912340043"}),
+                3_000,
+            ),
+        ],
+    )
+    .await;
+    let who = |phone: &'static str| {
+        let ing = ing.clone();
+        async move {
+            ing.customer_by_identifier("phone", phone)
+                .await
+                .expect("look up")
+                .expect("held")
+        }
+    };
+    let (receiver, giver, third) = (
+        who("13912340041").await,
+        who("13912340042").await,
+        who("13912340043").await,
+    );
+    // The giver's email goes to the receiver by hand; the third customer's phone is split off
+    // into a customer of its own.
+    corrector
+        .link(receiver, "email", "giver@example.com", &request)
+        .await
+        .expect("link");
+    let split = corrector
+        .split(third, &[("phone".into(), "13912340043".into())], &request)
+        .await
+        .expect("split");
+    let part = split.customers[1];
+    let clean = |report: index::IndexReport| {
+        assert!(report.is_clean(), "{report:?}");
+        report
+    };
+    clean(index::verify(&ing, 2, |_, _| {}).await.expect("verify"));
+    erase(&ing, receiver, "dpo", "PIPL request")
+        .await
+        .expect("erase");
+    erase(&ing, part, "dpo", "PIPL request")
+        .await
+        .expect("erase");
+    for (kind, value) in [("email", "giver@example.com"), ("phone", "13912340043")] {
+        assert_eq!(
+            ing.customer_by_identifier(kind, value)
+                .await
+                .expect("look up"),
+            None,
+            "{kind}"
+        );
+    }
+    let report = clean(index::verify(&ing, 2, |_, _| {}).await.expect("verify"));
+    assert!(
+        report.unreadable > 0,
+        "the receiver's link no longer opens: {report:?}"
+    );
+    // A rebuild gives nobody the erased people's identifiers back.
+    index::rebuild(&ing, 2, |_, _| {}).await.expect("rebuild");
+    assert_eq!(
+        ing.customer_by_identifier("email", "giver@example.com")
+            .await
+            .expect("look up"),
+        None
+    );
+    assert_eq!(who("13912340042").await, giver);
+    clean(index::verify(&ing, 2, |_, _| {}).await.expect("verify"));
+}
+
 crate::on_both_stores!(
+    the_identity_index_folds_from_the_log_after_erasing_receivers,
     corrections_racing_ingestion_lose_nothing,
     a_rules_change_is_tried_on_the_log_then_applied_as_corrections,
     likely_duplicates_are_scored_explained_accepted_and_rejected,

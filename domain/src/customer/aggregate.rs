@@ -299,6 +299,35 @@ impl CustomerFact {
     }
 }
 
+impl CustomerFact {
+    /// The index changes of this fact when the log is replayed: [`Self::index_changes`], and
+    /// also, from the giving side of a move (an identifier linked elsewhere, a part split off
+    /// or restored), the holds the receiving side's fact gives. Both facts are written in one
+    /// commit, so the holds agree; but the receiver's fact is sealed with the receiver's key,
+    /// and once the receiver is erased only the giver's still reads.
+    pub fn replayed_index_changes(&self, customer: CustomerId) -> Vec<IndexChange> {
+        let mut changes = self.index_changes(customer);
+        match self {
+            Self::Unlinked(IdentifierUnlinked {
+                identifier,
+                to: Some(to),
+                ..
+            }) => changes.push(IndexChange::Hold {
+                identifier: identifier.clone(),
+                holder: Some(*to),
+            }),
+            Self::Split(separation) | Self::MergeUndone(separation) => {
+                changes.extend(separation.identifiers.iter().map(|i| IndexChange::Hold {
+                    identifier: i.clone(),
+                    holder: Some(separation.other),
+                }));
+            }
+            _ => {}
+        }
+        changes
+    }
+}
+
 /// A change to the identity index, derived from a [`CustomerFact`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IndexChange {
@@ -502,7 +531,7 @@ impl Customer {
         cause: EventId,
         rules_version: u32,
     ) -> Vec<CustomerFact> {
-        if survivor == absorbed || self.holdings.streams.contains(&absorbed) {
+        if survivor == absorbed {
             return vec![];
         }
         vec![
@@ -532,9 +561,6 @@ impl Customer {
         part: &PartRecord,
         core: &BTreeSet<IdentifierKind>,
     ) -> Vec<CustomerFact> {
-        if !self.holdings.streams.contains(&part.absorbed) {
-            return vec![];
-        }
         let streams = &part.streams;
         let owned = &self.touchpoints;
         // What the part owned when it was merged, and the giver still owns.

@@ -150,22 +150,11 @@ fn a_merge_closes_the_absorbed_customer_on_both_streams() {
 }
 
 #[test]
-fn a_merge_in_place_already_changes_nothing() {
+fn a_customer_merged_with_itself_changes_nothing() {
     let phone_b = phone("+8613900000002");
-    let given = vec![touchpoint(1, B, &[&phone_b], &[&phone_b])];
     Given::with(())
-        .given(given.clone())
+        .given(vec![touchpoint(1, B, &[&phone_b], &[&phone_b])])
         .when(merge(B))
-        .then_expect_events(vec![]);
-    let merged = CustomerFact::Merged(CustomerMerged {
-        absorbed: id(C),
-        evidence: vec![],
-        cause: cause(),
-        rules_version: 1,
-    });
-    Given::with(())
-        .given([given, vec![merged]].concat())
-        .when(merge(C))
         .then_expect_events(vec![]);
 }
 
@@ -473,20 +462,6 @@ fn an_identifier_unlinked_from_the_part_before_the_merge_stays_with_the_giver() 
     };
     assert!(separation.identifiers.is_empty(), "{separation:?}");
     assert!(separation.touchpoints.is_empty(), "{separation:?}");
-}
-
-#[test]
-fn undoing_a_merge_not_in_place_changes_nothing() {
-    let (given, mut part, _, _) = merged_a();
-    part.absorbed = id(C);
-    Given::with(())
-        .given(given)
-        .when(CustomerCommand::UndoMerge {
-            giver: id(B),
-            part,
-            core: core(),
-        })
-        .then_expect_events(vec![]);
 }
 
 #[test]
