@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use patron_domain::customer::{CustomerFact, CustomerId, IndexFold};
-use patron_domain::events::{CustomerEvent, EventKind, IdentifierBlocked};
+use patron_domain::events::{CustomerEvent, EventKind, IdentifierBlocked, ResolutionRecord};
 use patron_domain::identifier::Identifier;
 use patron_domain::{Position, RecordedEvent};
 use serde::Serialize;
@@ -58,11 +58,17 @@ pub async fn fold(
         let Some(last) = events.last().map(|e| e.position) else {
             break;
         };
-        for event in opener.open(events).await? {
-            if event.position > head {
-                break;
-            }
-            fold_event(&mut folded, ingestor, &event)?;
+        let events: Vec<RecordedEvent> =
+            events.into_iter().filter(|e| e.position <= head).collect();
+        // Only what gives identifiers is opened: a touchpoint that linked some, and the
+        // corrections that name them. The rest folds as stored.
+        let (sealed, plain): (Vec<RecordedEvent>, Vec<RecordedEvent>) =
+            events.into_iter().partition(gives_identifiers);
+        let mut events = opener.open(sealed).await?;
+        events.extend(plain);
+        events.sort_by_key(|e| e.position);
+        for event in &events {
+            fold_event(&mut folded, ingestor, event)?;
         }
         at = last.min(head);
         progress(at, head);
@@ -70,7 +76,31 @@ pub async fn fold(
     Ok(folded)
 }
 
-/// Folds one opened event.
+/// Whether folding `event` needs its sealed members: a touchpoint that linked identifiers (its
+/// resolution, stored in the clear, says so), or a correction naming identifiers.
+fn gives_identifiers(event: &RecordedEvent) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Linked {
+        #[serde(default)]
+        resolution: Option<ResolutionRecord>,
+    }
+    match EventKind::of(&event.event_type) {
+        EventKind::Touchpoint => serde_json::from_str::<Linked>(&event.payload)
+            .map_or(true, |t| t.resolution.is_some_and(|r| !r.linked.is_empty())),
+        EventKind::IdentifierLinked
+        | EventKind::IdentifierUnlinked
+        | EventKind::MergeUndone
+        | EventKind::Restored
+        | EventKind::Split
+        | EventKind::SplitOff => true,
+        EventKind::Merged
+        | EventKind::MergedInto
+        | EventKind::Erased
+        | EventKind::IdentifierBlocked => false,
+    }
+}
+
+/// Folds one event (opened, if it gives identifiers).
 fn fold_event(
     folded: &mut Folded,
     ingestor: &Ingestor,
