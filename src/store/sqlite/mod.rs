@@ -81,9 +81,9 @@ const HEAD: &str = "SELECT coalesce(max(position), 0) FROM events";
 /// How many times closing the store tries to fold the WAL back with a connection of its own.
 const CLOSE_ATTEMPTS: usize = 10;
 
-/// How long closing the store waits for its pools' connections to be gone (a connection still
-/// lent out past that is not waited for).
-const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long closing the store waits, for each pool, until every connection is back in it, and
+/// then until they are all gone (a connection still lent out past that is not waited for).
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// SQLite allows one writer at a time: a pool of one connection serializes appends in this
 /// process, and `BEGIN IMMEDIATE` with a busy timeout serializes them with other processes.
@@ -484,9 +484,16 @@ impl SqliteLog {
 
     pub(crate) async fn close(&self) {
         self.checkpoints.close().await;
-        self.reader.close().await;
-        self.long.close().await;
-        self.writer.close().await;
+        // A connection dropped just before the pool closes is handed back by a task of its
+        // own; handed back after `close` drained the pool, it stays open for the pool's life.
+        // So each pool closes once every connection is back in it (or after CLOSE_WAIT).
+        for pool in [&self.reader, &self.long, &self.writer] {
+            let deadline = std::time::Instant::now() + CLOSE_WAIT;
+            while pool.num_idle() < pool.size() as usize && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            pool.close().await;
+        }
         // The last connection to close folds the WAL back into the database file and removes
         // it; when the pools' connections close at the same moment on their worker threads,
         // none may see itself last. One more connection, alone now, does it.
