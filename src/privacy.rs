@@ -57,10 +57,6 @@ pub struct Opener {
     master: MasterKey,
 }
 
-/// Customer keys an [`Opener`] has unwrapped, `None` for a customer whose key was destroyed.
-#[derive(Default)]
-pub struct KeysOpened(HashMap<CustomerId, Option<CustomerKey>>);
-
 impl Opener {
     /// An opener reading customer keys from `store`, unwrapping them with `master`.
     pub fn new(store: EventStore, master: MasterKey) -> Self {
@@ -74,37 +70,20 @@ impl Opener {
         &self,
         events: Vec<RecordedEvent>,
     ) -> Result<Vec<RecordedEvent>, PrivacyFailure> {
-        self.open_keeping(events, &mut KeysOpened::default()).await
-    }
-
-    /// [`Opener::open`], keeping the customer keys it unwraps in `keys` for the next call: for
-    /// a command reading the whole log once (`patron verify`), whose keys go with it. A key
-    /// kept is not seen to be destroyed by an erasure meanwhile: never keep them longer.
-    pub async fn open_keeping(
-        &self,
-        events: Vec<RecordedEvent>,
-        keys: &mut KeysOpened,
-    ) -> Result<Vec<RecordedEvent>, PrivacyFailure> {
-        let missing: Vec<CustomerId> = events
+        let customers: Vec<CustomerId> = events
             .iter()
             .filter_map(|e| CustomerId::from_stream(&e.stream_id))
-            .filter(|c| !keys.0.contains_key(c))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        if !missing.is_empty() {
-            let wrapped = self.store.customer_keys(&missing).await?;
-            for customer in missing {
-                let key = match wrapped.get(&customer) {
-                    Some(wrapped) => Some(
-                        self.master
-                            .unwrap(wrapped)
-                            .map_err(|source| PrivacyFailure::Key { customer, source })?,
-                    ),
-                    None => None,
-                };
-                keys.0.insert(customer, key);
-            }
+        let wrapped = self.store.customer_keys(&customers).await?;
+        let mut keys: HashMap<CustomerId, CustomerKey> = HashMap::with_capacity(wrapped.len());
+        for (customer, wrapped) in wrapped {
+            let key = self
+                .master
+                .unwrap(&wrapped)
+                .map_err(|source| PrivacyFailure::Key { customer, source })?;
+            keys.insert(customer, key);
         }
         events
             .into_iter()
@@ -117,8 +96,7 @@ impl Opener {
                         customer,
                         source: PrivacyError::Malformed(e.to_string()),
                     })?;
-                let key = keys.0.get(&customer).and_then(Option::as_ref);
-                let opened = open_payload(payload, key)
+                let opened = open_payload(payload, keys.get(&customer))
                     .map_err(|source| PrivacyFailure::Key { customer, source })?;
                 event.payload = opened.to_string();
                 Ok(event)

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::{linked_by, CorrectionError};
 use crate::ingest::Ingestor;
-use crate::privacy::{KeysOpened, Opener};
+use crate::privacy::Opener;
 use crate::store::StoreError;
 
 /// How many differences a report lists.
@@ -52,8 +52,6 @@ pub async fn fold(
         position: head,
         unreadable: 0,
     };
-    // The fold reads the log once: each customer's key is unwrapped once, for the fold only.
-    let mut keys = KeysOpened::default();
     let mut at = 0;
     while at < head {
         let events = store.read_all(at, batch.max(1)).await?;
@@ -66,7 +64,7 @@ pub async fn fold(
         // corrections that name them. The rest folds as stored.
         let (sealed, plain): (Vec<RecordedEvent>, Vec<RecordedEvent>) =
             events.into_iter().partition(gives_identifiers);
-        let mut events = opener.open_keeping(sealed, &mut keys).await?;
+        let mut events = opener.open(sealed).await?;
         events.extend(plain);
         events.sort_by_key(|e| e.position);
         for event in &events {
