@@ -175,9 +175,9 @@ pub(super) async fn rebuild_identity(ingestor: &Ingestor, batch: usize) -> Resul
          merged customers, {} blocked values",
         folded.position,
         started.elapsed().as_secs_f64(),
-        folded.index.holders.len(),
-        folded.index.aliases.len(),
-        folded.index.blocked.len()
+        folded.index.holders().len(),
+        folded.index.aliases().len(),
+        folded.index.blocked().len()
     );
     ingestor.store().close().await;
     Ok(())

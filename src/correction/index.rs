@@ -233,20 +233,20 @@ pub async fn verify(
     let index = &folded.index;
     let mut report = IndexReport {
         position: folded.position,
-        identifiers: index.holders.len(),
-        aliases: index.aliases.len(),
-        blocked: index.blocked.len(),
+        identifiers: index.holders().len(),
+        aliases: index.aliases().len(),
+        blocked: index.blocked().len(),
         unreadable: folded.unreadable,
         ..IndexReport::default()
     };
-    compare(&mut report, "holder", &holders, &index.holders, |i| {
+    compare(&mut report, "holder", &holders, index.holders(), |i| {
         i.kind.to_string()
     });
-    compare(&mut report, "alias", &aliases, &index.aliases, |c| {
+    compare(&mut report, "alias", &aliases, index.aliases(), |c| {
         c.to_string()
     });
     let folded_blocked: BTreeMap<Identifier, &str> = index
-        .blocked
+        .blocked()
         .iter()
         .map(|i| (i.clone(), "blocked"))
         .collect();

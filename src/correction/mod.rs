@@ -441,6 +441,7 @@ impl Corrector {
         }
         let mut on_streams = BTreeSet::new();
         let mut claims = Vec::new();
+        let mut merged_at = 0;
         for stream in &streams {
             let events = self
                 .store()
@@ -452,6 +453,15 @@ impl Corrector {
                     .filter(|e| is_touchpoint(&e.event_type))
                     .map(|e| e.position),
             );
+            if *stream == absorbed {
+                // The merge being undone: the last that closed the part.
+                merged_at = events
+                    .iter()
+                    .filter(|e| EventKind::of(&e.event_type) == EventKind::MergedInto)
+                    .map(|e| e.position)
+                    .max()
+                    .unwrap_or(0);
+            }
             for event in self.opener.open(events).await? {
                 let given = if is_touchpoint(&event.event_type) {
                     self.linked_by(&event)
@@ -476,6 +486,7 @@ impl Corrector {
             holdings: theirs,
             on_streams,
             claims,
+            merged_at,
         })
     }
 

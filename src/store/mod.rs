@@ -556,13 +556,13 @@ impl EventStore {
     /// and writes nothing.
     pub async fn replace_identity_index(&self, at: Position, index: &IndexFold) -> Result<()> {
         let changes = IdentityChanges {
-            merges: index.aliases.iter().map(|(a, s)| (*a, *s)).collect(),
+            merges: index.aliases().iter().map(|(a, s)| (*a, *s)).collect(),
             links: index
-                .holders
+                .holders()
                 .iter()
                 .map(|(identifier, holder)| (identifier.clone(), *holder))
                 .collect(),
-            blocks: index.blocked.iter().cloned().collect(),
+            blocks: index.blocked().iter().cloned().collect(),
             ..IdentityChanges::default()
         };
         match &self.backend {

@@ -67,6 +67,9 @@ pub struct PartRecord {
     pub on_streams: BTreeSet<Position>,
     /// What `streams` gave it and took from it, in log order.
     pub claims: Vec<Claim>,
+    /// The position of the merge being undone: touchpoints the giver owned before it stay
+    /// with the giver, whatever identifiers they carried.
+    pub merged_at: Position,
 }
 
 /// What may be asked of a customer. Identifiers are pseudonyms; `holder` is who the identity
@@ -601,9 +604,15 @@ impl Customer {
             .filter(|i| self.held.contains(*i))
             .cloned()
             .collect();
-        let division = divide(owned, &self.held, identifiers, &taken_back, core, |o| {
-            !streams.contains(&o.stream)
-        });
+        let division = divide(
+            owned,
+            &self.held,
+            identifiers,
+            &taken_back,
+            core,
+            |o| !streams.contains(&o.stream),
+            |o| o.position > part.merged_at,
+        );
         let owned_positions: BTreeSet<Position> = owned.iter().map(|o| o.position).collect();
         // Touchpoints on the part's streams that do not go with it: the giver keeps those it
         // owns; others belong to third customers already.
@@ -679,6 +688,7 @@ impl Customer {
                 taken,
                 &BTreeSet::new(),
                 core,
+                |_| true,
                 |_| true,
             ),
             Some(positions) => {

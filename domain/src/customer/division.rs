@@ -28,7 +28,7 @@ pub(crate) struct Division {
 /// and is reported as kept); an identifier such a touchpoint linked goes with it unless a
 /// touchpoint that stays carried it too. The touchpoints in `part` go whatever they carried,
 /// and take no identifiers along. `outside` says which moved touchpoints the part does not get
-/// through its streams.
+/// through its streams; only touchpoints `movable` says may follow the identifiers.
 pub(crate) fn divide(
     owned: &[OwnedTouchpoint],
     held: &BTreeSet<Identifier>,
@@ -36,6 +36,7 @@ pub(crate) fn divide(
     part: &BTreeSet<Position>,
     core: &BTreeSet<IdentifierKind>,
     outside: impl Fn(&OwnedTouchpoint) -> bool,
+    movable: impl Fn(&OwnedTouchpoint) -> bool,
 ) -> Division {
     let core_staying: BTreeSet<&Identifier> = held
         .iter()
@@ -44,7 +45,10 @@ pub(crate) fn divide(
     let mut kept = Vec::new();
     let mut going: BTreeSet<Position> = part.clone();
     for o in owned {
-        if going.contains(&o.position) || !o.carried.iter().any(|i| identifiers.contains(i)) {
+        if going.contains(&o.position)
+            || !movable(o)
+            || !o.carried.iter().any(|i| identifiers.contains(i))
+        {
             continue;
         }
         if o.carried.iter().any(|i| core_staying.contains(i)) {

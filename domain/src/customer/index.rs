@@ -4,7 +4,7 @@
 //! folding the events in log order gives the index back; `patron verify` compares the two and
 //! `patron rebuild identity` writes the fold.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::identifier::Identifier;
 
@@ -14,18 +14,35 @@ use super::{CustomerId, IndexChange};
 /// corrupt log from hanging the fold).
 const MAX_CHAIN: usize = 10_000;
 
-/// The identity index folded from the log.
+/// The identity index folded from the log. Each holder also knows what it holds, and each live
+/// customer who was merged into it, so that a merge moves only what it moves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexFold {
-    /// Each pseudonym with the live customer holding it.
-    pub holders: BTreeMap<Identifier, CustomerId>,
-    /// Each customer closed by a merge with the live customer it resolves to.
-    pub aliases: BTreeMap<CustomerId, CustomerId>,
-    /// The pseudonyms of the values operators blocked.
-    pub blocked: BTreeSet<Identifier>,
+    holders: BTreeMap<Identifier, CustomerId>,
+    aliases: BTreeMap<CustomerId, CustomerId>,
+    blocked: BTreeSet<Identifier>,
+    /// What each customer holds: `holders` read the other way.
+    held: HashMap<CustomerId, BTreeSet<Identifier>>,
+    /// The customers resolving to each customer: `aliases` read the other way.
+    members: HashMap<CustomerId, BTreeSet<CustomerId>>,
 }
 
 impl IndexFold {
+    /// Each pseudonym with the live customer holding it.
+    pub fn holders(&self) -> &BTreeMap<Identifier, CustomerId> {
+        &self.holders
+    }
+
+    /// Each customer closed by a merge with the live customer it resolves to.
+    pub fn aliases(&self) -> &BTreeMap<CustomerId, CustomerId> {
+        &self.aliases
+    }
+
+    /// The pseudonyms of the values operators blocked.
+    pub fn blocked(&self) -> &BTreeSet<Identifier> {
+        &self.blocked
+    }
+
     /// The live customer `customer` resolves to.
     pub fn resolve(&self, customer: CustomerId) -> CustomerId {
         let mut current = customer;
@@ -44,7 +61,42 @@ impl IndexFold {
     pub fn link(&mut self, stream: CustomerId, identifiers: impl IntoIterator<Item = Identifier>) {
         let holder = self.resolve(stream);
         for identifier in identifiers {
-            self.holders.insert(identifier, holder);
+            self.hold(identifier, Some(holder));
+        }
+    }
+
+    /// `identifier` is held by `holder` (or nobody) from now on.
+    fn hold(&mut self, identifier: Identifier, holder: Option<CustomerId>) {
+        let before = match holder {
+            Some(holder) => {
+                self.held
+                    .entry(holder)
+                    .or_default()
+                    .insert(identifier.clone());
+                self.holders.insert(identifier.clone(), holder)
+            }
+            None => self.holders.remove(&identifier),
+        };
+        if let Some(before) = before.filter(|b| Some(*b) != holder) {
+            if let Some(set) = self.held.get_mut(&before) {
+                set.remove(&identifier);
+            }
+        }
+    }
+
+    /// `member` resolves to `target` from now on (or to itself).
+    fn alias(&mut self, member: CustomerId, target: Option<CustomerId>) {
+        let before = match target {
+            Some(target) => {
+                self.members.entry(target).or_default().insert(member);
+                self.aliases.insert(member, target)
+            }
+            None => self.aliases.remove(&member),
+        };
+        if let Some(before) = before.filter(|b| Some(*b) != target) {
+            if let Some(set) = self.members.get_mut(&before) {
+                set.remove(&member);
+            }
         }
     }
 
@@ -52,40 +104,33 @@ impl IndexFold {
     pub fn apply(&mut self, change: IndexChange) {
         match change {
             IndexChange::Merge { absorbed, survivor } => {
-                for holder in self.holders.values_mut() {
-                    if *holder == absorbed {
-                        *holder = survivor;
-                    }
+                // What the absorbed customer holds goes to the survivor, and those that
+                // resolved to it resolve to the survivor.
+                for identifier in self.held.remove(&absorbed).unwrap_or_default() {
+                    self.hold(identifier, Some(survivor));
                 }
-                for target in self.aliases.values_mut() {
-                    if *target == absorbed {
-                        *target = survivor;
-                    }
+                for member in self.members.remove(&absorbed).unwrap_or_default() {
+                    self.alias(member, Some(survivor));
                 }
-                self.aliases.insert(absorbed, survivor);
+                self.alias(absorbed, Some(survivor));
             }
             IndexChange::Restore { customer, members } => {
-                self.aliases.remove(&customer);
+                self.alias(customer, None);
                 for member in members {
                     if self.aliases.contains_key(&member) {
-                        self.aliases.insert(member, customer);
+                        self.alias(member, Some(customer));
                     }
                 }
             }
-            IndexChange::Hold { identifier, holder } => match holder {
-                Some(holder) => {
-                    self.holders.insert(identifier, holder);
-                }
-                None => {
-                    self.holders.remove(&identifier);
-                }
-            },
+            IndexChange::Hold { identifier, holder } => self.hold(identifier, holder),
         }
     }
 
     /// The live customer `live` was erased: it holds nothing any more.
     pub fn erase(&mut self, live: CustomerId) {
-        self.holders.retain(|_, holder| *holder != live);
+        for identifier in self.held.remove(&live).unwrap_or_default() {
+            self.holders.remove(&identifier);
+        }
     }
 
     /// A value was blocked.
@@ -126,11 +171,11 @@ mod tests {
             absorbed: id(2),
             survivor: id(3),
         });
-        assert_eq!(index.aliases, [(id(1), id(3)), (id(2), id(3))].into());
-        assert!(index.holders.values().all(|h| *h == id(3)));
+        assert_eq!(index.aliases(), &[(id(1), id(3)), (id(2), id(3))].into());
+        assert!(index.holders().values().all(|h| *h == id(3)));
         // A touchpoint stored on 1's stream after the merge (same batch) links to 3.
         index.link(id(1), [phone("d")]);
-        assert_eq!(index.holders[&phone("d")], id(3));
+        assert_eq!(index.holders()[&phone("d")], id(3));
         // Undo the merge of 2, which had 1 merged into it: 2 is live, 1 resolves to 2.
         index.apply(IndexChange::Restore {
             customer: id(2),
@@ -142,14 +187,17 @@ mod tests {
         });
         assert_eq!(index.resolve(id(1)), id(2));
         assert_eq!(index.resolve(id(2)), id(2));
-        assert_eq!(index.holders[&phone("b")], id(2));
+        assert_eq!(index.holders()[&phone("b")], id(2));
         index.erase(id(3));
-        assert_eq!(index.holders.keys().collect::<Vec<_>>(), vec![&phone("b")]);
+        assert_eq!(
+            index.holders().keys().collect::<Vec<_>>(),
+            vec![&phone("b")]
+        );
         index.apply(IndexChange::Hold {
             identifier: phone("b"),
             holder: None,
         });
         index.block(phone("b"));
-        assert!(index.holders.is_empty() && index.blocked.contains(&phone("b")));
+        assert!(index.holders().is_empty() && index.blocked().contains(&phone("b")));
     }
 }

@@ -400,6 +400,7 @@ fn merged_a() -> (Vec<CustomerFact>, PartRecord, Identifier, Identifier) {
                 identifiers: vec![],
             },
         ],
+        merged_at: 3,
     };
     (given, part, pa, pb)
 }
@@ -462,6 +463,70 @@ fn an_identifier_unlinked_from_the_part_before_the_merge_stays_with_the_giver() 
     };
     assert!(separation.identifiers.is_empty(), "{separation:?}");
     assert!(separation.touchpoints.is_empty(), "{separation:?}");
+}
+
+#[test]
+fn an_undone_merge_leaves_the_giver_what_it_owned_before_the_merge() {
+    // B's touchpoint 2 came through phone x; an operator then linked x to A (position 3), and
+    // A was merged into B (position 4). Undone, A takes x back, but touchpoint 2 was B's before
+    // the merge and stays with B.
+    let (x, pa) = (phone("+8613900000007"), phone("+8613900000001"));
+    let given = vec![
+        touchpoint(1, A, &[&pa], &[&pa]),
+        touchpoint(2, B, &[&x], &[]),
+        CustomerFact::Merged(CustomerMerged {
+            absorbed: id(A),
+            evidence: vec![],
+            cause: cause(),
+            rules_version: 1,
+        }),
+        CustomerFact::Linked(IdentifierLinked {
+            identifier: x.clone(),
+            from: Some(id(B)),
+        }),
+    ];
+    let part = PartRecord {
+        absorbed: id(A),
+        streams: vec![id(A)],
+        holdings: Holdings::default(),
+        on_streams: [1].into(),
+        claims: vec![
+            Claim {
+                position: 1,
+                given: true,
+                identifiers: vec![pa.clone()],
+            },
+            Claim {
+                position: 3,
+                given: true,
+                identifiers: vec![x.clone()],
+            },
+        ],
+        merged_at: 4,
+    };
+    let separation = Separation {
+        other: id(A),
+        streams: vec![id(A)],
+        identifiers: vec![pa, x],
+        ..Separation::default()
+    };
+    Given::with(())
+        .given(given)
+        .when(CustomerCommand::UndoMerge {
+            giver: id(B),
+            part,
+            core: core(),
+        })
+        .then_expect_events(vec![
+            CustomerFact::MergeUndone(separation.clone()),
+            CustomerFact::Elsewhere {
+                customer: id(A),
+                fact: Box::new(CustomerFact::Restored(Separation {
+                    other: id(B),
+                    ..separation
+                })),
+            },
+        ]);
 }
 
 #[test]
