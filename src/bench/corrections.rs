@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 
 use super::{bar, Latencies};
 use crate::ingest::Ingestor;
-use crate::server::{new_secret, secret_hash, Application};
 use crate::store::projection::ProfileTable;
 
 /// The merge, answered with both customers as corrected.
@@ -96,23 +95,8 @@ pub async fn run_corrections_bench(
     let (url, secret, served) = match target {
         Some(target) => (target.url, target.key, None),
         None => {
-            let secret = new_secret();
-            let key = store
-                .create_api_key(
-                    "bench:operator",
-                    "operator",
-                    &secret_hash(&secret),
-                    chrono::Utc::now(),
-                )
-                .await
-                .context("cannot create the bench's key")?;
-            let app = Application::build(ingestor, "127.0.0.1:0").context("cannot bind a port")?;
-            let url = format!("http://127.0.0.1:{}/graphql", app.port());
-            (
-                url,
-                secret,
-                Some((key, tokio::spawn(app.run_until_stopped()))),
-            )
+            let served = super::Served::start(ingestor, "bench:operator", "operator").await?;
+            (served.url.clone(), served.secret.clone(), Some(served))
         }
     };
     let client = reqwest::Client::new();
@@ -158,12 +142,8 @@ pub async fn run_corrections_bench(
         progress.inc(1);
     }
     progress.finish_and_clear();
-    if let Some((key, server)) = served {
-        server.abort();
-        store
-            .revoke_api_key(key.id, chrono::Utc::now())
-            .await
-            .context("cannot revoke the bench's key")?;
+    if let Some(served) = served {
+        served.stop().await?;
     }
     Ok(CorrectionsBenchReport {
         customers,

@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 
 use super::bar;
 use crate::ingest::Ingestor;
-use crate::server::{new_secret, secret_hash, Application};
 
 /// One customer with the profile fields a UI's customer page shows.
 const CUSTOMER_QUERY: &str = "query($id: ID!) { customer(id: $id) { id tier stage orders \
@@ -88,19 +87,8 @@ pub async fn run_graphql_bench(
         .context("cannot read the customer ids")?;
     ids.shuffle(&mut rand::thread_rng());
     ids.truncate(100_000);
-    let secret = new_secret();
-    let key = store
-        .create_api_key(
-            "bench:viewer",
-            "viewer",
-            &secret_hash(&secret),
-            chrono::Utc::now(),
-        )
-        .await
-        .context("cannot create the bench's key")?;
-    let app = Application::build(ingestor, "127.0.0.1:0").context("cannot bind a port")?;
-    let url = format!("http://127.0.0.1:{}/graphql", app.port());
-    let server = tokio::spawn(app.run_until_stopped());
+    let served = super::Served::start(ingestor, "bench:viewer", "viewer").await?;
+    let (url, secret) = (served.url.clone(), served.secret.clone());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
@@ -142,11 +130,7 @@ pub async fn run_graphql_bench(
         )
         .await?,
     );
-    server.abort();
-    store
-        .revoke_api_key(key.id, chrono::Utc::now())
-        .await
-        .context("cannot revoke the bench's key")?;
+    served.stop().await?;
     Ok(GraphqlBenchReport {
         customers,
         scenarios,

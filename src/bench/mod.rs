@@ -643,3 +643,57 @@ pub async fn run_http_bench(
         p99_ms: percentile(0.99),
     })
 }
+
+/// The store of an ingestor served on a free port for a benchmark, with an API key of its own.
+pub(crate) struct Served {
+    /// The GraphQL address.
+    pub url: String,
+    /// The key's secret.
+    pub secret: String,
+    key: uuid::Uuid,
+    store: EventStore,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    /// Serves `ingestor`'s store on a free port with a new `role` key named `name`.
+    pub(crate) async fn start(
+        ingestor: crate::ingest::Ingestor,
+        name: &str,
+        role: &str,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let store = ingestor.store().clone();
+        let secret = crate::server::new_secret();
+        let key = store
+            .create_api_key(
+                name,
+                role,
+                &crate::server::secret_hash(&secret),
+                chrono::Utc::now(),
+            )
+            .await
+            .context("cannot create the bench's key")?;
+        let app = crate::server::Application::build(ingestor, "127.0.0.1:0")
+            .context("cannot bind a port")?;
+        let url = format!("http://127.0.0.1:{}/graphql", app.port());
+        Ok(Self {
+            url,
+            secret,
+            key: key.id,
+            store,
+            server: tokio::spawn(app.run_until_stopped()),
+        })
+    }
+
+    /// Stops the server and revokes the key.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        self.server.abort();
+        self.store
+            .revoke_api_key(self.key, chrono::Utc::now())
+            .await
+            .context("cannot revoke the bench's key")?;
+        Ok(())
+    }
+}
